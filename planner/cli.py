@@ -1,0 +1,85 @@
+"""`parasim`: the one front door (DESIGN.md, "Command line").
+
+User errors (`SpecError`, `Infeasible`) end as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from planner.report import format_estimate, format_listing
+from simulator.errors import ParasimError
+from simulator.jobfile import load_job
+from simulator.predict import predict
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="parasim", description="Cluster simulator and parallelism planner "
+                     "for large-model training.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    estimate = commands.add_parser("estimate", help="predict time, memory and MFU of a layout")
+    estimate.add_argument("jobs", nargs="+", metavar="JOB", help="job file(s), YAML or JSON")
+    estimate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
+    estimate.add_argument("--json", action="store_true",
+                          help="one JSON object per job, one per line")
+    listing = commands.add_parser("list", help="list catalog entries")
+    listing.add_argument("kind", choices=("models", "gpus", "clusters"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        try:
+            print(format_listing(args.kind))
+        except ParasimError as err:
+            return _fail(err)
+        return 0
+    return _estimate(args.jobs, args.overrides, args.json)
+
+
+def _estimate(paths: list[str], overrides: list[str], as_json: bool) -> int:
+    status = 0
+    for path in paths:
+        try:
+            job = load_job(path, overrides)
+            prediction = predict(job)
+        except ParasimError as err:
+            status = EXIT_USER_ERROR
+            if as_json:
+                print(json.dumps({"job": path, "error": str(err)}), flush=True)
+            _fail(err, path if len(paths) > 1 else None)
+            continue
+        if as_json:
+            print(json.dumps({"job": path, **prediction.to_json()}), flush=True)
+        else:
+            print(format_estimate(job, prediction), flush=True)
+    return status
+
+
+def _fail(err: ParasimError, path: str | None = None) -> int:
+    where = f"{path}: " if path else ""
+    print(f"parasim: error: {where}{err}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

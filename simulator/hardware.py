@@ -1,0 +1,150 @@
+"""DeviceSpec and ClusterSpec: what the GPUs can do and how they are joined.
+
+A cluster is one or more node groups; each group has its own GPU type, NVLink and NICs (mixed
+A100/H100 pools). Ranks are numbered over the groups in the order they are listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from simulator.checks import require_choice, require_int, require_positive
+from simulator.errors import SpecError
+
+Precision = Literal["bf16", "fp16", "fp8", "fp32"]
+PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+Topology = Literal["fat-tree", "rail-optimized", "rail-only"]
+TOPOLOGIES = ("fat-tree", "rail-optimized", "rail-only")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceSpec:
+    """One accelerator's datasheet. Peaks are dense (no 2:4 sparsity)."""
+
+    name: str  # catalog name, e.g. h100-sxm
+    peak_bf16_flop_per_s: float  # dense bf16 tensor-core peak
+    peak_fp16_flop_per_s: float  # dense fp16 tensor-core peak
+    peak_fp8_flop_per_s: float  # dense fp8 peak; 0 where the device has no fp8 units
+    peak_fp32_flop_per_s: float  # fp32 peak as used for fp32 training (TF32 on tensor cores)
+    memory_bytes: float  # HBM capacity
+    memory_bytes_per_s: float  # HBM bandwidth
+    nvlink_bytes_per_s: float  # per GPU, one direction, to its node's other GPUs
+    tdp_watts: float  # board power limit
+    price_per_hour_usd: float  # typical on-demand price of one GPU-hour (see catalog date)
+
+    def __post_init__(self) -> None:
+        for name in ("peak_bf16_flop_per_s", "peak_fp16_flop_per_s", "peak_fp32_flop_per_s",
+                     "memory_bytes", "memory_bytes_per_s", "nvlink_bytes_per_s", "tdp_watts",
+                     "price_per_hour_usd"):
+            require_positive(f"gpu.{name}", getattr(self, name))
+        if self.peak_fp8_flop_per_s < 0:
+            raise SpecError("gpu.peak_fp8_flop_per_s", self.peak_fp8_flop_per_s,
+                            "must not be negative", "a number >= 0 (0 = no fp8)")
+
+    def peak_flop_per_s(self, precision: Precision) -> float:
+        """Dense peak for the GEMM precision of a training run."""
+        peak = {
+            "bf16": self.peak_bf16_flop_per_s,
+            "fp16": self.peak_fp16_flop_per_s,
+            "fp8": self.peak_fp8_flop_per_s,
+            "fp32": self.peak_fp32_flop_per_s,
+        }[precision]
+        if peak <= 0:
+            raise SpecError("training.precision", precision,
+                            f"gpu {self.name} has no {precision} tensor cores", "bf16, fp16, fp32")
+        return peak
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkSpec:
+    """A link kind: bandwidth one direction and the latency of one message (alpha)."""
+
+    bytes_per_s: float  # one direction
+    latency_s: float  # per message
+
+    def __post_init__(self) -> None:
+        require_positive("bytes_per_s", self.bytes_per_s)
+        if self.latency_s < 0:
+            raise SpecError("latency_us", self.latency_s * 1e6, "must not be negative", ">= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeGroup:
+    """Identical nodes: GPUs joined by NVLink/NVSwitch inside, NICs to the fabric outside."""
+
+    gpu: DeviceSpec  # the GPU in every node of the group
+    num_nodes: int  # nodes in this group
+    gpus_per_node: int  # GPUs per node
+    intra_node: LinkSpec  # per GPU, one direction (NVLink)
+    inter_node: LinkSpec  # per NIC line rate, one direction
+    nics_per_node: int  # NICs per node (one per GPU on rail-optimized fabrics)
+
+    def __post_init__(self) -> None:
+        require_int("cluster.num_nodes", self.num_nodes)
+        require_int("cluster.gpus_per_node", self.gpus_per_node)
+        require_int("cluster.inter_node.nics_per_node", self.nics_per_node)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+    @property
+    def inter_node_bytes_per_s_per_gpu(self) -> float:
+        """A node's NIC bandwidth shared evenly by its GPUs."""
+        return self.inter_node.bytes_per_s * self.nics_per_node / self.gpus_per_node
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    """A cluster: node groups joined by one fabric."""
+
+    name: str  # preset name or a label
+    node_groups: tuple[NodeGroup, ...]  # ranks are numbered over the groups in this order
+    topology: Topology = "fat-tree"  # how nodes are joined (the graph is issue 3's)
+    oversubscription: float = 1.0  # leaf down:up bandwidth ratio; 1 = non-blocking
+    price_per_gpu_hour_usd: float | None = None  # override of the catalog price
+    power_watts_per_gpu: float | None = None  # override of the catalog TDP
+
+    def __post_init__(self) -> None:
+        assert self.node_groups, "a cluster has at least one node group"
+        require_choice("cluster.topology", self.topology, TOPOLOGIES)
+        if self.oversubscription < 1:
+            raise SpecError("cluster.oversubscription", self.oversubscription,
+                            "must be at least 1 (down:up bandwidth)", "a number >= 1")
+        if self.price_per_gpu_hour_usd is not None:
+            require_positive("cluster.price_per_gpu_hour", self.price_per_gpu_hour_usd)
+        if self.power_watts_per_gpu is not None:
+            require_positive("cluster.power_watts", self.power_watts_per_gpu)
+
+    @property
+    def world_size(self) -> int:
+        return sum(group.num_gpus for group in self.node_groups)
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(group.num_nodes for group in self.node_groups)
+
+    @property
+    def is_homogeneous(self) -> bool:
+        return len(self.node_groups) == 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        """The smallest node size: groups of this many consecutive ranks share NVLink."""
+        return min(group.gpus_per_node for group in self.node_groups)
+
+    def group_of_rank(self, rank: int) -> NodeGroup:
+        """The node group that holds global rank `rank`."""
+        assert 0 <= rank < self.world_size, rank
+        for group in self.node_groups:
+            if rank < group.num_gpus:
+                return group
+            rank -= group.num_gpus
+        raise AssertionError("unreachable")
+
+    def price_per_gpu_hour(self, group: NodeGroup) -> float:
+        return self.price_per_gpu_hour_usd or group.gpu.price_per_hour_usd
+
+    def power_watts(self, group: NodeGroup) -> float:
+        return self.power_watts_per_gpu or group.gpu.tdp_watts

@@ -1,0 +1,261 @@
+"""Reading a job file (YAML or JSON) with `--set key=value` overrides into a `Job`.
+
+The file's contract is DESIGN.md's "job file". Catalog names expand to mappings when an
+override reaches inside them (`--set model.num_layers=4` on `model: llama3-8b`), and a mapping
+may start from a catalog entry with `base:`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from simulator import catalog
+from simulator.errors import SpecError
+from simulator.hardware import ClusterSpec, LinkSpec, NodeGroup
+from simulator.hf_config import load_hf_config
+from simulator.job import Job, resolve_layout
+from simulator.layout import Layout
+from simulator.model import MLASpec, ModelSpec
+from simulator.training import TrainingSpec
+from simulator.yamlfile import parse_text
+
+TOP_LEVEL = ("model", "cluster", "training", "parallel")
+NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node")
+CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription",
+                                "price_per_gpu_hour", "power_watts", "description", "sources",
+                                "aliases")
+
+
+def read_text(path: Path, field: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SpecError(field, str(path), f"cannot read: {reason}", "a readable file") from None
+
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
+    """Read, override, build and check one job file."""
+    path = Path(path)
+    raw = parse_text(read_text(path, "job"), str(path))
+    if not isinstance(raw, dict):
+        raise SpecError("job", str(path), "must be a mapping with model, cluster, training",
+                        ", ".join(TOP_LEVEL))
+    for item in overrides:
+        apply_override(raw, item)
+    return job_from_mapping(raw, base_dir=path.parent, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """`a.b.c=value`: value parsed as YAML; catalog names on the way become `{base: name}`."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError("--set", item, "must be key=value", "e.g. parallel.tp=4")
+    parts = key.strip().split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str):
+            child = {"base": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise SpecError("--set", item, f"{'.'.join(parts[:depth + 1])} is not a mapping",
+                            "a path of mapping keys")
+        node[part] = child
+        node = child
+    node[parts[-1]] = parse_text(text, f"--set {item}") if text.strip() else None
+
+
+def job_from_mapping(raw: dict[str, Any], *, base_dir: Path, source: str) -> Job:
+    unknown = set(raw) - set(TOP_LEVEL)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(key, raw[key], "unknown job section", ", ".join(TOP_LEVEL))
+    for required in ("model", "cluster", "training"):
+        if raw.get(required) is None:
+            raise SpecError(required, None, "missing from the job", f"a {required} section")
+    model = model_spec(raw["model"], base_dir)
+    training = _dataclass_from(TrainingSpec, raw["training"], "training")
+    parallel = raw.get("parallel")
+    layout = _layout(parallel) if parallel is not None else None
+    cluster = cluster_spec(raw["cluster"], layout)
+    if layout is not None:
+        layout = resolve_layout(model, cluster, training, layout)
+    return Job(model=model, cluster=cluster, training=training, layout=layout, source=source)
+
+
+# Model ---------------------------------------------------------------------------------------
+
+
+def model_spec(value: Any, base_dir: Path, field: str = "model") -> ModelSpec:
+    """A catalog name, a path to a Hugging Face config.json, or a mapping (optional `base`)."""
+    if isinstance(value, str):
+        if value.endswith(".json") or "/" in value:
+            return load_hf_config(base_dir / value, field=field)
+        return catalog.model(value, field)
+    if not isinstance(value, dict):
+        raise SpecError(field, value, "must be a catalog name, a config.json path or a mapping",
+                        ", ".join(catalog.names("models")[:6]) + ", ...")
+    value = dict(value)
+    base = value.pop("base", None)
+    if base is None:
+        return catalog.model_from_mapping(value, name=value.get("name", "custom"), field=field)
+    spec = model_spec(base, base_dir, f"{field}.base")
+    if "mla" in value and isinstance(value["mla"], dict):
+        mla = spec.mla.__dict__ if spec.mla else {}
+        value["mla"] = MLASpec(**{**mla, **value["mla"]})
+    return _replace(spec, value, field)
+
+
+# Cluster -------------------------------------------------------------------------------------
+
+
+def cluster_spec(value: Any, layout: Layout | None) -> ClusterSpec:
+    """A preset name or a mapping: one node group inline, or `node_groups: [...]`."""
+    if isinstance(value, str):
+        value = {"base": value}
+    if not isinstance(value, dict):
+        raise SpecError("cluster", value, "must be a preset name or a mapping",
+                        ", ".join(catalog.names("clusters")))
+    unknown = set(value) - set(CLUSTER_FIELDS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(f"cluster.{key}", value[key], "unknown cluster field",
+                        ", ".join(CLUSTER_FIELDS[:-3]))
+    merged = _with_base(value, "cluster")
+    if "node_groups" in merged:
+        groups_raw = merged["node_groups"]
+        if not isinstance(groups_raw, list) or not groups_raw:
+            raise SpecError("cluster.node_groups", groups_raw, "must be a non-empty list",
+                            "a list of node-group mappings")
+        groups = tuple(_node_group(_with_base(g, f"cluster.node_groups[{i}]"), None,
+                                   f"cluster.node_groups[{i}]")
+                       for i, g in enumerate(groups_raw))
+    else:
+        groups = (_node_group(merged, layout, "cluster"),)
+    return ClusterSpec(
+        name=str(value.get("base") or "custom"),
+        node_groups=groups,
+        topology=merged.get("topology", "fat-tree"),
+        oversubscription=_number("cluster.oversubscription", merged.get("oversubscription", 1.0)),
+        price_per_gpu_hour_usd=_optional_number("cluster.price_per_gpu_hour",
+                                                merged.get("price_per_gpu_hour")),
+        power_watts_per_gpu=_optional_number("cluster.power_watts", merged.get("power_watts")),
+    )
+
+
+def _with_base(value: Any, field: str) -> dict[str, Any]:
+    """A cluster or node-group mapping on top of its preset (`base:`), preset fields first."""
+    if isinstance(value, str):
+        value = {"base": value}
+    if not isinstance(value, dict):
+        raise SpecError(field, value, "must be a mapping", "a mapping of node-group fields")
+    base = value.get("base")
+    if base is None:
+        return dict(value)
+    preset = catalog.entry("clusters", base, f"{field}.base")
+    return {**preset, **{k: v for k, v in value.items() if k != "base"}}
+
+
+def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> NodeGroup:
+    for required in ("gpu", "gpus_per_node", "intra_node", "inter_node"):
+        if data.get(required) is None:
+            raise SpecError(f"{field}.{required}", None, "missing", "see DESIGN.md's job file")
+    gpu_value = data["gpu"]
+    if isinstance(gpu_value, str):
+        gpu = catalog.gpu(gpu_value, f"{field}.gpu")
+    elif isinstance(gpu_value, dict):
+        base = gpu_value.get("base")
+        fields_ = {**(catalog.entry("gpus", base, f"{field}.gpu.base") if base else {}),
+                   **{k: v for k, v in gpu_value.items() if k != "base"}}
+        gpu = catalog.device_from_mapping(fields_, name=str(gpu_value.get("name", base or "custom")),
+                                          field=f"{field}.gpu")
+    else:
+        raise SpecError(f"{field}.gpu", gpu_value, "must be a GPU name or mapping",
+                        ", ".join(catalog.names("gpus")))
+    gpus_per_node = data["gpus_per_node"]
+    intra = _link(data["intra_node"], f"{field}.intra_node", "bandwidth_GBps", 1e9)
+    inter = _link(data["inter_node"], f"{field}.inter_node", "bandwidth_Gbps", 1e9 / 8)
+    nics = data["inter_node"].get("nics_per_node", 1)
+    num_nodes = data.get("num_nodes")
+    if num_nodes is None:
+        num_nodes = _nodes_for_layout(layout, gpus_per_node, field)
+    return NodeGroup(gpu=gpu, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+                     intra_node=intra, inter_node=inter, nics_per_node=nics)
+
+
+def _nodes_for_layout(layout: Layout | None, gpus_per_node: Any, field: str) -> int:
+    """A preset without num_nodes gets as many nodes as a layout with every degree set needs."""
+    if layout is None or layout.dp is None or not isinstance(gpus_per_node, int):
+        raise SpecError(f"{field}.num_nodes", None, "missing",
+                        "set cluster.num_nodes, or every degree of parallel (tp, pp, dp, cp)")
+    world = layout.world_size
+    if world % gpus_per_node:
+        raise SpecError(f"{field}.num_nodes", None,
+                        f"missing, and tp·pp·dp·cp={world} does not fill whole "
+                        f"{gpus_per_node}-GPU nodes", "set cluster.num_nodes")
+    return world // gpus_per_node
+
+
+def _link(data: Any, field: str, bandwidth_key: str, scale: float) -> LinkSpec:
+    if not isinstance(data, dict):
+        raise SpecError(field, data, "must be a mapping", f"{{{bandwidth_key}, latency_us}}")
+    allowed = {bandwidth_key, "latency_us", "nics_per_node"}
+    unknown = set(data) - allowed
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(f"{field}.{key}", data[key], "unknown link field", ", ".join(sorted(allowed)))
+    bandwidth = _number(f"{field}.{bandwidth_key}", data.get(bandwidth_key))
+    latency = _number(f"{field}.latency_us", data.get("latency_us"), allow_zero=True)
+    return LinkSpec(bytes_per_s=bandwidth * scale, latency_s=latency * 1e-6)
+
+
+def _number(field: str, value: Any, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(field, value, "must be a number" if value is not None else "missing",
+                        "a number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SpecError(field, value, "must be positive", "a number > 0")
+    return float(value)
+
+
+def _optional_number(field: str, value: Any) -> float | None:
+    return None if value is None else _number(field, value)
+
+
+# Training and layout -------------------------------------------------------------------------
+
+
+def _layout(value: Any) -> Layout:
+    if isinstance(value, dict) and isinstance(value.get("stages"), list):
+        value = {**value, "stages": tuple(value["stages"])}
+    return _dataclass_from(Layout, value, "parallel")
+
+
+def _dataclass_from(cls: type, value: Any, field: str):
+    names = [f.name for f in fields(cls)]
+    if not isinstance(value, dict):
+        raise SpecError(field, value, "must be a mapping", ", ".join(names))
+    unknown = set(value) - set(names)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(f"{field}.{key}", value[key], f"unknown {field} field", ", ".join(names))
+    try:
+        return cls(**value)
+    except TypeError as err:  # a required field is missing
+        missing = re.findall(r"'(\w+)'", str(err))
+        raise SpecError(f"{field}.{missing[0] if missing else '?'}", None, "missing",
+                        ", ".join(names)) from None
+
+
+def _replace(spec: ModelSpec, value: dict[str, Any], field: str) -> ModelSpec:
+    names = {f.name for f in fields(ModelSpec)}
+    unknown = set(value) - names
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(f"{field}.{key}", value[key], "unknown model field", ", ".join(sorted(names)))
+    return replace(spec, **value)

@@ -1,0 +1,146 @@
+"""Layout: how a training run is split over the GPUs.
+
+world = tp·cp·dp·pp. Expert parallelism carves `ep` ranks out of dp·cp for the expert layers, as
+Megatron-Core does (its expert-data-parallel size is dp·cp/ep). The rank order names the axes
+innermost first: with the default tp-cp-ep-dp-pp, tensor-parallel peers are neighbouring ranks
+(one node) and pipeline stages are the outermost blocks of ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from simulator.checks import require_bool, require_choice, require_int
+from simulator.errors import SpecError
+
+Schedule = Literal["gpipe", "1f1b", "interleaved", "zero-bubble"]
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")
+Recompute = Literal["none", "selective", "full"]
+RECOMPUTES = ("none", "selective", "full")
+DENSE_AXES = ("tp", "cp", "dp", "pp")
+DEFAULT_ORDER = "tp-cp-ep-dp-pp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """Parallel degrees and the choices that go with them."""
+
+    tp: int = 1  # tensor-parallel degree
+    pp: int = 1  # pipeline-parallel degree (ranks)
+    dp: int | None = None  # data-parallel degree; None = world / (tp·pp·cp)
+    cp: int = 1  # context-parallel degree (sequence split inside attention)
+    ep: int = 1  # expert-parallel degree, carved out of dp·cp
+    vpp: int = 1  # virtual stages (model chunks) per pipeline rank
+    micro_batch_size: int = 1  # sequences per micro-batch
+    schedule: Schedule = "1f1b"  # pipeline schedule
+    sequence_parallel: bool = False  # shard norms/dropout activations over tp (Korthikanti 2022)
+    recompute: Recompute = "none"  # activation recomputation
+    zero_stage: int = 0  # 0 none, 1 optimizer states, 2 + gradients, 3 + weights (over dp·cp)
+    order: str = DEFAULT_ORDER  # rank order, innermost axis first
+    stages: tuple[int, ...] | None = None  # layers per virtual stage; None = even, ends lighter
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "cp", "ep", "vpp", "micro_batch_size"):
+            require_int(f"parallel.{name}", getattr(self, name))
+        if self.dp is not None:
+            require_int("parallel.dp", self.dp)
+        require_choice("parallel.schedule", self.schedule, SCHEDULES)
+        require_choice("parallel.recompute", self.recompute, RECOMPUTES)
+        require_bool("parallel.sequence_parallel", self.sequence_parallel)
+        require_int("parallel.zero_stage", self.zero_stage, minimum=0)
+        if self.zero_stage > 3:
+            raise SpecError("parallel.zero_stage", self.zero_stage, "no such ZeRO stage", "0, 1, 2, 3")
+        self._check_schedule()
+        self._check_order()
+        if self.stages is not None:
+            for i, n in enumerate(self.stages):
+                require_int(f"parallel.stages[{i}]", n)
+
+    def _check_schedule(self) -> None:
+        if self.vpp > 1 and self.schedule != "interleaved":
+            raise SpecError("parallel.vpp", self.vpp,
+                            f"needs the interleaved schedule, not {self.schedule}",
+                            "vpp: 1, or schedule: interleaved")
+        if self.schedule == "interleaved" and self.vpp < 2:
+            raise SpecError("parallel.schedule", self.schedule,
+                            "interleaves virtual stages, but vpp is 1", "vpp >= 2, or 1f1b")
+
+    def _check_order(self) -> None:
+        axes = self.order.split("-") if isinstance(self.order, str) else []
+        dense = [a for a in axes if a != "ep"]
+        if sorted(dense) != sorted(DENSE_AXES) or axes.count("ep") > 1:
+            raise SpecError("parallel.order", self.order,
+                            "must name tp, cp, dp and pp once each (ep optional), innermost first",
+                            f"e.g. {DEFAULT_ORDER}")
+
+    @property
+    def num_virtual_stages(self) -> int:
+        return self.pp * self.vpp
+
+    def with_dp(self, dp: int) -> Layout:
+        return replace(self, dp=dp)
+
+    @property
+    def ranks_per_replica(self) -> int:
+        """GPUs holding one copy of the model: tp·cp·pp (cp splits the sequence, not weights)."""
+        return self.tp * self.cp * self.pp
+
+    @property
+    def world_size(self) -> int:
+        assert self.dp is not None, "resolve the layout against a cluster first"
+        return self.tp * self.cp * self.dp * self.pp
+
+    def axis_size(self, axis: str) -> int:
+        return getattr(self, axis)
+
+    def stride(self, axis: str) -> int:
+        """Distance in global rank between neighbours of `axis` (a dense axis)."""
+        assert axis in DENSE_AXES, axis
+        stride = 1
+        for inner in self.order.split("-"):
+            if inner == axis:
+                return stride
+            if inner != "ep":
+                stride *= self.axis_size(inner)
+        raise AssertionError(axis)
+
+    def expert_stride(self) -> int:
+        """Distance in global rank between expert-parallel neighbours. Megatron-Core orders the
+        expert ranks as the dense ones with cp folded into dp and ep carved out of it (expert
+        data-parallel size dp·cp/ep); without ep in the order, ep sits right after tp."""
+        assert self.dp is not None
+        axes = self.order.split("-")
+        if "ep" not in axes:
+            axes.insert(axes.index("tp") + 1, "ep")
+        sizes = {"tp": self.tp, "pp": self.pp, "dp": self.dp * self.cp // self.ep, "cp": 1}
+        stride = 1
+        for axis in axes:
+            if axis == "ep":
+                return stride
+            stride *= sizes[axis]
+        raise AssertionError(self.order)
+
+    def stage_ranks(self, stage: int) -> range | list[int]:
+        """Global ranks of pipeline rank `stage` (all its tp, cp and dp peers)."""
+        assert self.dp is not None
+        stride = self.stride("pp")
+        if stride * self.pp == self.world_size:  # pp outermost: one block of ranks
+            block = self.world_size // self.pp
+            return range(stage * block, (stage + 1) * block)
+        return [r for r in range(self.world_size) if (r // stride) % self.pp == stage]
+
+
+def default_stage_layers(num_layers: int, num_stages: int) -> tuple[int, ...]:
+    """Split layers over virtual stages evenly; where they do not divide, the first and last
+    stages (which also hold the embedding and the LM head) get one layer fewer, then the second
+    and second-to-last, and so on. Llama 3 405B: 126 layers on 16 stages = 7, 8 x 14, 7
+    (Llama 3 paper, arXiv:2407.21783 §3.3.2)."""
+    assert 1 <= num_stages <= num_layers
+    ceiling = -(-num_layers // num_stages)
+    split = [ceiling] * num_stages
+    excess = ceiling * num_stages - num_layers
+    ends = [i // 2 if i % 2 == 0 else num_stages - 1 - i // 2 for i in range(num_stages)]
+    for stage in ends[:excess]:
+        split[stage] -= 1
+    return tuple(split)

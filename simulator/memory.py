@@ -1,0 +1,155 @@
+"""Memory per rank: model states (ZeRO) and activations (Korthikanti et al. 2022).
+
+Model states: Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion
+Parameter Models", §3.1 and §5 (Figure 1): weights, gradients and K bytes of optimizer state per
+parameter; stage 1 shards the optimizer states, stage 2 also the gradients, stage 3 also the
+weights over the data-parallel ranks (Megatron-Core shards over dp·cp, experts over dp·cp/ep).
+
+Activations: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+Models", §4 and Table 2, generalised tensor by tensor to GQA/MLA, SwiGLU, no dropout, fused
+(flash) attention, context parallelism and MoE; their Table 2 is the special case MHA, GeLU
+with 4h, dropout, unfused attention, 16-bit values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.layout import Layout, Recompute
+from simulator.model import ModelSpec
+from simulator.ops import Shard
+from simulator.params import StageParams
+from simulator.training import TrainingSpec
+
+MASK_BYTES = 1  # dropout masks are stored as bytes
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Bytes of weights, gradients and optimizer states on one rank."""
+
+    weights_bytes: float
+    gradients_bytes: float
+    optimizer_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.gradients_bytes + self.optimizer_bytes
+
+
+def model_states(params: float, training: TrainingSpec, zero_stage: int, shards: int) -> ModelStates:
+    """Model states of `params` parameters replicated over `shards` data-parallel ranks.
+
+    ZeRO paper example: 7.5B parameters, 64 GPUs, fp16 Adam: 120 / 31.4 / 16.6 / 1.9 GB for
+    stages 0 / 1 / 2 / 3."""
+    w = training.weight_bytes_per_param * params
+    g = training.grad_bytes_per_param * params
+    k = training.optimizer_bytes_per_param * params
+    return ModelStates(
+        weights_bytes=w / shards if zero_stage >= 3 else w,
+        gradients_bytes=g / shards if zero_stage >= 2 else g,
+        optimizer_bytes=k / shards if zero_stage >= 1 else k,
+    )
+
+
+def rank_model_states(stage: StageParams, training: TrainingSpec, layout: Layout) -> ModelStates:
+    """One rank's model states: its stage's parameters split over tp (norms replicated) and
+    experts over ep·tp; ZeRO shards dense states over dp·cp and expert states over dp·cp/ep."""
+    assert layout.dp is not None
+    dense = (stage.dense - stage.norms) / layout.tp + stage.norms
+    expert = stage.expert / (layout.tp * layout.ep)
+    dense_states = model_states(dense, training, layout.zero_stage, layout.dp * layout.cp)
+    expert_states = model_states(expert, training, layout.zero_stage,
+                                 layout.dp * layout.cp // layout.ep)
+    return ModelStates(
+        weights_bytes=dense_states.weights_bytes + expert_states.weights_bytes,
+        gradients_bytes=dense_states.gradients_bytes + expert_states.gradients_bytes,
+        optimizer_bytes=dense_states.optimizer_bytes + expert_states.optimizer_bytes,
+    )
+
+
+# Activations ---------------------------------------------------------------------------------
+
+
+def attention_activation_bytes(model: ModelSpec, shard: Shard, recompute: Recompute) -> float:
+    """Tensors the attention half of a block keeps for its backward pass, per micro-batch."""
+    h, bpv = model.hidden_size, shard.bytes_per_value
+    tokens, edge = shard.tokens, shard.elementwise_tokens  # edge: tokens of norm regions
+    heads = model.num_attention_heads // shard.tp
+    kv_heads = heads if model.mla else max(1, model.kv_heads // shard.tp)
+    dqk, dv = model.qk_head_dim, model.v_head_dim
+    total = 2 * bpv * edge * h  # norm input; projection input (norm output)
+    total += bpv * tokens * (heads * dqk + kv_heads * (dqk + dv))  # Q, K, V
+    if model.mla:  # low-rank latents are the up-projections' inputs
+        total += bpv * tokens * (model.mla.q_lora_rank + model.mla.kv_lora_rank)
+    if shard.flash_attention:
+        total += 4 * tokens * heads  # fp32 softmax statistics (log-sum-exp) per query
+    elif recompute == "none":  # softmax output, with dropout also its mask and output
+        scores = shard.micro_batch * heads * (shard.seq_length // shard.cp) * shard.seq_length
+        total += scores * ((2 * bpv + MASK_BYTES) if model.dropout else bpv)
+    total += bpv * tokens * heads * dv  # output projection input
+    if model.dropout:
+        total += MASK_BYTES * edge * h
+    return total
+
+
+def ffn_activation_bytes(model: ModelSpec, shard: Shard, moe: bool) -> float:
+    """Tensors the MLP / MoE half of a block keeps for its backward pass, per micro-batch."""
+    h, bpv = model.hidden_size, shard.bytes_per_value
+    tokens, edge = shard.tokens, shard.elementwise_tokens
+    total = 2 * bpv * edge * h  # norm input; fc1 (or router) input
+    if model.dropout:
+        total += MASK_BYTES * edge * h
+    if not moe:
+        return total + _mlp_inner_bytes(model, tokens, model.ffn_hidden_size // shard.tp, bpv)
+    slots = tokens * model.experts_per_token * (model.capacity_factor or 1.0)
+    total += 4 * tokens * model.num_experts  # fp32 router probabilities
+    total += 2 * bpv * slots * h  # dispatched expert inputs and expert outputs before combine
+    total += _mlp_inner_bytes(model, slots, model.moe_ffn_hidden_size // shard.tp, bpv)
+    if model.num_shared_experts:
+        width = model.num_shared_experts * model.shared_ffn_hidden_size // shard.tp
+        total += bpv * tokens * h + _mlp_inner_bytes(model, tokens, width, bpv)
+    return total
+
+
+def _mlp_inner_bytes(model: ModelSpec, tokens: float, width: int, bpv: int) -> float:
+    """fc1 output (the activation's input; gate and up for SwiGLU) and fc2 input."""
+    fc1_out = width * (2 if model.activation == "swiglu" else 1)
+    return bpv * tokens * (fc1_out + width)
+
+
+def block_activation_bytes(model: ModelSpec, shard: Shard, moe: bool, recompute: Recompute) -> float:
+    """Stored activations of one block for one micro-batch (Korthikanti et al. Table 2):
+    GPT, no recompute: s·b·h·(34 + 5·a·s/h); tensor parallel: s·b·h·(10 + 24/t + 5·a·s/(h·t));
+    with sequence parallelism: s·b·h·(34/t + 5·a·s/(h·t)); selective recompute drops the
+    5·a·s/h term; full recompute keeps only the block's input, 2·s·b·h (/t with SP)."""
+    if recompute == "full":
+        return shard.bytes_per_value * shard.elementwise_tokens * model.hidden_size
+    return attention_activation_bytes(model, shard, recompute) + ffn_activation_bytes(model, shard, moe)
+
+
+def head_activation_bytes(model: ModelSpec, shard: Shard) -> float:
+    """Last stage: final norm and LM head inputs and the fp32 logits of the vocabulary-parallel
+    cross-entropy, 4·s·b·h/t·(1 + V/h) (Korthikanti et al. §4.3)."""
+    vocab = -(-model.vocab_size // shard.tp)
+    return 2 * shard.bytes_per_value * shard.elementwise_tokens * model.hidden_size \
+        + 4 * shard.tokens * vocab
+
+
+def embedding_activation_bytes(model: ModelSpec, shard: Shard) -> float:
+    """First stage: the embedding dropout mask (Korthikanti et al. §4.3)."""
+    return MASK_BYTES * shard.elementwise_tokens * model.hidden_size if model.dropout else 0.0
+
+
+def in_flight_microbatches(layout: Layout, rank: int, microbatches: int) -> float:
+    """Micro-batches whose activations pipeline rank `rank` holds at its peak, in units of
+    all the rank's layers. GPipe: all m. 1F1B and ZB-H1: pp - rank (Narayanan et al. 2021 §2.2;
+    Qi et al. 2023, "Zero Bubble Pipeline Parallelism", §3: ZB-H1 keeps 1F1B's peak).
+    Interleaved: Megatron-LM warms up 2·(pp - rank - 1) + (vpp - 1)·pp chunks and runs one
+    more, each 1/vpp of the rank's layers: pp + (pp - 1)/vpp at rank 0 (Korthikanti et al. §4.2.3)."""
+    if layout.schedule == "gpipe":
+        return float(microbatches)
+    if layout.schedule == "interleaved":
+        chunks = 2 * (layout.pp - rank - 1) + (layout.vpp - 1) * layout.pp + 1
+        return min(chunks, microbatches * layout.vpp) / layout.vpp
+    return float(min(layout.pp - rank, microbatches))

@@ -1,0 +1,177 @@
+"""The operations of one transformer block, LM head and embedding, as one rank runs them.
+
+An `Op` carries its forward matmul FLOPs and the bytes it moves through device memory; the
+FLOP counts (`simulator.flops`) and the time model (`simulator.cost.compute`) both read these
+lists, so what is counted is what is timed. Shapes are per rank: tensor parallelism splits
+heads and the MLP width, sequence parallelism splits the token dimension of norms and
+elementwise ops, context parallelism splits the query tokens.
+
+FLOP conventions (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU
+Clusters Using Megatron-LM", §5.1 and Appendix): a (m x k)·(k x n) GEMM is 2mkn FLOPs; the
+attention score and value products are counted over the full s x s square (no causal halving),
+so model FLOPs match Megatron-LM's and PaLM's MFU; the backward pass is twice the forward.
+Elementwise work (norms, activations, softmax, residual adds) is not counted as FLOPs but is
+timed by its memory traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from simulator.model import ModelSpec
+
+OpKind = Literal["gemm", "attention", "memory"]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the forward pass on one rank; `count` identical instances."""
+
+    name: str  # e.g. "qkv", "core_attention", "fc1"
+    kind: OpKind  # gemm | attention (fused) | memory (elementwise)
+    flop: float  # forward FLOPs of all `count` instances
+    bytes: float  # forward bytes read + written of all instances
+    shape: tuple[int, ...] = ()  # gemm: (m, n, k) of one instance; attention: (b, heads, s_q, s_kv)
+    count: int = 1  # identical instances (e.g. local experts of a grouped GEMM)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """How one rank sees a micro-batch."""
+
+    micro_batch: int  # sequences b
+    seq_length: int  # full sequence s (keys and values of attention span all of it)
+    tp: int = 1  # tensor-parallel degree
+    cp: int = 1  # context-parallel degree: this rank's queries are s / cp
+    sequence_parallel: bool = False  # norms and elementwise ops see tokens / tp
+    bytes_per_value: int = 2  # activations' precision
+    flash_attention: bool = True  # fused attention: no s x s matrix in memory
+
+    @property
+    def tokens(self) -> int:
+        """Tokens whose queries this rank computes: b·s/cp."""
+        return self.micro_batch * self.seq_length // self.cp
+
+    @property
+    def elementwise_tokens(self) -> float:
+        return self.tokens / self.tp if self.sequence_parallel else self.tokens
+
+
+def gemm(name: str, m: float, n: float, k: float, bpv: int, count: int = 1) -> Op:
+    """`count` GEMMs of (m x k)·(k x n): 2mnk FLOPs each; reads both inputs, writes the output."""
+    return Op(name, "gemm", 2.0 * m * n * k * count, float((m * k + k * n + m * n) * bpv * count),
+              (int(m), int(n), int(k)), count)
+
+
+def memory(name: str, values: float, bpv: int) -> Op:
+    """An elementwise op that reads and writes `values` values in total."""
+    return Op(name, "memory", 0.0, float(values * bpv))
+
+
+def _heads(model: ModelSpec, tp: int) -> tuple[int, int]:
+    """(query heads, key/value heads) on one rank; kv heads are replicated when tp > kv."""
+    return model.num_attention_heads // tp, max(1, model.kv_heads // tp)
+
+
+def attention_ops(model: ModelSpec, shard: Shard) -> list[Op]:
+    """Norm, projections (GQA or MLA), core attention, output projection, residual add."""
+    h, bpv, t = model.hidden_size, shard.bytes_per_value, shard.tokens
+    heads, kv_heads = _heads(model, shard.tp)
+    dqk, dv = model.qk_head_dim, model.v_head_dim
+    ops = [memory("norm1", 2 * shard.elementwise_tokens * h, bpv)]
+    if model.mla is None:
+        ops.append(gemm("qkv", t, heads * dqk + kv_heads * (dqk + dv), h, bpv))
+    else:
+        m = model.mla
+        if m.q_lora_rank:
+            ops.append(gemm("q_down", t, m.q_lora_rank, h, bpv))
+            ops.append(gemm("q_up", t, heads * dqk, m.q_lora_rank, bpv))
+        else:
+            ops.append(gemm("q", t, heads * dqk, h, bpv))
+        ops.append(gemm("kv_down", t, m.kv_lora_rank + m.qk_rope_head_dim, h, bpv))
+        ops.append(gemm("kv_up", t, heads * (m.qk_nope_head_dim + dv), m.kv_lora_rank, bpv))
+        kv_heads = heads  # MLA materialises per-head keys and values in training
+    ops.append(_core_attention(shard, heads, kv_heads, dqk, dv))
+    if not shard.flash_attention:
+        scores = shard.micro_batch * heads * (shard.seq_length // shard.cp) * shard.seq_length
+        ops.append(memory("softmax", 2 * scores, bpv))
+    ops.append(gemm("attention_out", t, h, heads * dv, bpv))
+    ops.append(memory("residual1", 3 * shard.elementwise_tokens * h, bpv))
+    return ops
+
+
+def _core_attention(shard: Shard, heads: int, kv_heads: int, dqk: int, dv: int) -> Op:
+    """Q·K^T and softmax·V over the full s x s square: 2·b·s_q·s·heads·(dqk + dv) FLOPs."""
+    b, s_q, s = shard.micro_batch, shard.seq_length // shard.cp, shard.seq_length
+    flop = 2.0 * b * s_q * s * heads * (dqk + dv)
+    moved = b * (s_q * heads * (dqk + dv) + s * kv_heads * (dqk + dv)) * shard.bytes_per_value
+    if not shard.flash_attention:  # scores written by Q·K^T, read back by softmax·V
+        moved += 2 * b * heads * s_q * s * shard.bytes_per_value
+    return Op("core_attention", "attention", flop, float(moved), (b, heads, s_q, s))
+
+
+def mlp_ops(model: ModelSpec, shard: Shard, ffn: int, tokens: float | None = None,
+            name: str = "", count: int = 1) -> list[Op]:
+    """fc1 (gate and up for SwiGLU), activation, fc2 on `tokens` tokens (default: all)."""
+    h, bpv = model.hidden_size, shard.bytes_per_value
+    t = shard.tokens if tokens is None else tokens
+    width = ffn // shard.tp
+    gated = model.activation == "swiglu"
+    return [
+        gemm(f"{name}fc1", t, width * (2 if gated else 1), h, bpv, count),
+        memory(f"{name}activation", t * width * (3 if gated else 2) * count, bpv),
+        gemm(f"{name}fc2", t, h, width, bpv, count),
+    ]
+
+
+def ffn_ops(model: ModelSpec, shard: Shard, moe: bool, ep: int = 1) -> list[Op]:
+    """The block's second half: norm, dense MLP or router + experts, residual add.
+
+    MoE: each rank computes, for its num_experts/ep local experts, the tokens routed to them;
+    with balanced routing that is tokens·k slots per rank (padded to the capacity factor when
+    one is set), as a grouped GEMM of num_experts/ep experts."""
+    h, bpv = model.hidden_size, shard.bytes_per_value
+    ops = [memory("norm2", 2 * shard.elementwise_tokens * h, bpv)]
+    if not moe:
+        ops += mlp_ops(model, shard, model.ffn_hidden_size)
+    else:
+        local = model.num_experts // ep
+        slots = shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
+        ops.append(gemm("router", shard.tokens, model.num_experts, h, bpv))
+        ops.append(memory("permute", 4 * slots * h, bpv))  # dispatch and combine copies
+        ops += mlp_ops(model, shard, model.moe_ffn_hidden_size, slots / local, "expert_", local)
+        if model.num_shared_experts:
+            ops += mlp_ops(model, shard, model.shared_ffn_hidden_size * model.num_shared_experts,
+                           name="shared_")
+    ops.append(memory("residual2", 3 * shard.elementwise_tokens * h, bpv))
+    return ops
+
+
+@lru_cache(maxsize=4096)
+def block_ops(model: ModelSpec, shard: Shard, moe: bool, ep: int = 1) -> tuple[Op, ...]:
+    """All forward ops of one transformer block on one rank."""
+    return tuple(attention_ops(model, shard) + ffn_ops(model, shard, moe, ep))
+
+
+@lru_cache(maxsize=1024)
+def head_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
+    """Final norm, LM head (vocabulary-parallel over tp) and cross-entropy (fp32 logits)."""
+    h, bpv, t = model.hidden_size, shard.bytes_per_value, shard.tokens
+    vocab = -(-model.vocab_size // shard.tp)
+    return (
+        memory("final_norm", 2 * shard.elementwise_tokens * h, bpv),
+        gemm("lm_head", t, vocab, h, bpv),
+        memory("cross_entropy", 3 * t * vocab, 4),
+    )
+
+
+@lru_cache(maxsize=1024)
+def embedding_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
+    """Token (and learned position) lookup: memory only."""
+    return (memory("embedding", 2 * shard.tokens * model.hidden_size, shard.bytes_per_value),)
+
+
+def forward_flop(ops: tuple[Op, ...] | list[Op], kinds: tuple[OpKind, ...] = ("gemm", "attention")) -> float:
+    return sum(op.flop for op in ops if op.kind in kinds)

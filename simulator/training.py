@@ -1,0 +1,61 @@
+"""TrainingSpec: what one optimizer step processes, in which precision, for how long."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.checks import require_bool, require_choice, require_int, require_positive
+from simulator.hardware import PRECISIONS, Precision
+
+BYTES_PER_VALUE = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSpec:
+    """One training run: mixed-precision Adam(W), the model's weights in `precision`."""
+
+    seq_length: int  # tokens per sequence s
+    global_batch_size: int  # sequences per optimizer step
+    precision: Precision = "bf16"  # GEMM precision; fp8 keeps bf16 weights (Transformer Engine)
+    tokens: float | None = None  # tokens of the whole run, for its wall time
+    flash_attention: bool = True  # fused attention: no s^2 score matrix is stored
+    grad_precision: Precision | None = None  # gradient buffer; None = Megatron-LM's default
+
+    def __post_init__(self) -> None:
+        require_int("training.seq_length", self.seq_length)
+        require_int("training.global_batch_size", self.global_batch_size)
+        require_choice("training.precision", self.precision, PRECISIONS)
+        if self.tokens is not None:
+            require_positive("training.tokens", self.tokens)
+        require_bool("training.flash_attention", self.flash_attention)
+        if self.grad_precision is not None:
+            require_choice("training.grad_precision", self.grad_precision, ("bf16", "fp16", "fp32"))
+
+    @property
+    def weight_bytes_per_param(self) -> int:
+        """Working copy of the weights: fp8 training keeps bf16 weights and casts per GEMM."""
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def grad_bytes_per_param(self) -> int:
+        """Gradient buffer. Megatron-LM accumulates bf16 runs' gradients in fp32
+        (`--accumulate-allreduce-grads-in-fp32` is forced on for bf16) and keeps fp16 runs'
+        in fp16 (Rajbhandari et al. 2020, §3.1: 2 bytes)."""
+        if self.grad_precision is not None:
+            return BYTES_PER_VALUE[self.grad_precision]
+        return 2 if self.precision == "fp16" else 4
+
+    @property
+    def optimizer_bytes_per_param(self) -> int:
+        """Adam states K: fp32 master weights, momentum and variance (K = 12, Rajbhandari et al.
+        2020, §3.1); an fp32 run needs no master copy (K = 8)."""
+        return 8 if self.precision == "fp32" else 12
+
+    @property
+    def activation_bytes_per_value(self) -> int:
+        """Stored activations are in the 16-bit working precision (fp32 for fp32 runs)."""
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_length * self.global_batch_size
