@@ -17,6 +17,14 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
+def _count(value: float) -> str:
+    """Parameter counts the way model cards write them: 70.6B, 1.01T, 125M."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return str(int(value))
+
+
 def _duration(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:.1f} days"
@@ -57,7 +65,7 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"  layout      {_layout_line(job)}; {p.microbatches} micro-batches per step",
         f"  step time   {_duration(p.step_time_s)}   {_si(p.tokens_per_s)} tokens/s   "
         f"MFU {p.mfu:.1%}   HFU {p.hfu:.1%}   {p.tflops_per_gpu:.0f} TFLOP/s per GPU",
-        f"  parameters  {_si(p.params_total)} total, {_si(p.params_active)} active per token",
+        f"  parameters  {_count(p.params_total)} total, {_count(p.params_active)} active per token",
         f"  memory      peak {mem.peak_bytes / GiB:.1f} GiB of {mem.capacity_bytes / GiB:.1f} GiB "
         f"usable per GPU: {verdict}",
         f"              weights {mem.weights_bytes / GiB:.1f}, gradients "
@@ -97,7 +105,7 @@ def format_listing(kind: str) -> str:
         for name in catalog.names("models"):
             m = catalog.model(name)
             moe = f"{m.num_experts}x top-{m.experts_per_token}" if m.is_moe else "-"
-            rows.append([name, _si(total_params(m)), _si(active_params(m)), str(m.num_layers),
+            rows.append([name, _count(total_params(m)), _count(active_params(m)), str(m.num_layers),
                          str(m.hidden_size), f"{m.num_attention_heads}/{m.kv_heads}",
                          str(m.vocab_size), moe])
         return _table(["model", "params", "active", "layers", "hidden", "heads/kv", "vocab",

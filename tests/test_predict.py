@@ -1,0 +1,126 @@
+"""The first time model: components add up, closed forms hold, effects point the right way."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simulator.jobfile import job_from_mapping
+from simulator.predict import predict
+
+CLUSTER = {
+    "gpu": "h100-sxm", "gpus_per_node": 8,
+    "intra_node": {"bandwidth_GBps": 450, "latency_us": 3},
+    "inter_node": {"bandwidth_Gbps": 400, "nics_per_node": 8, "latency_us": 5},
+}
+MODEL = {"name": "llama-like-8b", "num_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+         "num_kv_heads": 8, "ffn_hidden_size": 14336, "vocab_size": 128256}
+
+
+def job(parallel: dict, nodes: int = 4, model: dict | None = None, **training):
+    raw = {"model": model or MODEL, "cluster": {**CLUSTER, "num_nodes": nodes},
+           "training": {"seq_length": 4096, "global_batch_size": 256, **training},
+           "parallel": parallel}
+    return job_from_mapping(raw, base_dir=Path("."), source="test")
+
+
+def test_breakdown_sums_to_step_time():
+    p = predict(job({"tp": 4, "pp": 2, "recompute": "selective", "zero_stage": 1}))
+    assert sum(p.breakdown.as_dict().values()) == pytest.approx(p.step_time_s, rel=1e-12)
+    assert p.to_json()["step_time_s"] == p.step_time_s
+
+
+def test_bubble_is_the_closed_form():
+    """(pp-1)/(vpp·m) of the pipeline's busy time (Narayanan et al. 2021, §2.2)."""
+    for parallel in ({"tp": 2, "pp": 4}, {"tp": 2, "pp": 4, "vpp": 2, "schedule": "interleaved"}):
+        p = predict(job(parallel))
+        b = p.breakdown
+        busy = b.compute_s + b.tp_comm_s + b.cp_comm_s + b.ep_comm_s
+        vpp = parallel.get("vpp", 1)
+        assert b.bubble_s == pytest.approx(busy * 3 / (vpp * p.microbatches))
+
+
+def test_zero_bubble_beats_1f1b():
+    plain = predict(job({"tp": 2, "pp": 4}))
+    zb = predict(job({"tp": 2, "pp": 4, "schedule": "zero-bubble"}))
+    assert zb.breakdown.bubble_s < plain.breakdown.bubble_s / 2
+    assert zb.stages == plain.stages  # ZB-H1 keeps 1F1B's memory
+
+
+def test_no_pipeline_no_bubble_no_p2p():
+    p = predict(job({"tp": 8}))
+    assert p.breakdown.bubble_s == 0 and p.breakdown.pp_comm_s == 0
+
+
+def test_tp_across_nodes_costs_more_than_inside():
+    inside = predict(job({"tp": 8}))
+    across = predict(job({"tp": 8, "order": "dp-tp-cp-pp"}))
+    # tp=8 behind dp=4: two members per node, so the all-reduces cross the NICs
+    assert across.breakdown.tp_comm_s > 2 * inside.breakdown.tp_comm_s
+
+
+def test_recompute_trades_time_for_memory():
+    base = {"tp": 4, "pp": 2}
+    none, sel, full = (predict(job({**base, "recompute": r})) for r in ("none", "selective", "full"))
+    assert full.step_time_s > sel.step_time_s >= none.step_time_s
+    peak = [p.peak_stage.activations_bytes for p in (none, sel, full)]
+    assert peak[2] < peak[1] <= peak[0]
+    assert full.hfu > full.mfu
+
+
+def test_zero_stages_shrink_model_states():
+    states = [predict(job({"tp": 2, "zero_stage": z})).peak_stage for z in range(4)]
+    totals = [s.weights_bytes + s.gradients_bytes + s.optimizer_bytes for s in states]
+    assert totals == sorted(totals, reverse=True)
+
+
+def test_first_stage_holds_most_activations_under_1f1b():
+    p = predict(job({"tp": 2, "pp": 4}))
+    acts = [s.activations_bytes for s in p.stages]
+    assert acts[0] > acts[1] > acts[2]
+
+
+def test_does_not_fit_is_reported():
+    p = predict(job({"tp": 1}, nodes=1))
+    assert not p.fits  # 8B with fp32 grads and Adam unsharded: 18 bytes/param > 80 GB
+    assert predict(job({"tp": 1, "zero_stage": 3}, nodes=1)).fits
+
+
+def test_mfu_matches_the_definition():
+    p = predict(job({"tp": 4}))
+    peak = 32 * 989.4e12
+    assert p.mfu == pytest.approx(p.model_flop_per_step / p.step_time_s / peak, rel=1e-3)
+
+
+def test_whole_run_time():
+    p = predict(job({"tp": 4}, tokens=1e9))
+    assert p.run.steps == -(-1_000_000_000 // (4096 * 256))
+    assert p.run.time_s == pytest.approx(p.run.steps * p.step_time_s)
+    assert p.run.gpu_hours == pytest.approx(p.run.time_s / 3600 * 32)
+
+
+def test_mixed_cluster_paces_on_the_slower_gpu():
+    a100 = {**CLUSTER, "gpu": "a100-80gb", "num_nodes": 2,
+            "intra_node": {"bandwidth_GBps": 300, "latency_us": 3},
+            "inter_node": {"bandwidth_Gbps": 200, "nics_per_node": 8, "latency_us": 5}}
+    h100 = {**CLUSTER, "num_nodes": 2}
+    raw = {"model": MODEL, "cluster": {"node_groups": [h100, a100]},
+           "training": {"seq_length": 4096, "global_batch_size": 256},
+           "parallel": {"tp": 8, "pp": 2}}
+    mixed = job_from_mapping(raw, base_dir=Path("."), source="test")
+    p = predict(mixed)
+    only_h100 = predict(job({"tp": 8, "pp": 2}))
+    assert p.step_time_s > only_h100.step_time_s
+    assert p.peak_flop_per_s == pytest.approx(16 * 989.4e12 + 16 * 312e12, rel=1e-3)
+
+
+def test_moe_expert_parallel_splits_expert_memory_and_adds_all_to_all():
+    moe = {**MODEL, "name": "moe", "num_experts": 8, "experts_per_token": 2,
+           "moe_ffn_hidden_size": 14336}
+    ep1 = predict(job({"tp": 2}, model=moe))
+    ep4 = predict(job({"tp": 2, "ep": 4}, model=moe))
+    assert ep4.breakdown.ep_comm_s > 0 == ep1.breakdown.ep_comm_s
+    assert ep4.peak_stage.weights_bytes < ep1.peak_stage.weights_bytes / 2
+    assert ep1.params_active < ep1.params_total
