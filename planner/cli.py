@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from planner.report import format_estimate, format_listing
-from simulator.errors import ParasimError
+from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
 
@@ -56,6 +56,9 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool) -> int:
     for path in paths:
         try:
             job = load_job(path, overrides)
+            if job.layout is None:
+                raise SpecError("parallel", None, "missing: estimate predicts one layout",
+                                "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
             prediction = predict(job)
         except ParasimError as err:
             status = EXIT_USER_ERROR

@@ -86,8 +86,11 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
                 continue
             raise SpecError(f"{field}.{key}", None, "missing", "a number")
         value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{field}.{key}", value, "must be a number", "a number")
+        smallest = 0 if key == "peak_fp8_tflops" else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value > 0 or value == smallest):
+            valid = "a number >= 0 (0 = no fp8)" if smallest == 0 else "a number > 0"
+            raise SpecError(f"{field}.{key}", value, "must be a positive number", valid)
         kwargs[spec_field] = float(value) * scale
     return DeviceSpec(name=name, **kwargs)
 

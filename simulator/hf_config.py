@@ -34,7 +34,8 @@ class _Keys:
     def _get(self, key: str) -> Any:
         value = self.config.get(key, _MISSING)
         if value is _MISSING:
-            raise SpecError(f"{self.field}.{key}", self.source, "missing from config.json")
+            raise SpecError(f"{self.field}.{key}", self.source, "missing from config.json",
+                            f"a config.json that sets {key}")
         return value
 
     def _check_count(self, key: str, value: Any, minimum: int) -> int:
@@ -377,15 +378,16 @@ def load_hf_config(path: Path, *, field: str = "model") -> ModelSpec:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise SpecError(field, str(path), f"cannot read: {error.strerror or error}") from error
+        raise SpecError(field, str(path), f"cannot read: {error.strerror or error}",
+                        "a readable config.json, or a folder holding one") from error
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as error:
         raise SpecError(field, str(path), f"not valid JSON: line {error.lineno} column "
-                        f"{error.colno}: {error.msg}") from error
+                        f"{error.colno}: {error.msg}", "a JSON object") from error
     except UnicodeDecodeError as error:
         raise SpecError(field, str(path), f"not valid JSON: not UTF-8 text ({error.reason} "
-                        f"at byte {error.start})") from error
+                        f"at byte {error.start})", "a UTF-8 JSON file") from error
     return model_from_hf_config(config, name=_name(path), field=field, source=str(path))
 
 

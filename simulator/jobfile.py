@@ -7,8 +7,7 @@ may start from a catalog entry with `base:`.
 
 from __future__ import annotations
 
-import re
-from dataclasses import fields, replace
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from simulator.hardware import ClusterSpec, LinkSpec, NodeGroup
 from simulator.hf_config import load_hf_config
 from simulator.job import Job, resolve_layout
 from simulator.layout import Layout
-from simulator.model import MLASpec, ModelSpec
+from simulator.model import ModelSpec
 from simulator.training import TrainingSpec
 from simulator.yamlfile import parse_text
 
@@ -67,7 +66,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
                             "a path of mapping keys")
         node[part] = child
         node = child
-    node[parts[-1]] = parse_text(text, f"--set {item}") if text.strip() else None
+    node[parts[-1]] = parse_text(text, text, f"--set {key.strip()}") if text.strip() else None
 
 
 def job_from_mapping(raw: dict[str, Any], *, base_dir: Path, source: str) -> Job:
@@ -105,10 +104,12 @@ def model_spec(value: Any, base_dir: Path, field: str = "model") -> ModelSpec:
     if base is None:
         return catalog.model_from_mapping(value, name=value.get("name", "custom"), field=field)
     spec = model_spec(base, base_dir, f"{field}.base")
-    if "mla" in value and isinstance(value["mla"], dict):
-        mla = spec.mla.__dict__ if spec.mla else {}
-        value["mla"] = MLASpec(**{**mla, **value["mla"]})
-    return _replace(spec, value, field)
+    merged = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
+    if spec.mla is not None:
+        merged["mla"] = asdict(spec.mla)
+    if isinstance(value.get("mla"), dict) and spec.mla is not None:
+        value["mla"] = {**merged["mla"], **value["mla"]}
+    return catalog.model_from_mapping({**merged, **value}, name=spec.name, field=field)
 
 
 # Cluster -------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def model_spec(value: Any, base_dir: Path, field: str = "model") -> ModelSpec:
 def cluster_spec(value: Any, layout: Layout | None) -> ClusterSpec:
     """A preset name or a mapping: one node group inline, or `node_groups: [...]`."""
     if isinstance(value, str):
-        value = {"base": value}
+        value = {"base": catalog.canonical_name("clusters", value, "cluster")}
     if not isinstance(value, dict):
         raise SpecError("cluster", value, "must be a preset name or a mapping",
                         ", ".join(catalog.names("clusters")))
@@ -219,7 +220,9 @@ def _number(field: str, value: Any, allow_zero: bool = False) -> float:
         raise SpecError(field, value, "must be a number" if value is not None else "missing",
                         "a number")
     if value < 0 or (value == 0 and not allow_zero):
-        raise SpecError(field, value, "must be positive", "a number > 0")
+        valid = "a number >= 0" if allow_zero else "a number > 0"
+        raise SpecError(field, value, "must not be negative" if allow_zero else "must be positive",
+                        valid)
     return float(value)
 
 
@@ -244,18 +247,7 @@ def _dataclass_from(cls: type, value: Any, field: str):
     if unknown:
         key = sorted(unknown)[0]
         raise SpecError(f"{field}.{key}", value[key], f"unknown {field} field", ", ".join(names))
-    try:
-        return cls(**value)
-    except TypeError as err:  # a required field is missing
-        missing = re.findall(r"'(\w+)'", str(err))
-        raise SpecError(f"{field}.{missing[0] if missing else '?'}", None, "missing",
-                        ", ".join(names)) from None
-
-
-def _replace(spec: ModelSpec, value: dict[str, Any], field: str) -> ModelSpec:
-    names = {f.name for f in fields(ModelSpec)}
-    unknown = set(value) - names
-    if unknown:
-        key = sorted(unknown)[0]
-        raise SpecError(f"{field}.{key}", value[key], "unknown model field", ", ".join(sorted(names)))
-    return replace(spec, **value)
+    for f in fields(cls):
+        if f.default is MISSING and f.name not in value:
+            raise SpecError(f"{field}.{f.name}", None, "missing", f"set {field}.{f.name}")
+    return cls(**value)

@@ -54,6 +54,9 @@ class Layout:
         self._check_schedule()
         self._check_order()
         if self.stages is not None:
+            if not isinstance(self.stages, tuple):
+                raise SpecError("parallel.stages", self.stages, "must be a list of layer counts",
+                                "e.g. [7, 8, 8, 7]")
             for i, n in enumerate(self.stages):
                 require_int(f"parallel.stages[{i}]", n)
 

@@ -73,6 +73,8 @@ class ModelSpec:
     capacity_factor: float | None = None  # expert capacity / fair share; None = dropless
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError("model.name", self.name, "must be a non-empty string", "a label")
         require_int("model.num_layers", self.num_layers)
         require_int("model.hidden_size", self.hidden_size)
         require_int("model.num_attention_heads", self.num_attention_heads)

@@ -34,7 +34,7 @@ def parse_text(text: str, source: str, field: str = "job") -> Any:
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(field, source, f"malformed YAML{where}: {problem}",
-                        "a YAML or JSON mapping") from None
+                        "well-formed YAML or JSON") from None
 
 
 def load_data(stream) -> Any:
