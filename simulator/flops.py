@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from simulator.layout import Recompute
 from simulator.model import ModelSpec
-from simulator.ops import Shard, block_ops, forward_flop, head_ops
+from simulator.ops import Shard, block_ops, core_attention_ops, forward_flop, head_ops
 from simulator.params import block_kinds
 from simulator.training import TrainingSpec
 
@@ -32,7 +32,7 @@ def forward_flop_per_sequence(model: ModelSpec, training: TrainingSpec) -> tuple
         if count:
             ops = block_ops(model, shard, moe)
             blocks += count * forward_flop(ops)
-            attention += count * forward_flop(ops, ("attention",))
+            attention += count * forward_flop(core_attention_ops(ops))
     return blocks, attention, forward_flop(head_ops(model, shard))
 
 

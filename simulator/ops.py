@@ -34,7 +34,8 @@ class Op:
     flop: float  # forward FLOPs of all `count` instances
     bytes: float  # forward bytes read + written of all instances
     shape: tuple[int, ...] = ()  # gemm: (m, n, k) of one instance; attention: (b, heads, s_q, s_kv)
-    count: int = 1  # identical instances (e.g. local experts of a grouped GEMM)
+    count: int = 1  # identical instances in one launch (batched or grouped GEMM)
+    core_attention: bool = False  # part of softmax(Q·K^T)·V: what selective recompute repeats
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,16 @@ class Shard:
         return self.tokens / self.tp if self.sequence_parallel else self.tokens
 
 
-def gemm(name: str, m: float, n: float, k: float, bpv: int, count: int = 1) -> Op:
+def gemm(name: str, m: float, n: float, k: float, bpv: int, count: int = 1,
+         core_attention: bool = False) -> Op:
     """`count` GEMMs of (m x k)·(k x n): 2mnk FLOPs each; reads both inputs, writes the output."""
     return Op(name, "gemm", 2.0 * m * n * k * count, float((m * k + k * n + m * n) * bpv * count),
-              (int(m), int(n), int(k)), count)
+              (int(m), int(n), int(k)), count, core_attention)
 
 
-def memory(name: str, values: float, bpv: int) -> Op:
+def memory(name: str, values: float, bpv: int, core_attention: bool = False) -> Op:
     """An elementwise op that reads and writes `values` values in total."""
-    return Op(name, "memory", 0.0, float(values * bpv))
+    return Op(name, "memory", 0.0, float(values * bpv), core_attention=core_attention)
 
 
 def _heads(model: ModelSpec, tp: int) -> tuple[int, int]:
@@ -93,23 +95,30 @@ def attention_ops(model: ModelSpec, shard: Shard) -> list[Op]:
         ops.append(gemm("kv_down", t, m.kv_lora_rank + m.qk_rope_head_dim, h, bpv))
         ops.append(gemm("kv_up", t, heads * (m.qk_nope_head_dim + dv), m.kv_lora_rank, bpv))
         kv_heads = heads  # MLA materialises per-head keys and values in training
-    ops.append(_core_attention(shard, heads, kv_heads, dqk, dv))
-    if not shard.flash_attention:
-        scores = shard.micro_batch * heads * (shard.seq_length // shard.cp) * shard.seq_length
-        ops.append(memory("softmax", 2 * scores, bpv))
+    ops += _core_attention(shard, heads, kv_heads, dqk, dv)
     ops.append(gemm("attention_out", t, h, heads * dv, bpv))
     ops.append(memory("residual1", 3 * shard.elementwise_tokens * h, bpv))
     return ops
 
 
-def _core_attention(shard: Shard, heads: int, kv_heads: int, dqk: int, dv: int) -> Op:
-    """Q·K^T and softmax·V over the full s x s square: 2·b·s_q·s·heads·(dqk + dv) FLOPs."""
-    b, s_q, s = shard.micro_batch, shard.seq_length // shard.cp, shard.seq_length
+def _core_attention(shard: Shard, heads: int, kv_heads: int, dqk: int, dv: int) -> list[Op]:
+    """softmax(Q·K^T)·V: 2·b·s_q·s·heads·(dqk + dv) FLOPs over the full s x s square.
+
+    Fused (FlashAttention): one kernel that reads Q, K, V and writes the output; causal
+    kernels skip the masked half (the time model's `causal_work_fraction`). Unfused (Megatron's
+    baddbmm, fused softmax, bmm): two batched GEMMs over the whole square and a softmax that
+    reads and writes the s x s scores."""
+    b, s_q, s, bpv = shard.micro_batch, shard.seq_length // shard.cp, shard.seq_length, \
+        shard.bytes_per_value
+    if not shard.flash_attention:
+        pairs = b * heads
+        return [gemm("attention_scores", s_q, s, dqk, bpv, pairs, core_attention=True),
+                memory("softmax", 2 * pairs * s_q * s, bpv, core_attention=True),
+                gemm("attention_values", s_q, dv, s, bpv, pairs, core_attention=True)]
     flop = 2.0 * b * s_q * s * heads * (dqk + dv)
-    moved = b * (s_q * heads * (dqk + dv) + s * kv_heads * (dqk + dv)) * shard.bytes_per_value
-    if not shard.flash_attention:  # scores written by Q·K^T, read back by softmax·V
-        moved += 2 * b * heads * s_q * s * shard.bytes_per_value
-    return Op("core_attention", "attention", flop, float(moved), (b, heads, s_q, s))
+    moved = b * (s_q * heads * (dqk + dv) + s * kv_heads * (dqk + dv)) * bpv
+    return [Op("core_attention", "attention", flop, float(moved), (b, heads, s_q, s),
+               core_attention=True)]
 
 
 def mlp_ops(model: ModelSpec, shard: Shard, ffn: int, tokens: float | None = None,
@@ -173,5 +182,11 @@ def embedding_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
     return (memory("embedding", 2 * shard.tokens * model.hidden_size, shard.bytes_per_value),)
 
 
-def forward_flop(ops: tuple[Op, ...] | list[Op], kinds: tuple[OpKind, ...] = ("gemm", "attention")) -> float:
-    return sum(op.flop for op in ops if op.kind in kinds)
+def forward_flop(ops: tuple[Op, ...] | list[Op]) -> float:
+    return sum(op.flop for op in ops)
+
+
+def core_attention_ops(ops: tuple[Op, ...] | list[Op]) -> list[Op]:
+    """The ops of softmax(Q·K^T)·V: what selective recompute repeats and ring attention hides
+    its communication behind."""
+    return [op for op in ops if op.core_attention]

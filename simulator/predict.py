@@ -27,7 +27,7 @@ from simulator.memory import (
     in_flight_microbatches,
     rank_model_states,
 )
-from simulator.ops import Shard, block_ops, embedding_ops, head_ops
+from simulator.ops import Shard, block_ops, core_attention_ops, embedding_ops, head_ops
 from simulator.params import StageParams, active_params, block_kinds, stage_params, total_params
 from simulator.results import RankMemory, RunPrediction, StepPrediction, TimeBreakdown
 
@@ -163,8 +163,8 @@ def _recompute_time_s(ctx: Context, ops, device: DeviceSpec) -> float:
     mode = ctx.layout.recompute
     if mode == "none":
         return 0.0
-    kinds = ("gemm", "attention", "memory") if mode == "full" else ("attention",)
-    return ops_time_s(ops, device, ctx.job.training.precision, ctx.profile, kinds=kinds)
+    repeated = ops if mode == "full" else core_attention_ops(ops)
+    return ops_time_s(repeated, device, ctx.job.training.precision, ctx.profile)
 
 
 def _tp_collective_s(ctx: Context) -> float:
@@ -195,8 +195,9 @@ def _cp_block_s(ctx: Context, ops, device: DeviceSpec) -> float:
     ring = collective_time_s("all_gather", kv_bytes * layout.cp,
                              ctx.shape(layout.cp, layout.stride("cp")), ctx.links)
     precision = ctx.job.training.precision
-    attention_f = ops_time_s(ops, device, precision, ctx.profile, kinds=("attention",))
-    attention_b = ops_time_s(ops, device, precision, ctx.profile, True, kinds=("attention",))
+    attention = core_attention_ops(ops)
+    attention_f = ops_time_s(attention, device, precision, ctx.profile)
+    attention_b = ops_time_s(attention, device, precision, ctx.profile, backward=True)
     return max(0.0, ring - attention_f) + max(0.0, 2 * ring - attention_b)
 
 

@@ -18,18 +18,15 @@ def op_time_s(op: Op, device: DeviceSpec, precision: Precision, profile: Analyti
     memory_s = op.bytes / (device.memory_bytes_per_s * profile.memory_bandwidth_efficiency)
     if op.kind == "memory":
         return memory_s * (profile.memory_backward_factor if backward else 1.0)
-    if op.kind == "gemm":
+    if op.kind == "gemm":  # one launch, batched or grouped over op.count instances
         kernel, flop = profile.gemm, op.flop
-        per_instance = flop / op.count
-    else:
-        kernel = profile.attention
-        flop = op.flop * profile.causal_work_fraction
-        per_instance = flop
-    compute_s = flop / (device.peak_flop_per_s(precision) * kernel.efficiency(per_instance))
+    else:  # fused attention: causal kernels skip the masked half of the square
+        kernel, flop = profile.attention, op.flop * profile.causal_work_fraction
+    compute_s = flop / (device.peak_flop_per_s(precision) * kernel.efficiency(flop))
     factor = kernel.backward_factor if backward else 1.0
     return max(compute_s, memory_s) * factor
 
 
 def ops_time_s(ops, device: DeviceSpec, precision: Precision, profile: AnalyticProfile,
-               backward: bool = False, kinds: tuple[str, ...] = ("gemm", "attention", "memory")) -> float:
-    return sum(op_time_s(op, device, precision, profile, backward) for op in ops if op.kind in kinds)
+               backward: bool = False) -> float:
+    return sum(op_time_s(op, device, precision, profile, backward) for op in ops)
