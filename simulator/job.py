@@ -92,9 +92,12 @@ def resolve_layout(model: ModelSpec, cluster: ClusterSpec, training: TrainingSpe
     per_replica = layout.ranks_per_replica
     if layout.dp is None:
         if world % per_replica:
-            raise SpecError("parallel", f"tp·cp·pp={per_replica}",
-                            f"does not divide the cluster's {world} GPUs",
-                            "tp·cp·pp among " + _valid_list(divisors(world)))
+            others = layout.tp * layout.cp
+            raise SpecError("parallel.pp", layout.pp,
+                            f"tp·cp·pp = {layout.tp}·{layout.cp}·{layout.pp} does not divide the "
+                            f"cluster's {world} GPUs", "pp among " + _valid_list(
+                                [d for d in divisors(world // others) if d <= model.num_layers])
+                            if world % others == 0 else f"tp·cp dividing {world}")
         layout = layout.with_dp(world // per_replica)
     elif layout.world_size != world:
         raise SpecError("parallel.dp", layout.dp,

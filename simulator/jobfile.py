@@ -7,6 +7,7 @@ may start from a catalog entry with `base:`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
@@ -49,24 +50,59 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """`a.b.c=value`: value parsed as YAML; catalog names on the way become `{base: name}`."""
+    """`a.b[0].c=value`: value parsed as YAML; catalog names on the way become `{base: name}`,
+    `[i]` picks an element of a list (e.g. `cluster.node_groups[1].num_nodes=16`)."""
     key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise SpecError("--set", item, "must be key=value", "e.g. parallel.tp=4")
-    parts = key.strip().split(".")
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if isinstance(child, str):
-            child = {"base": child}
-        elif child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise SpecError("--set", item, f"{'.'.join(parts[:depth + 1])} is not a mapping",
-                            "a path of mapping keys")
-        node[part] = child
-        node = child
-    node[parts[-1]] = parse_text(text, text, f"--set {key.strip()}") if text.strip() else None
+    key = key.strip()
+    if not sep or not key or not _OVERRIDE_KEY.fullmatch(key):
+        raise SpecError("--set", item, "must be key=value with a dotted key",
+                        "e.g. parallel.tp=4 or cluster.node_groups[1].num_nodes=16")
+    path: list[str | int] = []
+    for name, index in _OVERRIDE_PART.findall(key):
+        path.append(name) if name else path.append(int(index))
+    node: Any = raw
+    for depth, step in enumerate(path[:-1]):
+        node = _descend(node, step, path[depth + 1], _path_text(path[:depth + 1]), item)
+    last = path[-1]
+    value = parse_text(text, text, f"--set {key}") if text.strip() else None
+    if isinstance(last, int):
+        _check_index(node, last, key, item)
+    elif not isinstance(node, dict):
+        raise SpecError("--set", item, f"{_path_text(path[:-1])} is not a mapping",
+                        "a path of mapping keys")
+    node[last] = value
+
+
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*")
+_OVERRIDE_PART = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
+
+
+def _path_text(path: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _check_index(node: Any, index: int, where: str, item: str) -> None:
+    if not isinstance(node, list) or index >= len(node):
+        size = len(node) if isinstance(node, list) else 0
+        raise SpecError("--set", item, f"{where} is not an element of a list",
+                        f"indexes 0..{size - 1}" if size else "a path of mapping keys")
+
+
+def _descend(node: Any, step: str | int, next_step: str | int, where: str, item: str) -> Any:
+    """The child at `step`, created (or expanded from a catalog name) when the path needs it."""
+    if isinstance(step, int):
+        _check_index(node, step, where, item)
+        child = node[step]
+    elif not isinstance(node, dict):
+        raise SpecError("--set", item, f"{where} is not a mapping", "a path of mapping keys")
+    else:
+        child = node.get(step)
+    if isinstance(child, str) and isinstance(next_step, str):
+        child = {"base": child}
+    elif child is None:
+        child = {} if isinstance(next_step, str) else []
+    node[step] = child
+    return child
 
 
 def job_from_mapping(raw: dict[str, Any], *, base_dir: Path, source: str) -> Job:
@@ -138,8 +174,9 @@ def cluster_spec(value: Any, layout: Layout | None) -> ClusterSpec:
                        for i, g in enumerate(groups_raw))
     else:
         groups = (_node_group(merged, layout, "cluster"),)
+    names = [g.get("base") if isinstance(g, dict) else g for g in merged.get("node_groups", [])]
     return ClusterSpec(
-        name=str(value.get("base") or "custom"),
+        name=str(value.get("base") or " + ".join(str(n or "custom") for n in names) or "custom"),
         node_groups=groups,
         topology=merged.get("topology", "fat-tree"),
         oversubscription=_number("cluster.oversubscription", merged.get("oversubscription", 1.0)),

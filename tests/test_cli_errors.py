@@ -270,7 +270,7 @@ def test_explicit_dp_does_not_fill_the_cluster(tmp_path):
 
 def test_tp_pp_cp_does_not_divide_the_cluster(tmp_path):
     changes = {"model.num_attention_heads": 32, "parallel.tp": 2, "parallel.pp": 3}
-    assert_user_error(estimate(tmp_path, changes), "parallel", "tp·cp·pp=6", "16 GPUs", "valid")
+    assert_user_error(estimate(tmp_path, changes), "parallel.pp=3", "2·1·3", "16 GPUs", "valid: pp among 1, 2, 4, 8")
 
 
 def test_experts_not_divisible_by_ep(tmp_path):
@@ -550,3 +550,16 @@ def test_gpu_mapping_error_names_the_job_field(tmp_path):
 def test_negative_latency_names_zero_as_valid(tmp_path):
     assert_user_error(estimate(tmp_path, {"cluster.intra_node.latency_us": -1}),
                       "cluster.intra_node.latency_us=-1", "valid", ">= 0")
+
+
+def test_set_into_a_list_element(tmp_path):
+    """`[i]` picks a node group; a missing index or a path through a scalar is a user error."""
+    group = {**BASE_JOB["cluster"], "num_nodes": 1}
+    job = write_job(tmp_path, job_with({"cluster": {"node_groups": [group, group]}}))
+    ok = run_cli("estimate", job, "--json", "--set", "cluster.node_groups[1].num_nodes=3")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["num_gpus"] == 32
+    assert_user_error(run_cli("estimate", job, "--set", "cluster.node_groups[2].num_nodes=3"),
+                      "cluster.node_groups[2]", "indexes 0..1")
+    assert_user_error(run_cli("estimate", job, "--set", "training.seq_length.x=3"),
+                      "training.seq_length is not a mapping")
