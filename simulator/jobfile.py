@@ -101,6 +101,8 @@ def _descend(node: Any, step: str | int, next_step: str | int, where: str, item:
         child = {"base": child}
     elif child is None:
         child = {} if isinstance(next_step, str) else []
+    elif isinstance(child, (dict, list)):  # copy on write: YAML anchors may share the node
+        child = type(child)(child)
     node[step] = child
     return child
 

@@ -553,12 +553,14 @@ def test_negative_latency_names_zero_as_valid(tmp_path):
 
 
 def test_set_into_a_list_element(tmp_path):
-    """`[i]` picks a node group; a missing index or a path through a scalar is a user error."""
+    """`[i]` picks a node group; a missing index or a path through a scalar is a user error.
+    The two groups are one YAML anchor in the file: the override must change only one."""
     group = {**BASE_JOB["cluster"], "num_nodes": 1}
     job = write_job(tmp_path, job_with({"cluster": {"node_groups": [group, group]}}))
-    ok = run_cli("estimate", job, "--json", "--set", "cluster.node_groups[1].num_nodes=3")
+    ok = run_cli("estimate", job, "--json", "--set", "cluster.node_groups[1].num_nodes=3",
+                 "--set", "training.global_batch_size=48")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["num_gpus"] == 32
+    assert json.loads(ok.stdout)["num_gpus"] == 32  # 8 + 24
     assert_user_error(run_cli("estimate", job, "--set", "cluster.node_groups[2].num_nodes=3"),
                       "cluster.node_groups[2]", "indexes 0..1")
     assert_user_error(run_cli("estimate", job, "--set", "training.seq_length.x=3"),
