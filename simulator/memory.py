@@ -53,11 +53,12 @@ def model_states(params: float, training: TrainingSpec, zero_stage: int, shards:
 
 
 def rank_model_states(stage: StageParams, training: TrainingSpec, layout: Layout) -> ModelStates:
-    """One rank's model states: its stage's parameters split over tp (norms replicated) and
-    experts over ep·tp; ZeRO shards dense states over dp·cp and expert states over dp·cp/ep."""
+    """One rank's model states: its stage's parameters split over tp (norms, row-parallel biases
+    and learned positions whole) and experts over ep·tp; ZeRO shards dense states over dp·cp
+    and expert states over dp·cp/ep."""
     assert layout.dp is not None
-    dense = (stage.dense - stage.norms) / layout.tp + stage.norms
-    expert = stage.expert / (layout.tp * layout.ep)
+    dense = stage.dense_per_rank(layout.tp)
+    expert = stage.expert_per_rank(layout.tp, layout.ep)
     dense_states = model_states(dense, training, layout.zero_stage, layout.dp * layout.cp)
     expert_states = model_states(expert, training, layout.zero_stage,
                                  layout.dp * layout.cp // layout.ep)

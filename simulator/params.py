@@ -100,6 +100,15 @@ def _blocks_total(model: ModelSpec, start: int, stop: int, *, active: bool = Fal
     return dense + n_moe * moe_dense, n_moe * moe_expert
 
 
+def replicated_block_params(model: ModelSpec, moe: bool) -> int:
+    """Parameters of one block that tensor parallelism does not split: the norm vectors and
+    qk-norms, and the biases of the row-parallel layers (attention output; fc2 of a dense MLP),
+    which are added after the all-reduce (Megatron-LM `RowParallelLinear`)."""
+    qk_norms = 2 * model.qk_head_dim if model.qk_norm else 0
+    row_biases = model.hidden_size * (1 if moe else 2) if model.linear_bias else 0
+    return 2 * norm_params(model) + qk_norms + row_biases
+
+
 def embedding_params(model: ModelSpec) -> int:
     """Token embedding (+ learned positions)."""
     positions = model.max_position_embeddings if model.position_embedding == "learned" else 0
@@ -133,11 +142,20 @@ class StageParams:
     expert: int  # routed experts (split over ep, then tp)
     embedding: int  # part of `dense`: token (+ position) embedding, vocabulary-parallel
     lm_head: int  # part of `dense`: the output matrix, vocabulary-parallel
-    norms: int  # part of `dense`: norm vectors, replicated over tp
+    replicated: int  # part of `dense` every tp rank holds whole: norms, row-parallel biases,
+    #                  learned positions (Megatron-LM shards only weight matrices and the vocab)
 
     @property
     def total(self) -> int:
         return self.dense + self.expert
+
+    def dense_per_rank(self, tp: int) -> float:
+        """Non-expert parameters on one tensor-parallel rank."""
+        return (self.dense - self.replicated) / tp + self.replicated
+
+    def expert_per_rank(self, tp: int, ep: int) -> float:
+        """Routed-expert parameters on one rank: experts split over ep, each over tp."""
+        return self.expert / (tp * ep)
 
 
 def stage_params(model: ModelSpec, stage_layers: tuple[int, ...], pp: int, rank: int) -> StageParams:
@@ -146,19 +164,23 @@ def stage_params(model: ModelSpec, stage_layers: tuple[int, ...], pp: int, rank:
     embeddings and pp > 1 the last stage keeps its own copy of the embedding matrix as its LM
     head, synchronised by an all-reduce (Megatron-LM, `setup_embeddings_and_output_layer`)."""
     starts = [sum(stage_layers[:i]) for i in range(len(stage_layers))]
-    dense = expert = norms = 0
+    dense = expert = replicated = 0
     for chunk in range(rank, len(stage_layers), pp):
         d, e = _blocks_total(model, starts[chunk], starts[chunk] + stage_layers[chunk])
         dense, expert = dense + d, expert + e
-        norms += 2 * norm_params(model) * stage_layers[chunk]
+        n_dense, n_moe = block_kinds(model, starts[chunk], starts[chunk] + stage_layers[chunk])
+        replicated += n_dense * replicated_block_params(model, False) \
+            + n_moe * replicated_block_params(model, True)
     embedding = embedding_params(model) if rank == 0 else 0
+    if embedding:  # the learned position table is not vocabulary-parallel
+        replicated += embedding - model.vocab_size * model.hidden_size
     lm_head = 0
     if rank == pp - 1:
         lm_head = model.vocab_size * model.hidden_size
         if model.tied_embeddings and pp == 1:
             lm_head = 0
-        norms += norm_params(model)
+        replicated += norm_params(model)
         dense += norm_params(model)
     dense += embedding + lm_head
     return StageParams(dense=dense, expert=expert, embedding=embedding, lm_head=lm_head,
-                       norms=norms)
+                       replicated=replicated)

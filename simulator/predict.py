@@ -243,8 +243,8 @@ def _dp_s(ctx: Context, params: StageParams) -> float:
     all-gather of the updated weights; ZeRO-3: weights gathered for forward and backward and
     gradients reduce-scattered in every micro-batch (Rajbhandari et al. 2020, §7)."""
     layout, training = ctx.layout, ctx.job.training
-    dense = (params.dense - params.norms) / layout.tp + params.norms
-    expert = params.expert / (layout.tp * layout.ep)
+    dense = params.dense_per_rank(layout.tp)
+    expert = params.expert_per_rank(layout.tp, layout.ep)
     dense_group = layout.dp * layout.cp
     dense_stride = layout.stride("cp") if layout.cp > 1 else layout.stride("dp")
     expert_group = dense_group // layout.ep
@@ -269,9 +269,9 @@ def _optimizer_s(ctx: Context, params: StageParams, device: DeviceSpec) -> float
     """Adam update of the rank's shard of the optimizer states: memory-bound."""
     layout = ctx.layout
     shards = layout.dp * layout.cp if layout.zero_stage >= 1 else 1
-    dense = ((params.dense - params.norms) / layout.tp + params.norms) / shards
+    dense = params.dense_per_rank(layout.tp) / shards
     expert_shards = max(1, shards // layout.ep) if layout.zero_stage >= 1 else 1
-    expert = params.expert / (layout.tp * layout.ep) / expert_shards
+    expert = params.expert_per_rank(layout.tp, layout.ep) / expert_shards
     traffic = (dense + expert) * ctx.profile.optimizer_bytes_per_param
     return traffic / (device.memory_bytes_per_s * ctx.profile.memory_bandwidth_efficiency)
 

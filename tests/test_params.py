@@ -93,3 +93,14 @@ def test_moe_active_counts_only_routed_experts():
     model = catalog.model("deepseek-v3")
     assert active_params(model) / 1e9 == pytest.approx(37.6, rel=0.01)  # "37B activated"
     assert total_params(model) / 1e9 == pytest.approx(671, rel=TOLERANCE)
+
+
+def test_tensor_parallel_split_keeps_replicated_parameters_whole():
+    """GPT-3 175B on one stage, tp 8: matrices and the vocabulary split, norms, row-parallel
+    biases and the learned position table do not."""
+    model = catalog.model("gpt3-175b")
+    stage = stage_params(model, (96,), 1, 0)
+    h = model.hidden_size
+    replicated = 96 * (2 * 2 * h + 2 * h) + 2 * h + 2048 * h  # norms, row biases, final norm, positions
+    assert stage.replicated == replicated
+    assert stage.dense_per_rank(8) == pytest.approx((stage.dense - replicated) / 8 + replicated)
