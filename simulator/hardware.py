@@ -101,17 +101,23 @@ class ClusterSpec:
 
     name: str  # preset name or a label
     node_groups: tuple[NodeGroup, ...]  # ranks are numbered over the groups in this order
-    topology: Topology = "fat-tree"  # how nodes are joined (the graph is issue 3's)
-    oversubscription: float = 1.0  # leaf down:up bandwidth ratio; 1 = non-blocking
+    topology: Topology = "fat-tree"  # how hosts are joined (simulator.topology)
+    oversubscription: tuple[float, ...] = (1.0,)  # down:up bandwidth per tier: leaf, spine
+    switch_radix: int = 64  # ports per fabric switch (NVIDIA Quantum-2 QM9700: 64 x 400 Gb/s)
+    graph_file: str | None = None  # node-link JSON graph replacing the built fabric
     price_per_gpu_hour_usd: float | None = None  # override of the catalog price
     power_watts_per_gpu: float | None = None  # override of the catalog TDP
 
     def __post_init__(self) -> None:
         assert self.node_groups, "a cluster has at least one node group"
         require_choice("cluster.topology", self.topology, TOPOLOGIES)
-        if self.oversubscription < 1:
-            raise SpecError("cluster.oversubscription", self.oversubscription,
-                            "must be at least 1 (down:up bandwidth)", "a number >= 1")
+        if not self.oversubscription or len(self.oversubscription) > 2 or any(
+                isinstance(o, bool) or not isinstance(o, (int, float)) or o < 1
+                for o in self.oversubscription):
+            raise SpecError("cluster.oversubscription", list(self.oversubscription),
+                            "must be one or two ratios >= 1 (down:up bandwidth of leaf, spine)",
+                            "e.g. 1, 4 or [4, 2]")
+        require_int("cluster.switch_radix", self.switch_radix, minimum=4)
         if self.price_per_gpu_hour_usd is not None:
             require_positive("cluster.price_per_gpu_hour", self.price_per_gpu_hour_usd)
         if self.power_watts_per_gpu is not None:

@@ -24,9 +24,9 @@ from simulator.yamlfile import parse_text
 
 TOP_LEVEL = ("model", "cluster", "training", "parallel")
 NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node")
-CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription",
-                                "price_per_gpu_hour", "power_watts", "description", "sources",
-                                "aliases")
+CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription", "switch_radix",
+                                "graph", "price_per_gpu_hour", "power_watts")
+CATALOG_ONLY = ("description", "sources", "aliases")  # documentation keys of presets
 
 
 def read_text(path: Path, field: str) -> str:
@@ -119,7 +119,7 @@ def job_from_mapping(raw: dict[str, Any], *, base_dir: Path, source: str) -> Job
     training = _dataclass_from(TrainingSpec, raw["training"], "training")
     parallel = raw.get("parallel")
     layout = _layout(parallel) if parallel is not None else None
-    cluster = cluster_spec(raw["cluster"], layout)
+    cluster = cluster_spec(raw["cluster"], layout, base_dir)
     if layout is not None:
         layout = resolve_layout(model, cluster, training, layout)
     return Job(model=model, cluster=cluster, training=training, layout=layout, source=source)
@@ -153,18 +153,18 @@ def model_spec(value: Any, base_dir: Path, field: str = "model") -> ModelSpec:
 # Cluster -------------------------------------------------------------------------------------
 
 
-def cluster_spec(value: Any, layout: Layout | None) -> ClusterSpec:
+def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) -> ClusterSpec:
     """A preset name or a mapping: one node group inline, or `node_groups: [...]`."""
     if isinstance(value, str):
         value = {"base": catalog.canonical_name("clusters", value, "cluster")}
     if not isinstance(value, dict):
         raise SpecError("cluster", value, "must be a preset name or a mapping",
                         ", ".join(catalog.names("clusters")))
-    unknown = set(value) - set(CLUSTER_FIELDS)
+    unknown = set(value) - set(CLUSTER_FIELDS) - set(CATALOG_ONLY)
     if unknown:
         key = sorted(unknown)[0]
         raise SpecError(f"cluster.{key}", value[key], "unknown cluster field",
-                        ", ".join(CLUSTER_FIELDS[:-3]))
+                        ", ".join(CLUSTER_FIELDS))
     merged = _with_base(value, "cluster")
     if "node_groups" in merged:
         groups_raw = merged["node_groups"]
@@ -181,11 +181,19 @@ def cluster_spec(value: Any, layout: Layout | None) -> ClusterSpec:
         name=str(value.get("base") or " + ".join(str(n or "custom") for n in names) or "custom"),
         node_groups=groups,
         topology=merged.get("topology", "fat-tree"),
-        oversubscription=_number("cluster.oversubscription", merged.get("oversubscription", 1.0)),
+        oversubscription=_ratios(merged.get("oversubscription", 1.0)),
+        switch_radix=merged.get("switch_radix", 64),
+        graph_file=str(base_dir / merged["graph"]) if merged.get("graph") is not None else None,
         price_per_gpu_hour_usd=_optional_number("cluster.price_per_gpu_hour",
                                                 merged.get("price_per_gpu_hour")),
         power_watts_per_gpu=_optional_number("cluster.power_watts", merged.get("power_watts")),
     )
+
+
+def _ratios(value: Any) -> tuple[float, ...]:
+    """Oversubscription: one ratio (leaf tier) or a list per tier (leaf, spine)."""
+    values = value if isinstance(value, list) else [value]
+    return tuple(_number("cluster.oversubscription", v) for v in values)
 
 
 def _with_base(value: Any, field: str) -> dict[str, Any]:

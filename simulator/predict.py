@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from simulator.cost.comm import GroupShape, Links, cluster_links, collective_time_s, group_shape
+from simulator.cost.comm import AxisNetwork, axis_network
 from simulator.cost.compute import ops_time_s
 from simulator.cost.profile import AnalyticProfile, analytic_profile
 from simulator.flops import hardware_flop_per_step, model_flop_per_step
@@ -54,12 +54,12 @@ class Context:
     job: Job
     layout: Layout
     shard: Shard
-    links: Links
     profile: AnalyticProfile
     microbatches: int
 
-    def shape(self, size: int, stride: int) -> GroupShape:
-        return group_shape(size, stride, self.job.cluster.gpus_per_node)
+    def net(self, axis: str) -> AxisNetwork:
+        """The collectives of one parallel axis on the cluster's topology."""
+        return axis_network(self.job.cluster, self.layout, axis, self.profile)
 
 
 def predict(job: Job, profile: AnalyticProfile | None = None) -> StepPrediction:
@@ -71,8 +71,7 @@ def predict(job: Job, profile: AnalyticProfile | None = None) -> StepPrediction:
                   tp=layout.tp, cp=layout.cp, sequence_parallel=layout.sequence_parallel,
                   bytes_per_value=training.activation_bytes_per_value,
                   flash_attention=training.flash_attention)
-    ctx = Context(job, layout, shard, cluster_links(job.cluster, profile), profile,
-                  num_microbatches(training, layout))
+    ctx = Context(job, layout, shard, profile, num_microbatches(training, layout))
     per_rank = [stage_params(model, job.stage_layers, layout.pp, r) for r in range(layout.pp)]
     devices = [_stage_device(job, r) for r in range(layout.pp)]
     times = [_stage_time(ctx, r, devices[r]) for r in range(layout.pp)]
@@ -170,9 +169,8 @@ def _recompute_time_s(ctx: Context, ops, device: DeviceSpec) -> float:
 def _tp_collective_s(ctx: Context) -> float:
     """One all-reduce (or reduce-scatter + all-gather with sequence parallelism: the same
     bytes) of a micro-batch's activations b·s/cp·h over the tp group."""
-    layout = ctx.layout
     size = ctx.shard.tokens * ctx.job.model.hidden_size * ctx.shard.bytes_per_value
-    return collective_time_s("all_reduce", size, ctx.shape(layout.tp, layout.stride("tp")), ctx.links)
+    return ctx.net("tp").time_s("all_reduce", size)
 
 
 def _tp_block_s(ctx: Context) -> float:
@@ -192,8 +190,7 @@ def _cp_block_s(ctx: Context, ops, device: DeviceSpec) -> float:
     kv_heads = model.num_attention_heads // layout.tp if model.mla else max(1, model.kv_heads // layout.tp)
     kv_bytes = ctx.shard.tokens * kv_heads * (model.qk_head_dim + model.v_head_dim) \
         * ctx.shard.bytes_per_value
-    ring = collective_time_s("all_gather", kv_bytes * layout.cp,
-                             ctx.shape(layout.cp, layout.stride("cp")), ctx.links)
+    ring = ctx.net("cp").time_s("all_gather", kv_bytes * layout.cp)
     precision = ctx.job.training.precision
     attention = core_attention_ops(ops)
     attention_f = ops_time_s(attention, device, precision, ctx.profile)
@@ -209,8 +206,7 @@ def _ep_block_s(ctx: Context) -> float:
         return 0.0
     slots = ctx.shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
     size = slots * model.hidden_size * ctx.shard.bytes_per_value
-    shape = ctx.shape(layout.ep, layout.expert_stride())
-    return 4 * collective_time_s("all_to_all", size, shape, ctx.links)
+    return 4 * ctx.net("ep").time_s("all_to_all", size)
 
 
 def _pp_s(ctx: Context) -> float:
@@ -220,7 +216,7 @@ def _pp_s(ctx: Context) -> float:
     if layout.pp == 1:
         return 0.0
     size = ctx.shard.elementwise_tokens * ctx.job.model.hidden_size * ctx.shard.bytes_per_value
-    one = collective_time_s("p2p", size, ctx.shape(2, layout.stride("pp")), ctx.links)
+    one = ctx.net("pp_p2p").time_s("p2p", size)
     return 2 * one * (ctx.microbatches * layout.vpp + layout.pp - 1)
 
 
@@ -245,23 +241,17 @@ def _dp_s(ctx: Context, params: StageParams) -> float:
     layout, training = ctx.layout, ctx.job.training
     dense = params.dense_per_rank(layout.tp)
     expert = params.expert_per_rank(layout.tp, layout.ep)
-    dense_group = layout.dp * layout.cp
-    dense_stride = layout.stride("cp") if layout.cp > 1 else layout.stride("dp")
-    expert_group = dense_group // layout.ep
     total = 0.0
-    for count, group, stride in ((dense, dense_group, dense_stride),
-                                 (expert, expert_group, layout.expert_stride() * layout.ep)):
-        shape = ctx.shape(group, stride)
+    for count, axis in ((dense, "dp_cp"), (expert, "edp")):
+        net = ctx.net(axis)
         grads, weights = count * training.grad_bytes_per_param, count * training.weight_bytes_per_param
         if layout.zero_stage == 0:
-            total += collective_time_s("all_reduce", grads, shape, ctx.links)
+            total += net.time_s("all_reduce", grads)
         elif layout.zero_stage < 3:
-            total += collective_time_s("reduce_scatter", grads, shape, ctx.links) \
-                + collective_time_s("all_gather", weights, shape, ctx.links)
+            total += net.time_s("reduce_scatter", grads) + net.time_s("all_gather", weights)
         else:
-            total += ctx.microbatches * (
-                2 * collective_time_s("all_gather", weights, shape, ctx.links)
-                + collective_time_s("reduce_scatter", grads, shape, ctx.links))
+            total += ctx.microbatches * (2 * net.time_s("all_gather", weights)
+                                         + net.time_s("reduce_scatter", grads))
     return total
 
 

@@ -1,114 +1,226 @@
-"""Collective times with a hierarchical alpha-beta model: NVLink inside a node, NICs across.
+"""Collective costs over the topology graph, with contention between concurrent groups.
 
-A group of n ranks that spans several nodes places `local` of its members on each node.
-Ring algorithms (Patarasuk & Yuan 2009, "Bandwidth optimal all-reduce algorithms for clusters
-of workstations"; Thakur et al. 2005, "Optimization of Collective Communication Operations in
-MPICH"): over one link of bandwidth B and latency alpha,
+A collective is a sequence of phases; in a phase every member of every group of an axis sends
+one message to a peer at the same time (all tp groups of a step communicate together, so the
+eight DP rings of a node share its spine uplinks). A link carrying k flows gives each 1/k of
+its rate times NCCL's efficiency for that link kind; a flow runs at the rate of its most loaded
+link and pays the latencies of its path. A group finishes a phase when its slowest flow does.
 
-    all-reduce      2(n-1)/n · S/B + 2(n-1)·alpha
-    all-gather      (n-1)/n · S/B + (n-1)·alpha      (S: the gathered size)
-    reduce-scatter  (n-1)/n · S/B + (n-1)·alpha      (S: the size before scattering)
+Algorithms (Thakur et al. 2005, "Optimization of Collective Communication Operations in MPICH";
+Patarasuk & Yuan 2009 for the ring; NCCL's ring, tree and the two-level 2D ring of Jia et al.
+2018, arXiv:1807.11205), for a group of n with message S, per-flow inverse bandwidth w (s/byte)
+and latency a of the ring's slowest hop:
 
-Across nodes the hierarchical form runs the intra-node part on NVLink, the inter-node part on
-S/local bytes over the NICs, then the intra-node part again (NCCL's tree/ring over nodes; the
-2D algorithm of Jia et al. 2018, arXiv:1807.11205). Every GPU of a node is assumed to
-communicate at once (all groups of an axis run together), so a GPU's inter-node bandwidth is
-its node's NIC bandwidth divided by its GPUs. Issue 3 replaces this with costs on the graph.
+    ring all-reduce        2(n-1) steps of S/n:   2(n-1)/n · S·w + 2(n-1)·a
+    ring all-gather / RS   (n-1) steps of S/n:    (n-1)/n · S·w + (n-1)·a
+    tree all-reduce        2·S·w + 2·ceil(log2 n)·a (pipelined double binary tree)
+    hierarchical           reduce-scatter inside each host, all-reduce of S/local across
+                           hosts among same-position members, all-gather inside the host
+    all-to-all             every ordered pair at once, S/n each: S/n · w_pairs + a
+    broadcast              pipelined ring: S·w + (n-1)·a
+    p2p                    S·w + a
+
+With one bandwidth B on every hop the ring all-reduce is the closed form 2(n-1)/n · S/B +
+2(n-1)·alpha. The cheapest algorithm is used, as NCCL's tuner does, and reported with the
+algorithm and bus bandwidth nccl-tests would print (busbw = algbw · 2(n-1)/n for all-reduce,
+(n-1)/n for all-gather, reduce-scatter and all-to-all, 1 for broadcast and p2p).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
+
+import numpy as np
 
 from simulator.cost.profile import AnalyticProfile
 from simulator.hardware import ClusterSpec
+from simulator.layout import Layout
+from simulator.placement import axis_groups, pipeline_pairs
+from simulator.topology import NVLINK, Topology, build_topology
 
-Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p"]
+Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "p2p"]
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "p2p")
 
 
 @dataclass(frozen=True)
-class GroupShape:
-    """How a communication group lies on the nodes."""
+class Phase:
+    """One phase of concurrent flows: per group, its slowest flow's s/byte and latency.
+    Only the pairs that can be the slowest for some message size are kept."""
 
-    size: int  # ranks n
-    local: int  # members per node (1 = every member on its own node)
+    seconds_per_byte: tuple[float, ...]
+    latency_s: tuple[float, ...]
+
+    def time_s(self, bytes_per_flow: float) -> float:
+        return max(bytes_per_flow * w + a for w, a in zip(self.seconds_per_byte, self.latency_s))
 
     @property
-    def nodes(self) -> int:
-        return self.size // self.local
+    def latency_max_s(self) -> float:
+        return max(self.latency_s)
 
 
 @dataclass(frozen=True)
-class Links:
-    """Effective bandwidths (NCCL efficiency applied) and latencies of a cluster's two tiers."""
+class CollectiveCost:
+    """One collective on one axis: time, the algorithm chosen, nccl-tests' bandwidths."""
 
-    intra_bytes_per_s: float  # per GPU, NVLink
-    intra_latency_s: float
-    inter_bytes_per_s: float  # per GPU share of its node's NICs
-    inter_latency_s: float
-
-
-def cluster_links(cluster: ClusterSpec, profile: AnalyticProfile) -> Links:
-    """The slowest node group's links set the pace of collectives that span groups."""
-    groups = cluster.node_groups
-    return Links(
-        intra_bytes_per_s=min(g.intra_node.bytes_per_s for g in groups) * profile.intra_node_efficiency,
-        intra_latency_s=max(g.intra_node.latency_s for g in groups),
-        inter_bytes_per_s=min(g.inter_node_bytes_per_s_per_gpu for g in groups)
-        * profile.inter_node_efficiency,
-        inter_latency_s=max(g.inter_node.latency_s for g in groups),
-    )
+    time_s: float
+    algorithm: str
+    algbw_bytes_per_s: float  # S / time
+    busbw_bytes_per_s: float  # algbw times the collective's bus factor
 
 
-def group_shape(size: int, stride: int, gpus_per_node: int) -> GroupShape:
-    """Members per node of a group of `size` ranks spaced `stride` ranks apart."""
-    if size == 1:
-        return GroupShape(1, 1)
-    if stride >= gpus_per_node:
-        return GroupShape(size, 1)
-    local = min(size, max(1, gpus_per_node // stride))
-    while size % local:  # a group that straddles nodes unevenly: the largest even share
-        local -= 1
-    return GroupShape(size, local)
+def phase(topology: Topology, profile: AnalyticProfile, src: np.ndarray, dst: np.ndarray,
+          group: np.ndarray) -> Phase:
+    """All flows src[i] -> dst[i] at once; group[i] says which group flow i belongs to."""
+    routes = topology.route(src, dst)
+    efficiency = np.where(topology.kind == NVLINK, profile.intra_node_efficiency,
+                          profile.inter_node_efficiency)
+    load = np.bincount(routes.link, minlength=len(topology.capacity))
+    per_entry = load[routes.link] / (topology.capacity[routes.link] * efficiency[routes.link])
+    flows = len(src)
+    worst = np.zeros(flows)
+    np.maximum.at(worst, routes.flow, per_entry)
+    latency = np.bincount(routes.flow, weights=topology.latency[routes.link], minlength=flows)
+    groups = int(group.max()) + 1 if flows else 1
+    group_worst, group_latency = np.zeros(groups), np.zeros(groups)
+    np.maximum.at(group_worst, group, worst)
+    np.maximum.at(group_latency, group, latency)
+    pairs = np.unique(np.stack([group_worst, group_latency], axis=1), axis=0)
+    return Phase(tuple(pairs[:, 0].tolist()), tuple(pairs[:, 1].tolist()))
 
 
-def _ring(steps_fraction: float, steps: int, size_bytes: float, bytes_per_s: float,
-          latency_s: float) -> float:
-    return steps_fraction * size_bytes / bytes_per_s + steps * latency_s
+def _ring(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each member sends to the next in its group (ring order = rank order)."""
+    src = groups.ravel()
+    dst = np.roll(groups, -1, axis=1).ravel()
+    return src, dst, np.repeat(np.arange(len(groups)), groups.shape[1])
 
 
-def _gather_like(shape: GroupShape, size_bytes: float, links: Links) -> float:
-    """All-gather or reduce-scatter of S bytes: (n-1)/n of S crosses each rank's link."""
-    n, local, nodes = shape.size, shape.local, shape.nodes
-    intra = _ring((local - 1) / local, local - 1, size_bytes, links.intra_bytes_per_s,
-                  links.intra_latency_s) if local > 1 else 0.0
-    inter = _ring((nodes - 1) / nodes, nodes - 1, size_bytes / local, links.inter_bytes_per_s,
-                  links.inter_latency_s) if nodes > 1 else 0.0
-    assert n == local * nodes
-    return intra + inter
+def _pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ordered pair of distinct members of each group."""
+    count, n = groups.shape
+    i, j = np.nonzero(~np.eye(n, dtype=bool))
+    src = groups[:, i].ravel()
+    dst = groups[:, j].ravel()
+    return src, dst, np.repeat(np.arange(count), len(i))
 
 
-def collective_time_s(kind: Collective, size_bytes: float, shape: GroupShape, links: Links) -> float:
-    """Time of one collective of `size_bytes` over a group of `shape`.
+@dataclass(frozen=True)
+class _Split:
+    """A group's two levels: members per host (`local`) and hosts (`nodes`)."""
 
-    all_reduce / all_gather / reduce_scatter: S is the full (unsharded) buffer.
-    all_to_all: S is what one rank sends in total; the share for off-node peers uses the NICs.
-    p2p: S bytes to one peer, over NVLink when local > 1 (same node) else the NIC."""
-    n = shape.size
-    if n == 1 or size_bytes <= 0:
-        return 0.0
+    local: int
+    nodes: int
+    intra: np.ndarray  # (groups·nodes, local): members sharing a host
+    inter: np.ndarray  # (groups·local, nodes): same position, one per host
+
+
+def _split(topology: Topology, groups: np.ndarray) -> _Split | None:
+    """The two-level view, when every group has the same number of members on each host."""
+    count, n = groups.shape
+    hosts = topology.host[groups]
+    order = np.argsort(hosts, axis=1, kind="stable")
+    groups, hosts = np.take_along_axis(groups, order, 1), np.take_along_axis(hosts, order, 1)
+    local = int(np.sum(hosts[0] == hosts[0, 0]))
+    nodes = n // local
+    if local == 1 or nodes == 1 or n % local:
+        return None
+    shaped = hosts.reshape(count, nodes, local)
+    if not (shaped == shaped[:, :, :1]).all():
+        return None
+    intra = groups.reshape(count * nodes, local)
+    inter = groups.reshape(count, nodes, local).transpose(0, 2, 1).reshape(count * local, nodes)
+    return _Split(local, nodes, intra, inter)
+
+
+class AxisNetwork:
+    """The collectives of one axis of one layout on one cluster, phases cached."""
+
+    def __init__(self, topology: Topology, profile: AnalyticProfile, groups: np.ndarray,
+                 pairs: tuple[np.ndarray, np.ndarray] | None = None):
+        self.topology, self.profile, self.groups = topology, profile, groups
+        self.size = groups.shape[1]
+        self._pairs = pairs
+        self._phases: dict[str, Phase] = {}
+        self._split = _split(topology, groups) if self.size > 2 else None
+
+    def _phase(self, name: str) -> Phase:
+        if name not in self._phases:
+            flows = {
+                "ring": lambda: _ring(self.groups),
+                "pairs": lambda: _pairs(self.groups),
+                "intra": lambda: _ring(self._split.intra),
+                "inter": lambda: _ring(self._split.inter),
+                "p2p": lambda: (*self._pairs, np.arange(len(self._pairs[0]))),
+            }[name]()
+            self._phases[name] = phase(self.topology, self.profile, *flows)
+        return self._phases[name]
+
+    def _candidates(self, kind: Collective, size: float) -> dict[str, float]:
+        n = self.size
+        if kind == "p2p":
+            return {"p2p": self._phase("p2p").time_s(size)}
+        if kind == "all_to_all":
+            return {"pairwise": self._phase("pairs").time_s(size / n)}
+        ring = self._phase("ring")
+        if kind == "broadcast":
+            return {"ring": ring.time_s(size) + (n - 2) * ring.latency_max_s}
+        steps = 2 * (n - 1) if kind == "all_reduce" else n - 1
+        out = {"ring": steps * ring.time_s(size / n)}
+        if kind == "all_reduce":
+            depth = math.ceil(math.log2(n))
+            slowest = max(ring.seconds_per_byte)
+            out["tree"] = 2 * size * slowest + 2 * depth * ring.latency_max_s
+        if self._split is not None:
+            local, nodes = self._split.local, self._split.nodes
+            intra, inter = self._phase("intra"), self._phase("inter")
+            if kind == "all_reduce":
+                out["hierarchical"] = 2 * (local - 1) * intra.time_s(size / local) \
+                    + 2 * (nodes - 1) * inter.time_s(size / n)
+            else:
+                out["hierarchical"] = (local - 1) * intra.time_s(size / local) \
+                    + (nodes - 1) * inter.time_s(size / n)
+        return out
+
+    def cost(self, kind: Collective, size_bytes: float) -> CollectiveCost:
+        """The cheapest algorithm's time for one collective of `size_bytes` on every group."""
+        if (self.size == 1 and kind != "p2p") or size_bytes <= 0:
+            return CollectiveCost(0.0, "none", math.inf, math.inf)
+        candidates = self._candidates(kind, size_bytes)
+        algorithm = min(candidates, key=candidates.get)
+        time_s = candidates[algorithm]
+        algbw = size_bytes / time_s if time_s > 0 else math.inf
+        return CollectiveCost(time_s, algorithm, algbw, algbw * bus_factor(kind, self.size))
+
+    def time_s(self, kind: Collective, size_bytes: float) -> float:
+        return self.cost(kind, size_bytes).time_s
+
+
+def bus_factor(kind: Collective, n: int) -> float:
+    """nccl-tests' busbw / algbw (nccl-tests doc/PERFORMANCE.md)."""
     if kind == "all_reduce":
-        return 2 * _gather_like(shape, size_bytes, links)
-    if kind in ("all_gather", "reduce_scatter"):
-        return _gather_like(shape, size_bytes, links)
-    if kind == "all_to_all":
-        local = shape.local
-        intra = (local - 1) / n * size_bytes / links.intra_bytes_per_s
-        inter = (n - local) / n * size_bytes / links.inter_bytes_per_s
-        latency = (local - 1) * links.intra_latency_s + (n - local) * links.inter_latency_s
-        return intra + inter + latency
-    assert kind == "p2p", kind
-    if shape.local > 1:
-        return size_bytes / links.intra_bytes_per_s + links.intra_latency_s
-    return size_bytes / links.inter_bytes_per_s + links.inter_latency_s
+        return 2 * (n - 1) / n
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    return 1.0
+
+
+@lru_cache(maxsize=512)
+def _axis_network(cluster: ClusterSpec, placement: Layout, axis: str,
+                  profile: AnalyticProfile) -> AxisNetwork:
+    topology = build_topology(cluster)
+    if axis == "pp_p2p":
+        return AxisNetwork(topology, profile, axis_groups(placement, "pp"),
+                           pipeline_pairs(placement))
+    return AxisNetwork(topology, profile, axis_groups(placement, axis))
+
+
+def axis_network(cluster: ClusterSpec, layout: Layout, axis: str,
+                 profile: AnalyticProfile) -> AxisNetwork:
+    """The cached network view of `axis` ("tp", "cp", "dp_cp", "ep", "edp", "pp_p2p", ...).
+    Layouts that place ranks alike (same degrees and order) share one entry."""
+    placement = Layout(tp=layout.tp, cp=layout.cp, dp=layout.dp, pp=layout.pp, ep=layout.ep,
+                       order=layout.order)
+    return _axis_network(cluster, placement, axis, profile)

@@ -1,0 +1,62 @@
+"""Where each parallel group lands: the global ranks of every tp / cp / dp / pp / ep group.
+
+Ranks are laid out by the layout's order, innermost axis first (Megatron-Core's
+`RankGenerator`): with tp-cp-ep-dp-pp, rank = tp_i + tp·(cp_i + cp·(dp_i + dp·pp_i)). Expert
+layers use a second decomposition with cp folded into dp and ep carved out of it:
+tp-ep-edp-pp, edp = dp·cp/ep. Global rank r runs on GPU r of the topology.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from simulator.layout import Layout
+
+AXES = ("tp", "cp", "dp", "pp", "dp_cp", "ep", "edp")
+AXIS_NAMES = {"tp": "tensor", "cp": "context", "dp": "data", "pp": "pipeline",
+              "dp_cp": "gradient (dp x cp)", "ep": "expert", "edp": "expert data"}
+
+
+def _dense_sizes(layout: Layout) -> dict[str, int]:
+    return {"tp": layout.tp, "cp": layout.cp, "dp": layout.dp, "pp": layout.pp}
+
+
+def _expert_order(layout: Layout) -> tuple[list[str], dict[str, int]]:
+    """Megatron-Core's expert decomposition: cp folded into dp, ep carved out of it."""
+    axes = layout.order.split("-")
+    if "ep" not in axes:
+        axes.insert(axes.index("tp") + 1, "ep")
+    axes = ["edp" if a == "dp" else a for a in axes if a != "cp"]
+    sizes = {"tp": layout.tp, "ep": layout.ep, "edp": layout.dp * layout.cp // layout.ep,
+             "pp": layout.pp}
+    return axes, sizes
+
+
+def _groups(order: list[str], sizes: dict[str, int], members: tuple[str, ...]) -> np.ndarray:
+    """(groups, size) array of ranks: the ranks that differ only in the `members` axes."""
+    ranks = np.arange(int(np.prod([sizes[a] for a in order]))).reshape(
+        [sizes[a] for a in reversed(order)])
+    axis_of = {a: len(order) - 1 - i for i, a in enumerate(order)}
+    inner_last = [axis_of[a] for a in reversed([a for a in order if a in members])]
+    moved = np.moveaxis(ranks, inner_last, list(range(ranks.ndim - len(members), ranks.ndim)))
+    return moved.reshape(-1, int(np.prod([sizes[a] for a in members])))
+
+
+@lru_cache(maxsize=256)
+def axis_groups(layout: Layout, axis: str) -> np.ndarray:
+    """Every group of `axis` as a row of global ranks, members in ring order (by rank)."""
+    assert layout.dp is not None and axis in AXES, axis
+    if axis in ("ep", "edp"):
+        order, sizes = _expert_order(layout)
+        return _groups(order, sizes, (axis,))
+    order = [a for a in layout.order.split("-") if a != "ep"]
+    members = ("cp", "dp") if axis == "dp_cp" else (axis,)
+    return _groups(order, _dense_sizes(layout), members)
+
+
+def pipeline_pairs(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(sender, receiver) of every send between neighbouring pipeline stages."""
+    groups = axis_groups(layout, "pp")
+    return groups[:, :-1].ravel(), groups[:, 1:].ravel()
