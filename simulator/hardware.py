@@ -89,11 +89,6 @@ class NodeGroup:
     def num_gpus(self) -> int:
         return self.num_nodes * self.gpus_per_node
 
-    @property
-    def inter_node_bytes_per_s_per_gpu(self) -> float:
-        """A node's NIC bandwidth shared evenly by its GPUs."""
-        return self.inter_node.bytes_per_s * self.nics_per_node / self.gpus_per_node
-
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterSpec:
@@ -134,11 +129,6 @@ class ClusterSpec:
     @property
     def is_homogeneous(self) -> bool:
         return len(self.node_groups) == 1
-
-    @property
-    def gpus_per_node(self) -> int:
-        """The smallest node size: groups of this many consecutive ranks share NVLink."""
-        return min(group.gpus_per_node for group in self.node_groups)
 
     def group_of_rank(self, rank: int) -> NodeGroup:
         """The node group that holds global rank `rank`."""

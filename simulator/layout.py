@@ -94,45 +94,6 @@ class Layout:
         assert self.dp is not None, "resolve the layout against a cluster first"
         return self.tp * self.cp * self.dp * self.pp
 
-    def axis_size(self, axis: str) -> int:
-        return getattr(self, axis)
-
-    def stride(self, axis: str) -> int:
-        """Distance in global rank between neighbours of `axis` (a dense axis)."""
-        assert axis in DENSE_AXES, axis
-        stride = 1
-        for inner in self.order.split("-"):
-            if inner == axis:
-                return stride
-            if inner != "ep":
-                stride *= self.axis_size(inner)
-        raise AssertionError(axis)
-
-    def expert_stride(self) -> int:
-        """Distance in global rank between expert-parallel neighbours. Megatron-Core orders the
-        expert ranks as the dense ones with cp folded into dp and ep carved out of it (expert
-        data-parallel size dp·cp/ep); without ep in the order, ep sits right after tp."""
-        assert self.dp is not None
-        axes = self.order.split("-")
-        if "ep" not in axes:
-            axes.insert(axes.index("tp") + 1, "ep")
-        sizes = {"tp": self.tp, "pp": self.pp, "dp": self.dp * self.cp // self.ep, "cp": 1}
-        stride = 1
-        for axis in axes:
-            if axis == "ep":
-                return stride
-            stride *= sizes[axis]
-        raise AssertionError(self.order)
-
-    def stage_ranks(self, stage: int) -> range | list[int]:
-        """Global ranks of pipeline rank `stage` (all its tp, cp and dp peers)."""
-        assert self.dp is not None
-        stride = self.stride("pp")
-        if stride * self.pp == self.world_size:  # pp outermost: one block of ranks
-            block = self.world_size // self.pp
-            return range(stage * block, (stage + 1) * block)
-        return [r for r in range(self.world_size) if (r // stride) % self.pp == stage]
-
 
 def default_stage_layers(num_layers: int, num_stages: int) -> tuple[int, ...]:
     """Split layers over virtual stages evenly; where they do not divide, the first and last

@@ -1,7 +1,8 @@
 """The first time and memory model: `predict(job) -> StepPrediction`.
 
 Analytic and replaceable, part by part: op times from the roofline (`cost.compute`),
-collectives from the hierarchical alpha-beta model (`cost.comm`), the closed-form pipeline
+collectives on the cluster's topology graph with contention between the groups of an axis
+(`cost.comm`, `topology`, `placement`), the closed-form pipeline
 bubble, activations per schedule (`memory`). Each pipeline rank is costed separately (its own
 layers, embedding or LM head, its slowest GPU in mixed clusters); the slowest rank sets the pace
 of the pipeline (Narayanan et al. 2021, §2.2: step = (m + (pp-1)/vpp) · t_stage).
@@ -29,6 +30,7 @@ from simulator.memory import (
 )
 from simulator.ops import Shard, block_ops, core_attention_ops, embedding_ops, head_ops
 from simulator.params import StageParams, active_params, block_kinds, stage_params, total_params
+from simulator.placement import axis_groups
 from simulator.results import RankMemory, RunPrediction, StepPrediction, TimeBreakdown
 
 
@@ -87,7 +89,7 @@ def predict(job: Job, profile: AnalyticProfile | None = None) -> StepPrediction:
                             for g in job.cluster.node_groups),
         params_total=total_params(model),
         params_active=active_params(model),
-        stages=tuple(_stage_memory(ctx, r, per_rank[r], devices[r]) for r in range(layout.pp)),
+        stages=tuple(_stage_memory(ctx, r, per_rank[r]) for r in range(layout.pp)),
         microbatches=ctx.microbatches,
     )
     return _with_run(prediction, job)
@@ -96,22 +98,23 @@ def predict(job: Job, profile: AnalyticProfile | None = None) -> StepPrediction:
 # Devices --------------------------------------------------------------------------------------
 
 
-def _stage_device(job: Job, rank: int) -> DeviceSpec:
-    """The pipeline rank's pace-setting GPU: the slowest (and smallest) of its ranks' GPUs."""
+def _stage_groups(job: Job, rank: int) -> list[NodeGroup]:
+    """The node groups whose GPUs run pipeline rank `rank` (all its tp, cp and dp peers)."""
     cluster = job.cluster
     if cluster.is_homogeneous:
-        return cluster.node_groups[0].gpu
-    groups = {id(g): g for g in map(cluster.group_of_rank, job.layout.stage_ranks(rank))}
-    return min((g.gpu for g in groups.values()),
+        return [cluster.node_groups[0]]
+    ranks = axis_groups(job.layout, "pp")[:, rank]
+    return list({id(g): g for g in map(cluster.group_of_rank, ranks.tolist())}.values())
+
+
+def _stage_device(job: Job, rank: int) -> DeviceSpec:
+    """The pipeline rank's pace-setting GPU: the slowest (then smallest) of its GPUs."""
+    return min((g.gpu for g in _stage_groups(job, rank)),
                key=lambda d: (d.peak_flop_per_s(job.training.precision), d.memory_bytes))
 
 
-def _stage_capacity_bytes(job: Job, rank: int, device: DeviceSpec) -> float:
-    cluster = job.cluster
-    if cluster.is_homogeneous:
-        return device.memory_bytes
-    groups: list[NodeGroup] = [cluster.group_of_rank(r) for r in job.layout.stage_ranks(rank)]
-    return min(g.gpu.memory_bytes for g in groups)
+def _stage_capacity_bytes(job: Job, rank: int) -> float:
+    return min(g.gpu.memory_bytes for g in _stage_groups(job, rank))
 
 
 # Time -----------------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ def _breakdown(ctx: Context, stage: StageTime, params: StageParams, device: Devi
 # Memory ---------------------------------------------------------------------------------------
 
 
-def _stage_memory(ctx: Context, rank: int, params: StageParams, device: DeviceSpec) -> RankMemory:
+def _stage_memory(ctx: Context, rank: int, params: StageParams) -> RankMemory:
     job, layout, shard = ctx.job, ctx.layout, ctx.shard
     states = rank_model_states(params, job.training, layout)
     n_dense, n_moe = _rank_block_kinds(job, rank)
@@ -295,7 +298,7 @@ def _stage_memory(ctx: Context, rank: int, params: StageParams, device: DeviceSp
         per_mb += head_activation_bytes(job.model, shard)
     activations = in_flight_microbatches(layout, rank, ctx.microbatches) * per_mb
     activations += _working_bytes(ctx, rank, n_moe > 0, params)
-    capacity = _stage_capacity_bytes(job, rank, device)
+    capacity = _stage_capacity_bytes(job, rank)
     return RankMemory(
         weights_bytes=states.weights_bytes,
         gradients_bytes=states.gradients_bytes,

@@ -25,25 +25,6 @@ def test_default_split_keeps_ends_lighter(layers, stages, expected):
     assert split == expected and sum(split) == layers
 
 
-def test_strides_follow_the_order():
-    layout = Layout(tp=8, cp=2, pp=4, dp=16)
-    assert [layout.stride(a) for a in ("tp", "cp", "dp", "pp")] == [1, 8, 16, 256]
-    swapped = Layout(tp=8, cp=2, pp=4, dp=16, order="tp-pp-dp-cp")
-    assert [swapped.stride(a) for a in ("tp", "pp", "dp", "cp")] == [1, 8, 32, 512]
-
-
-def test_expert_stride_folds_cp_into_dp():
-    layout = Layout(tp=2, cp=2, dp=4, ep=4, pp=2)
-    assert layout.expert_stride() == 2  # tp-ep-edp-pp with edp = dp·cp/ep = 2
-
-
-def test_stage_ranks_for_pp_outermost_and_inner():
-    outer = Layout(tp=2, pp=2, dp=2)
-    assert list(outer.stage_ranks(1)) == [4, 5, 6, 7]
-    inner = Layout(tp=2, pp=2, dp=2, order="tp-pp-cp-dp")
-    assert list(inner.stage_ranks(1)) == [2, 3, 6, 7]
-
-
 @pytest.mark.parametrize("kwargs, field", [
     ({"vpp": 2}, "parallel.vpp"),
     ({"schedule": "interleaved"}, "parallel.schedule"),
