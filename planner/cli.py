@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from planner import topo
 from planner.report import format_estimate, format_listing
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
     estimate.add_argument("--json", action="store_true",
                           help="one JSON object per job, one per line")
+    graph = commands.add_parser("topo", help="the cluster graph and where the parallel groups "
+                                "land")
+    graph.add_argument("job", metavar="JOB", help="job file, YAML or JSON")
+    graph.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
+    graph.add_argument("--png", metavar="FILE", help="draw the fabric and the first group of "
+                       "each axis into FILE")
     listing = commands.add_parser("list", help="list catalog entries")
     listing.add_argument("kind", choices=("models", "gpus", "clusters"))
     return parser
@@ -48,7 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ParasimError as err:
             return _fail(err)
         return 0
+    if args.command == "topo":
+        return _topo(args.job, args.overrides, args.png)
     return _estimate(args.jobs, args.overrides, args.json)
+
+
+def _topo(path: str, overrides: list[str], png: str | None) -> int:
+    """`parasim topo`: the graph summary, the placement of each axis, optionally a PNG."""
+    try:
+        job = load_job(path, overrides)
+        topology = topo.topology_of(job)
+        places = topo.placements(job, topology) if job.layout is not None else None
+        print(topo.format_topo(job, topology, places), flush=True)
+        if png:
+            topo.draw_png(job, topology, places, png)
+    except ParasimError as err:
+        return _fail(err)
+    return 0
 
 
 def _estimate(paths: list[str], overrides: list[str], as_json: bool) -> int:

@@ -7,7 +7,8 @@ Two kinds of topology share one interface (`route`, per-link capacity and latenc
   every host in a block on leaf (block, i); NVIDIA DGX SuperPOD reference architecture) or
   rail-only (one switch per rail spanning all hosts, no spine: traffic between rails is first
   forwarded over NVLink inside the source host; Wang et al. 2023, "Optimized Network
-  Architectures for Large Language Model Training with Billions of Parameters", arXiv:2307.12169).
+  Architectures for Large Language Model Training with Billions of Parameters", arXiv:2307.12169;
+  a rail is modelled as non-blocking whatever its size, as a rail-sized Clos would be).
   Leaves have `switch_radix` ports split down:up by the leaf tier's oversubscription; up to
   `switch_radix` leaves hang under one spine layer, beyond that pods of radix/2 leaves meet at a
   core layer (a three-tier folded Clos, Al-Fares et al. 2008). Parallel links between two tiers
@@ -143,6 +144,7 @@ class FabricTopology(Topology):
             self.nic_leaf = block * (self.nic_rail.max() + 1) + self.nic_rail
         else:
             self.nic_leaf = np.arange(nics) // self.leaf_down_ports
+        self.nic_leaf = np.unique(self.nic_leaf, return_inverse=True)[1]  # no empty leaves
         self.num_leaves = int(self.nic_leaf.max()) + 1
         self.has_spine = c.topology != "rail-only" and self.num_leaves > 1
         leaves_per_pod = radix if self.num_leaves <= radix else max(1, radix // 2)
@@ -272,8 +274,8 @@ class GraphTopology(Topology):
 
     def __init__(self, graph: nx.Graph, source: str):
         self._graph, self.source = graph, source
-        gpus = sorted((n for n, d in graph.nodes(data=True) if d.get("kind") == "gpu"),
-                      key=lambda n: graph.nodes[n].get("rank", 0))
+        gpus = [n for n, d in graph.nodes(data=True) if d.get("kind") == "gpu"]
+        gpus = sorted(gpus, key=lambda n: graph.nodes[n].get("rank", gpus.index(n)))
         self.gpus = gpus
         self.num_gpus = len(gpus)
         hosts = [graph.nodes[n].get("host", n) for n in gpus]
@@ -318,18 +320,22 @@ def _hop_weight(_u, _v, data) -> float:
 
 
 def load_graph(path: Path, field: str = "cluster.graph") -> nx.Graph:
-    """A node-link JSON graph, checked: GPUs present, numbers positive, every GPU reachable."""
+    """A node-link JSON graph, checked: GPUs present and ranked, numbers positive and finite,
+    every GPU reachable."""
     import networkx as nx
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        graph = nx.node_link_graph(data, edges="links")
+        graph = nx.node_link_graph(data, directed=False, multigraph=False, edges="links")
     except OSError as err:
         raise SpecError(field, str(path), f"cannot read: {err.strerror}", "a readable file") from None
-    except (ValueError, KeyError, TypeError, nx.NetworkXError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, nx.NetworkXError) as err:
         raise SpecError(field, str(path), f"not a node-link JSON graph: {err}",
                         '{"nodes": [{"id": ..., "kind": "gpu"}], "links": [{"source", "target", '
                         '"bytes_per_s", "latency_s"}]}') from None
+    if graph.is_directed() or graph.is_multigraph():
+        raise SpecError(f"{field}.directed", str(path), "links are full duplex: the graph must "
+                        "be undirected, one link per pair", '"directed": false, "multigraph": false')
     check_graph(graph, str(path), field)
     return graph
 
@@ -342,11 +348,17 @@ def check_graph(graph: nx.Graph, source: str, field: str) -> None:
         if data.get("kind") not in ("gpu", "switch", "nic"):
             raise SpecError(f"{field}.nodes[{node}].kind", data.get("kind"), "unknown node kind",
                             "gpu, switch, nic")
+    ranks = [graph.nodes[n].get("rank", i) for i, n in enumerate(gpus)]
+    if sorted(r for r in ranks if isinstance(r, int) and not isinstance(r, bool)) != list(
+            range(len(gpus))):
+        raise SpecError(f"{field}.nodes[*].rank", source, "GPU ranks must be the integers "
+                        f"0..{len(gpus) - 1}, each once", "omit rank (file order) or number them")
     for a, b, data in graph.edges(data=True):
         for key in ("bytes_per_s", "latency_s"):
             value = data.get(key)
             minimum_ok = value is not None and not isinstance(value, bool) and isinstance(
-                value, (int, float)) and (value > 0 if key == "bytes_per_s" else value >= 0)
+                value, (int, float)) and math.isfinite(value) and (
+                value > 0 if key == "bytes_per_s" else value >= 0)
             if not minimum_ok:
                 raise SpecError(f"{field}.links[{a}-{b}].{key}", value,
                                 "must be a positive number" if key == "bytes_per_s"

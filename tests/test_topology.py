@@ -140,3 +140,26 @@ def test_graph_file_cluster_routes_by_shortest_path(tmp_path):
     topology = build_topology(job.cluster)
     routes = topology.route(np.array([0]), np.array([3]))
     assert len(routes.link) == 2 and list(topology.host) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda n, l: n[0].update(rank="zero"), "rank"),
+    (lambda n, l: n[1].update(rank=0), "rank"),
+    (lambda n, l: l[0].update(bytes_per_s=float("inf")), "bytes_per_s"),
+])
+def test_graph_file_values_are_checked(tmp_path, change, fragment):
+    nodes = [dict(g) for g in GPUS] + [{"id": "sw", "kind": "switch"}]
+    links = _links()
+    change(nodes, links)
+    with pytest.raises(SpecError, match=fragment):
+        load_graph(_write(tmp_path, nodes, links))
+
+
+def test_rail_optimized_with_mixed_nic_counts():
+    """Node groups with 4 and 8 NICs: rails 4-7 exist on half the hosts only; no empty leaf."""
+    raw = {"model": "llama3-8b", "training": {"seq_length": 4096, "global_batch_size": 64},
+           "cluster": {"topology": "rail-optimized", "node_groups": [
+               {**NODE, "num_nodes": 32, "inter_node": {**NODE["inter_node"], "nics_per_node": 4}},
+               {**NODE, "num_nodes": 32}]}}
+    topology = build_topology(job_from_mapping(raw, base_dir=Path("."), source="t").cluster)
+    assert np.bincount(topology.nic_leaf).min() > 0
