@@ -25,7 +25,7 @@ def _count(value: float) -> str:
     return str(int(value))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:.1f} days"
     if seconds >= 2 * 3600:
@@ -63,7 +63,7 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
     lines = [
         f"{job.source or 'job'}: {job.model.name} on {_cluster_line(job)}",
         f"  layout      {_layout_line(job)}; {p.microbatches} micro-batches per step",
-        f"  step time   {_duration(p.step_time_s)}   {_si(p.tokens_per_s)} tokens/s   "
+        f"  step time   {duration(p.step_time_s)}   {_si(p.tokens_per_s)} tokens/s   "
         f"MFU {p.mfu:.1%}   HFU {p.hfu:.1%}   {p.tflops_per_gpu:.0f} TFLOP/s per GPU",
         f"  parameters  {_count(p.params_total)} total, {_count(p.params_active)} active per token",
         f"  memory      peak {mem.peak_bytes / GiB:.1f} GiB of {mem.capacity_bytes / GiB:.1f} GiB "
@@ -72,16 +72,16 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"{mem.gradients_bytes / GiB:.1f}, optimizer {mem.optimizer_bytes / GiB:.1f}, "
         f"activations {mem.activations_bytes / GiB:.1f} GiB",
         "  breakdown   " + ", ".join(
-            f"{name} {_duration(seconds)} ({seconds / p.step_time_s:.0%})"
+            f"{name} {duration(seconds)} ({seconds / p.step_time_s:.0%})"
             for name, seconds in p.breakdown.as_dict().items() if seconds > 0),
     ]
     if p.run is not None:
         lines.append(f"  whole run   {_si(p.run.tokens)} tokens = {p.run.steps} steps: "
-                     f"{_duration(p.run.time_s)}, {_si(p.run.gpu_hours)} GPU-hours")
+                     f"{duration(p.run.time_s)}, {_si(p.run.gpu_hours)} GPU-hours")
     return "\n".join(lines)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*row).rstrip() for row in [header, *rows])
@@ -98,7 +98,7 @@ def format_listing(kind: str) -> str:
                          f"{d.memory_bytes / GiB:.0f}", f"{d.memory_bytes_per_s / 1e12:.2f}",
                          f"{d.nvlink_bytes_per_s / 1e9:.0f}", f"{d.tdp_watts:.0f}",
                          f"{d.price_per_hour_usd:.2f}"])
-        return _table(["gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s",
+        return table(["gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s",
                        "NVLink GB/s", "TDP W", "$/GPU-hour"], rows)
     if kind == "models":
         rows = []
@@ -108,7 +108,7 @@ def format_listing(kind: str) -> str:
             rows.append([name, _count(total_params(m)), _count(active_params(m)), str(m.num_layers),
                          str(m.hidden_size), f"{m.num_attention_heads}/{m.kv_heads}",
                          str(m.vocab_size), moe])
-        return _table(["model", "params", "active", "layers", "hidden", "heads/kv", "vocab",
+        return table(["model", "params", "active", "layers", "hidden", "heads/kv", "vocab",
                        "experts"], rows)
     rows = []
     for name, entry in sorted(catalog.entries("clusters").items()):
@@ -117,5 +117,5 @@ def format_listing(kind: str) -> str:
                      f"{intra['bandwidth_GBps']:g}",
                      f"{inter.get('nics_per_node', 1)} x {inter['bandwidth_Gbps']:g}",
                      entry.get("topology", "fat-tree")])
-    return _table(["cluster", "gpu", "gpus/node", "NVLink GB/s per GPU", "NICs x Gb/s",
+    return table(["cluster", "gpu", "gpus/node", "NVLink GB/s per GPU", "NICs x Gb/s",
                    "topology"], rows)

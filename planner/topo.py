@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from planner.report import _duration, _table
+from planner.report import duration, table
 from simulator.cost.comm import CollectiveCost, axis_network
 from simulator.cost.profile import analytic_profile
 from simulator.errors import SpecError
@@ -281,7 +281,7 @@ def _placement_row(p: AxisPlacement) -> list[str]:
     count, size = p.groups.shape
     return [p.axis, AXIS_NAMES[p.axis], str(count), str(size), _range(p.per_host),
             _range(p.hosts_spanned), ranks_text(p.groups[0]), p.message.kind,
-            _bytes(p.message.size_bytes), p.cost.algorithm, _duration(p.cost.time_s),
+            _bytes(p.message.size_bytes), p.cost.algorithm, duration(p.cost.time_s),
             f"{p.cost.busbw_bytes_per_s / 1e9:.1f}"]
 
 
@@ -292,13 +292,13 @@ def format_placement(job: Job, places: list[AxisPlacement]) -> str:
             f"rank order {lay.order} (innermost first)")
     if not places:
         return head + "\n  every axis has size 1: nothing to place"
-    table = _table(["axis", "", "groups", "size", "per host", "hosts", "first group",
-                    "collective", "message", "algorithm", "time", "busbw GB/s"],
-                   [_placement_row(p) for p in places])
+    rows = table(["axis", "", "groups", "size", "per host", "hosts", "first group",
+                  "collective", "message", "algorithm", "time", "busbw GB/s"],
+                 [_placement_row(p) for p in places])
     notes: dict[str, list[str]] = {}
     for p in places:
         notes.setdefault(p.message.what, []).append(p.axis)
-    return "\n".join([head, *("  " + line for line in table.splitlines()),
+    return "\n".join([head, *("  " + line for line in rows.splitlines()),
                       "  messages: " + "; ".join(f"{', '.join(axes)}: {what}"
                                                   for what, axes in notes.items()) + ".",
                       "  every group of an axis communicates at once (contention included); "

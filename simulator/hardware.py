@@ -138,9 +138,3 @@ class ClusterSpec:
                 return group
             rank -= group.num_gpus
         raise AssertionError("unreachable")
-
-    def price_per_gpu_hour(self, group: NodeGroup) -> float:
-        return self.price_per_gpu_hour_usd or group.gpu.price_per_hour_usd
-
-    def power_watts(self, group: NodeGroup) -> float:
-        return self.power_watts_per_gpu or group.gpu.tdp_watts
