@@ -15,6 +15,7 @@ from planner.report import format_estimate, format_listing
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
+from simulator.profile import mismatches, profile_db
 
 EXIT_USER_ERROR = 2
 
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
     estimate.add_argument("--json", action="store_true",
                           help="one JSON object per job, one per line")
+    estimate.add_argument("--profile", metavar="NAME",
+                          help="measured profile: a folder written by `parasim profile`, or a "
+                          "name under profiles/measured/ (default: the analytic model)")
+    estimate.add_argument("--strict", action="store_true",
+                          help="a profile of another device or precision is an error, not a "
+                          "warning")
     graph = commands.add_parser("topo", help="the cluster graph and where the parallel groups "
                                 "land")
     graph.add_argument("job", metavar="JOB", help="job file, YAML or JSON")
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "topo":
         return _topo(args.job, args.overrides, args.png)
-    return _estimate(args.jobs, args.overrides, args.json)
+    return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict)
 
 
 def _topo(path: str, overrides: list[str], png: str | None) -> int:
@@ -75,7 +82,12 @@ def _topo(path: str, overrides: list[str], png: str | None) -> int:
     return 0
 
 
-def _estimate(paths: list[str], overrides: list[str], as_json: bool) -> int:
+def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: str | None,
+              strict: bool) -> int:
+    try:
+        measured = profile_db(profile) if profile else None
+    except ParasimError as err:
+        return _fail(err)
     status = 0
     for path in paths:
         try:
@@ -83,7 +95,8 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool) -> int:
             if job.layout is None:
                 raise SpecError("parallel", None, "missing: estimate predicts one layout",
                                 "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
-            prediction = predict(job)
+            _check_profile(measured, job, strict)
+            prediction = predict(job, measured=measured)
         except ParasimError as err:
             status = EXIT_USER_ERROR
             if as_json:
@@ -95,6 +108,19 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool) -> int:
         else:
             print(format_estimate(job, prediction), flush=True)
     return status
+
+
+def _check_profile(measured, job, strict: bool) -> None:
+    """A profile of another device or precision: a warning, or with --strict an error."""
+    if measured is None:
+        return
+    gpus = {group.gpu.name for group in job.cluster.node_groups}
+    for why in mismatches(measured, gpus, job.training.precision):
+        if strict:
+            raise SpecError("--profile", measured.path, why, "a profile of the job's GPU and "
+                            "precision, or drop --strict to use it anyway")
+        print(f"parasim: warning: {why}; its times are used as measured", file=sys.stderr,
+              flush=True)
 
 
 def _fail(err: ParasimError, path: str | None = None) -> int:

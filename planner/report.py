@@ -75,6 +75,9 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
             f"{name} {duration(seconds)} ({seconds / p.step_time_s:.0%})"
             for name, seconds in p.breakdown.as_dict().items() if seconds > 0),
     ]
+    shares = ", ".join(f"{source} {share:.0%}" for source, share in p.sources.items() if share)
+    lines.append(f"  sources     {shares} of the step time")
+    lines += [f"  profile     {flag}" for flag in p.profile_flags]
     if p.run is not None:
         lines.append(f"  whole run   {_si(p.run.tokens)} tokens = {p.run.steps} steps: "
                      f"{duration(p.run.time_s)}, {_si(p.run.gpu_hours)} GPU-hours")

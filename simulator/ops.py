@@ -33,9 +33,12 @@ class Op:
     kind: OpKind  # gemm | attention (fused) | memory (elementwise)
     flop: float  # forward FLOPs of all `count` instances
     bytes: float  # forward bytes read + written of all instances
-    shape: tuple[int, ...] = ()  # gemm: (m, n, k) of one instance; attention: (b, heads, s_q, s_kv)
+    shape: tuple[int, ...] = ()  # gemm: (m, n, k) of one instance;
+    #                              attention: (batch, heads, s_q, s_kv, qk head dim, v head dim)
     count: int = 1  # identical instances in one launch (batched or grouped GEMM)
     core_attention: bool = False  # part of softmax(Q·K^T)·V: what selective recompute repeats
+    kernel: str = ""  # memory ops: which elementwise kernel (a measured profile's key)
+    elements: float = 0.0  # memory ops: elements the kernel processes (its output size)
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,12 @@ def gemm(name: str, m: float, n: float, k: float, bpv: int, count: int = 1,
               (int(m), int(n), int(k)), count, core_attention)
 
 
-def memory(name: str, values: float, bpv: int, core_attention: bool = False) -> Op:
-    """An elementwise op that reads and writes `values` values in total."""
-    return Op(name, "memory", 0.0, float(values * bpv), core_attention=core_attention)
+def memory(name: str, kernel: str, elements: float, traffic: int, bpv: int,
+           core_attention: bool = False) -> Op:
+    """An elementwise kernel over `elements` values that reads and writes `traffic` values per
+    element (a norm reads x and writes y: 2; a residual add: 3)."""
+    return Op(name, "memory", 0.0, float(elements * traffic * bpv), core_attention=core_attention,
+              kernel=kernel, elements=float(elements))
 
 
 def _heads(model: ModelSpec, tp: int) -> tuple[int, int]:
@@ -82,7 +88,7 @@ def attention_ops(model: ModelSpec, shard: Shard) -> list[Op]:
     h, bpv, t = model.hidden_size, shard.bytes_per_value, shard.tokens
     heads, kv_heads = _heads(model, shard.tp)
     dqk, dv = model.qk_head_dim, model.v_head_dim
-    ops = [memory("norm1", 2 * shard.elementwise_tokens * h, bpv)]
+    ops = [memory("norm1", model.norm, shard.elementwise_tokens * h, 2, bpv)]
     if model.mla is None:
         ops.append(gemm("qkv", t, heads * dqk + kv_heads * (dqk + dv), h, bpv))
     else:
@@ -97,7 +103,7 @@ def attention_ops(model: ModelSpec, shard: Shard) -> list[Op]:
         kv_heads = heads  # MLA materialises per-head keys and values in training
     ops += _core_attention(shard, heads, kv_heads, dqk, dv)
     ops.append(gemm("attention_out", t, h, heads * dv, bpv))
-    ops.append(memory("residual1", 3 * shard.elementwise_tokens * h, bpv))
+    ops.append(memory("residual1", "add", shard.elementwise_tokens * h, 3, bpv))
     return ops
 
 
@@ -113,11 +119,11 @@ def _core_attention(shard: Shard, heads: int, kv_heads: int, dqk: int, dv: int) 
     if not shard.flash_attention:
         pairs = b * heads
         return [gemm("attention_scores", s_q, s, dqk, bpv, pairs, core_attention=True),
-                memory("softmax", 2 * pairs * s_q * s, bpv, core_attention=True),
+                memory("softmax", "softmax", pairs * s_q * s, 2, bpv, core_attention=True),
                 gemm("attention_values", s_q, dv, s, bpv, pairs, core_attention=True)]
     flop = 2.0 * b * s_q * s * heads * (dqk + dv)
     moved = b * (s_q * heads * (dqk + dv) + s * kv_heads * (dqk + dv)) * bpv
-    return [Op("core_attention", "attention", flop, float(moved), (b, heads, s_q, s),
+    return [Op("core_attention", "attention", flop, float(moved), (b, heads, s_q, s, dqk, dv),
                core_attention=True)]
 
 
@@ -130,7 +136,7 @@ def mlp_ops(model: ModelSpec, shard: Shard, ffn: int, tokens: float | None = Non
     gated = model.activation == "swiglu"
     return [
         gemm(f"{name}fc1", t, width * (2 if gated else 1), h, bpv, count),
-        memory(f"{name}activation", t * width * (3 if gated else 2) * count, bpv),
+        memory(f"{name}activation", model.activation, t * width * count, 3 if gated else 2, bpv),
         gemm(f"{name}fc2", t, h, width, bpv, count),
     ]
 
@@ -142,19 +148,19 @@ def ffn_ops(model: ModelSpec, shard: Shard, moe: bool, ep: int = 1) -> list[Op]:
     with balanced routing that is tokens·k slots per rank (padded to the capacity factor when
     one is set), as a grouped GEMM of num_experts/ep experts."""
     h, bpv = model.hidden_size, shard.bytes_per_value
-    ops = [memory("norm2", 2 * shard.elementwise_tokens * h, bpv)]
+    ops = [memory("norm2", model.norm, shard.elementwise_tokens * h, 2, bpv)]
     if not moe:
         ops += mlp_ops(model, shard, model.ffn_hidden_size)
     else:
         local = model.num_experts // ep
         slots = shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
         ops.append(gemm("router", shard.tokens, model.num_experts, h, bpv))
-        ops.append(memory("permute", 4 * slots * h, bpv))  # dispatch and combine copies
+        ops.append(memory("permute", "copy", 2 * slots * h, 2, bpv))  # dispatch and combine
         ops += mlp_ops(model, shard, model.moe_ffn_hidden_size, slots / local, "expert_", local)
         if model.num_shared_experts:
             ops += mlp_ops(model, shard, model.shared_ffn_hidden_size * model.num_shared_experts,
                            name="shared_")
-    ops.append(memory("residual2", 3 * shard.elementwise_tokens * h, bpv))
+    ops.append(memory("residual2", "add", shard.elementwise_tokens * h, 3, bpv))
     return ops
 
 
@@ -170,16 +176,17 @@ def head_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
     h, bpv, t = model.hidden_size, shard.bytes_per_value, shard.tokens
     vocab = -(-model.vocab_size // shard.tp)
     return (
-        memory("final_norm", 2 * shard.elementwise_tokens * h, bpv),
+        memory("final_norm", model.norm, shard.elementwise_tokens * h, 2, bpv),
         gemm("lm_head", t, vocab, h, bpv),
-        memory("cross_entropy", 3 * t * vocab, 4),
+        memory("cross_entropy", "cross_entropy", t * vocab, 3, 4),
     )
 
 
 @lru_cache(maxsize=1024)
 def embedding_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
     """Token (and learned position) lookup: memory only."""
-    return (memory("embedding", 2 * shard.tokens * model.hidden_size, shard.bytes_per_value),)
+    return (memory("embedding", "embedding", shard.tokens * model.hidden_size, 2,
+                   shard.bytes_per_value),)
 
 
 def forward_flop(ops: tuple[Op, ...] | list[Op]) -> float:

@@ -70,6 +70,8 @@ class StepPrediction:
     params_active: int
     stages: tuple[RankMemory, ...]  # one per pipeline rank
     microbatches: int
+    sources: dict[str, float]  # share of the step time measured / interpolated / analytic
+    profile_flags: tuple[str, ...] = ()  # what the measured profile could not answer
     run: RunPrediction | None = None
 
     @property
@@ -125,7 +127,10 @@ class StepPrediction:
                 "per_stage_peak_bytes": [m.peak_bytes for m in self.stages],
             },
             "breakdown": self.breakdown.as_dict(),
+            "sources": self.sources,
         }
+        if self.profile_flags:
+            out["profile_flags"] = list(self.profile_flags)
         if self.run is not None:
             out["run"] = asdict(self.run)
         return out

@@ -145,6 +145,8 @@ class AxisNetwork:
         self._pairs = pairs
         self._phases: dict[str, Phase] = {}
         self._split = _split(topology, groups) if self.size > 2 else None
+        hosts = topology.host[groups]
+        self.within_host = bool((hosts == hosts[:, :1]).all())  # every group inside a host
 
     def _phase(self, name: str) -> Phase:
         if name not in self._phases:

@@ -7,9 +7,13 @@ from the analytic profile; a measured profile (issue 4) will replace them per op
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from simulator.cost.profile import AnalyticProfile
+from simulator.cost.sourced import Sourced, total
 from simulator.hardware import DeviceSpec, Precision
 from simulator.ops import Op
+from simulator.profile import ProfileDB
 
 
 def op_time_s(op: Op, device: DeviceSpec, precision: Precision, profile: AnalyticProfile,
@@ -27,6 +31,22 @@ def op_time_s(op: Op, device: DeviceSpec, precision: Precision, profile: Analyti
     return max(compute_s, memory_s) * factor
 
 
-def ops_time_s(ops, device: DeviceSpec, precision: Precision, profile: AnalyticProfile,
-               backward: bool = False) -> float:
-    return sum(op_time_s(op, device, precision, profile, backward) for op in ops)
+@dataclass(frozen=True)
+class ComputeModel:
+    """Op times on one device: from a measured profile where it has them, else the roofline."""
+
+    device: DeviceSpec
+    precision: Precision
+    analytic: AnalyticProfile
+    measured: ProfileDB | None = None
+
+    def op(self, op: Op, backward: bool = False) -> Sourced:
+        if self.measured is not None:
+            found = self.measured.op_time(op, backward)
+            if found is not None:
+                return Sourced.of(found.seconds, found.source)
+        return Sourced.of(op_time_s(op, self.device, self.precision, self.analytic, backward),
+                          "analytic")
+
+    def ops(self, ops, backward: bool = False) -> Sourced:
+        return total(self.op(op, backward) for op in ops)
