@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from planner import topo
-from planner.report import format_estimate, format_listing
+from planner.report import duration, format_estimate, format_listing
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
@@ -50,9 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
     graph.add_argument("--png", metavar="FILE", help="draw the fabric and the first group of "
                        "each axis into FILE")
+    _add_profile_parser(commands)
     listing = commands.add_parser("list", help="list catalog entries")
     listing.add_argument("kind", choices=("models", "gpus", "clusters"))
     return parser
+
+
+def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
+    profile = commands.add_parser("profile", help="measure op and collective times on this "
+                                  "machine into a profile folder (needs PyTorch)")
+    profile.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                         help="what to profile (default: cpu)")
+    profile.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                         help="precision of every table (default: bf16 on cuda, fp32 on cpu)")
+    profile.add_argument("--quick", action="store_true",
+                         help="small grids: about two minutes on a small CPU")
+    profile.add_argument("--out", metavar="DIR", default=None,
+                         help="output folder (default: profiles/measured/DEVICE-DTYPE[-quick])")
+    profile.add_argument("--force", action="store_true",
+                         help="write into an --out folder that is not empty")
+    profile.add_argument("--progress", action="store_true",
+                         help="draw the progress bar even when stderr is not a terminal")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "topo":
         return _topo(args.job, args.overrides, args.png)
+    if args.command == "profile":
+        return _profile(args)
     return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict)
 
 
@@ -80,6 +101,36 @@ def _topo(path: str, overrides: list[str], png: str | None) -> int:
     except ParasimError as err:
         return _fail(err)
     return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    """`parasim profile`: runtime.profiler, imported here so that planner never needs torch."""
+    try:
+        profiler = _load_profiler(args.device)
+        result = profiler.profile(args.device, args.dtype, args.quick, args.out,
+                                  True if args.progress else None, force=args.force)
+    except ParasimError as err:
+        return _fail(err)
+    except KeyboardInterrupt:
+        print("parasim: interrupted; the profile folder has no meta.json", file=sys.stderr,
+              flush=True)
+        return 130
+    tables = ", ".join(f"{name}.csv ({rows} rows)" for name, rows in result.rows.items())
+    print(f"wrote {result.out_dir}: {tables}, meta.json in {duration(result.elapsed_s)}",
+          flush=True)
+    return 0
+
+
+def _load_profiler(device: str) -> ModuleType:
+    """runtime.profiler, or a SpecError naming the missing PyTorch."""
+    try:
+        from runtime import profiler
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "torch":
+            raise
+        raise SpecError("--device", device, "the profiler needs PyTorch: pip install "
+                        "'.[runtime]'") from None
+    return profiler
 
 
 def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: str | None,

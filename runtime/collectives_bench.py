@@ -1,0 +1,311 @@
+"""Collective timings in separate processes through torch.distributed (collectives.csv).
+
+For each group size n the parent hosts a `TCPStore` on 127.0.0.1 (port 0: the OS picks a free
+one, no race) and spawns n processes (`torch.multiprocessing`, spawn) that join one process
+group (gloo on the CPU, NCCL on CUDA, rank r on GPU r). Each collective and size is timed as
+`runtime.timing` times kernels, after a barrier per run and with at least MIN_REPEATS runs
+(small messages on a shared host time bimodally), the runs of all sizes interleaved; a row is
+the mean over ranks of each rank's median, as nccl-tests reports by default.
+
+`bytes` is the full buffer, as `simulator/cost/comm.py` counts it: all_reduce of `bytes`;
+all_gather into an output of `bytes` (bytes/n per rank in); reduce_scatter of an input of
+`bytes` (bytes/n out); all_to_all_single of `bytes` in and out per rank; p2p (group of 2 only):
+half of a send/recv ping-pong of `bytes` between ranks 0 and 1 (one direction).
+
+Rank 0 sends rows to the parent through a queue as it measures them (the progress bar moves);
+any rank sends its error. The parent stops every process on error, on a dead process and at
+the deadline (terminate, then kill): no process outlives `run_group`.
+"""
+
+from __future__ import annotations
+
+import queue as queue_module
+import signal
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from runtime.tasks import Rates, Task, TaskResult, Tick, size_text
+from runtime.timing import Timing, run_time_s
+from simulator.errors import ParasimError
+
+COLUMNS = ("collective", "group_size", "bytes", "time_s")
+HOST = "127.0.0.1"
+STOP_GRACE_S = 5.0  # after terminate(), before kill()
+POLL_S = 0.5  # how often the parent checks for dead processes while waiting
+MIN_REPEATS = 40  # small messages on a shared host time bimodally: a median needs many runs
+MIN_WARMUP = 2
+SPAWN_ESTIMATE_S = 4.0  # starting the processes and the process group (work estimate only)
+LOOPBACK_FACTOR = {"cpu": 4.0, "cuda": 0.1}  # transport vs memory rate (work estimate only)
+EMULATED_REDUCE_SCATTER = ("reduce_scatter: the {backend} backend has no reduce_scatter here; "
+                           "timed as all_reduce of the full buffer plus a local slice copy "
+                           "(an upper bound)")
+
+
+class MeasurementError(ParasimError):
+    """A benchmark process failed, died or ran past its deadline; `detail` holds its traceback."""
+
+    def __init__(self, message: str, detail: str = ""):
+        self.detail = detail
+        super().__init__(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupJob:
+    """What every process of one group measures (pickled to the spawned processes)."""
+
+    group_size: int
+    sizes_bytes: tuple[int, ...]
+    collectives: tuple[str, ...]
+    device: str  # cpu (gloo) | cuda (nccl)
+    dtype: torch.dtype
+    timing: Timing
+    port: int  # of the parent's TCPStore
+    timeout_s: float
+
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """The collectives this group times: p2p only in a group of two."""
+        return tuple(c for c in self.collectives if c != "p2p" or self.group_size == 2)
+
+    @property
+    def expected_rows(self) -> int:
+        return len(self.measured) * len(self.sizes_bytes)
+
+
+# The spawned processes ----------------------------------------------------------------------
+
+
+def _worker(rank: int, job: GroupJob, results: Any) -> None:
+    """Entry point of one rank: measure, report rows (rank 0) or the error (any rank)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        _run_rank(rank, job, results)
+    except Exception as err:  # forwarded to the parent, which raises MeasurementError
+        results.put(("error", rank, f"{type(err).__name__}: {err}", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def _run_rank(rank: int, job: GroupJob, results: Any) -> None:
+    torch.set_num_threads(1)  # n processes share the machine; the work is communication
+    timeout = timedelta(seconds=job.timeout_s)
+    store = dist.TCPStore(HOST, job.port, job.group_size, is_master=False, timeout=timeout)
+    options: dict[str, Any] = {}
+    if job.device == "cuda":
+        torch.cuda.set_device(rank)
+        options["device_id"] = torch.device("cuda", rank)
+    backend = "nccl" if job.device == "cuda" else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank, world_size=job.group_size,
+                            timeout=timeout, **options)
+    try:
+        emulate = not _reduce_scatter_works(job)
+        if emulate and rank == 0 and "reduce_scatter" in job.measured:
+            results.put(("note", EMULATED_REDUCE_SCATTER.format(backend=backend)))
+        for name in job.measured:
+            rows = _measure(name, rank, job, emulate)
+            if rank == 0:
+                for row in rows:
+                    results.put(("row", row))
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        results.put(("done",))
+
+
+def _reduce_scatter_function() -> Callable[..., Any]:
+    """`reduce_scatter_single` where this torch has it, else `reduce_scatter_tensor`."""
+    return getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _all_gather_function() -> Callable[..., Any]:
+    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def _reduce_scatter_works(job: GroupJob) -> bool:
+    """Whether the backend runs a tensor reduce-scatter (older gloo builds do not)."""
+    n = job.group_size
+    full = torch.zeros(n, device=job.device, dtype=job.dtype)
+    try:
+        _reduce_scatter_function()(torch.empty(1, device=job.device, dtype=job.dtype), full)
+    except (RuntimeError, NotImplementedError, ValueError):
+        return False
+    return True
+
+
+def _operation(name: str, elements: int, rank: int, job: GroupJob,
+               emulate: bool) -> Callable[[], Any]:
+    """The call that runs collective `name` once on a full buffer of `elements`."""
+    n, device, dtype = job.group_size, job.device, job.dtype
+    full = torch.zeros(elements, device=device, dtype=dtype)  # zeros: sums never overflow
+    shard = torch.zeros(elements // n, device=device, dtype=dtype)
+    if name == "all_reduce":
+        return lambda: dist.all_reduce(full)
+    if name == "all_gather":
+        return lambda: _all_gather_function()(full, shard)
+    if name == "reduce_scatter" and emulate:
+        mine = slice(rank * shard.numel(), (rank + 1) * shard.numel())
+        return lambda: (dist.all_reduce(full), shard.copy_(full[mine]))
+    if name == "reduce_scatter":
+        return lambda: _reduce_scatter_function()(shard, full)
+    if name == "all_to_all":
+        received = torch.empty_like(full)
+        return lambda: dist.all_to_all_single(received, full)
+    assert name == "p2p", name
+    peer = 1 - rank
+    if rank == 0:
+        return lambda: (dist.send(full, peer), dist.recv(full, peer))
+    return lambda: (dist.recv(full, peer), dist.send(full, peer))
+
+
+def _measure(name: str, rank: int, job: GroupJob, emulate: bool) -> list[dict]:
+    """Rows of one collective over every size: the mean over ranks of each rank's median.
+
+    Runs are interleaved over the sizes (round r times every size once, after a barrier each),
+    so that a burst of host noise spreads over all sizes instead of filling one entry."""
+    n = job.group_size
+    element_bytes = torch.empty((), dtype=job.dtype).element_size()
+    counts = [max(n, nbytes // element_bytes // n * n) for nbytes in job.sizes_bytes]
+    calls = [_operation(name, elements, rank, job, emulate) for elements in counts]
+    times_s: list[list[float]] = [[] for _ in calls]
+    for round_index in range(job.timing.warmup + job.timing.repeats):
+        for call, series in zip(calls, times_s):
+            dist.barrier()
+            elapsed_s = run_time_s(call, (), job.device)
+            if round_index >= job.timing.warmup:
+                series.append(elapsed_s / 2 if name == "p2p" else elapsed_s)  # ping-pong: 2 ways
+    medians = torch.tensor([statistics.median(t) for t in times_s], dtype=torch.float64,
+                           device=job.device)
+    dist.all_reduce(medians)  # the mean over ranks, as nccl-tests reports by default (-a 1)
+    return [{"collective": name, "group_size": n, "bytes": elements * element_bytes,
+             "time_s": float(total_s) / n}
+            for elements, total_s in zip(counts, medians.tolist())]
+
+
+# The parent ---------------------------------------------------------------------------------
+
+
+def run_group(group_size: int, sizes_bytes: tuple[int, ...], collectives: tuple[str, ...],
+              device: str, dtype: torch.dtype, timing: Timing, timeout_s: float,
+              tick: Tick | None = None) -> TaskResult:
+    """Spawn `group_size` processes, collect their rows, stop them all whatever happens."""
+    timing = collective_timing(timing)
+    context = mp.get_context("spawn")
+    store = dist.TCPStore(HOST, 0, group_size, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=timeout_s))
+    job = GroupJob(group_size=group_size, sizes_bytes=tuple(sizes_bytes),
+                   collectives=tuple(collectives), device=device, dtype=dtype, timing=timing,
+                   port=store.port, timeout_s=timeout_s)
+    results = context.Queue()
+    processes = [context.Process(target=_worker, args=(rank, job, results), daemon=True,
+                                 name=f"parasim-collectives-{group_size}-rank{rank}")
+                 for rank in range(group_size)]
+    try:
+        for process in processes:
+            process.start()
+        return _collect(job, processes, results, time.monotonic() + timeout_s, tick)
+    finally:
+        _stop(processes)
+        results.close()
+        results.join_thread()
+        del store  # the store outlives every process that talks to it
+
+
+def collective_timing(timing: Timing) -> Timing:
+    """At least MIN_WARMUP warm-up and MIN_REPEATS timed runs per collective entry."""
+    return Timing(warmup=max(timing.warmup, MIN_WARMUP), repeats=max(timing.repeats, MIN_REPEATS))
+
+
+def _collect(job: GroupJob, processes: list, results: Any, deadline_s: float,
+             tick: Tick | None) -> TaskResult:
+    """Read the queue until rank 0 is done; raise on an error, a dead rank or the deadline."""
+    rows = []
+    notes = [f"collectives: {job.timing.warmup} warm-up and {job.timing.repeats} timed runs per "
+             f"entry (at least {MIN_REPEATS}: small messages time bimodally on a shared host)"]
+    while True:
+        message = _next_message(job, processes, results, deadline_s)
+        if message is None:
+            continue
+        kind = message[0]
+        if kind == "error":
+            _, rank, line, detail = message
+            raise MeasurementError(f"collectives: rank {rank} of a group of {job.group_size} "
+                                   f"failed: {line}", detail)
+        if kind == "note":
+            notes.append(message[1])
+        elif kind == "row":
+            rows.append(message[1])
+            if tick is not None:
+                row = message[1]
+                tick(len(rows) / max(job.expected_rows, 1),
+                     f"{row['collective']} n={row['group_size']} {size_text(row['bytes'])} B")
+        else:
+            assert kind == "done", message
+            _join(processes, deadline_s)
+            return TaskResult(rows, notes)
+
+
+def _next_message(job: GroupJob, processes: list, results: Any,
+                  deadline_s: float) -> tuple | None:
+    """The next queued message, or None after POLL_S; raises if a rank died or time is up."""
+    left_s = deadline_s - time.monotonic()
+    if left_s <= 0:
+        raise MeasurementError(f"collectives: a group of {job.group_size} processes did not "
+                               f"finish within {job.timeout_s:g} s; stopped them")
+    try:
+        return results.get(timeout=min(POLL_S, left_s))
+    except queue_module.Empty:
+        pass
+    for rank, process in enumerate(processes):
+        if process.exitcode not in (None, 0):
+            raise MeasurementError(f"collectives: rank {rank} of a group of {job.group_size} "
+                                   f"exited with code {process.exitcode}")
+    return None
+
+
+def _join(processes: list, deadline_s: float) -> None:
+    """Wait for finished ranks to exit by themselves (until the deadline)."""
+    for process in processes:
+        process.join(max(0.0, deadline_s - time.monotonic()))
+
+
+def _stop(processes: list) -> None:
+    """Terminate every live process, kill what survives STOP_GRACE_S, reap them all."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        if process.pid is None:
+            continue  # never started
+        process.join(STOP_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def collective_tasks(group_sizes: tuple[int, ...], sizes_bytes: tuple[int, ...],
+                     collectives: tuple[str, ...], device: str, dtype: torch.dtype,
+                     timing: Timing, rates: Rates, timeout_s: float | None = None) -> list[Task]:
+    """One task per group size (one set of processes each)."""
+    tasks = []
+    per_entry = collective_timing(timing)
+    calls = per_entry.warmup + per_entry.repeats
+    for n in group_sizes:
+        weight_s = SPAWN_ESTIMATE_S + len(collectives) * sum(
+            rates.estimate_s(calls, moved_bytes=nbytes * LOOPBACK_FACTOR[device])
+            for nbytes in sizes_bytes)
+        limit_s = timeout_s if timeout_s is not None else 60.0 + 10.0 * weight_s
+
+        def run(tick: Tick, n: int = n, limit_s: float = limit_s) -> TaskResult:
+            return run_group(n, sizes_bytes, collectives, device, dtype, timing, limit_s, tick)
+
+        tasks.append(Task("collectives", f"collectives, {n} processes", weight_s, run))
+    return tasks
+

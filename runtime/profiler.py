@@ -1,0 +1,183 @@
+"""`parasim profile`: measure this machine's op and collective times into a profile folder.
+
+Writes the tables of profiles/README.md (gemm.csv, attention.csv, elementwise.csv,
+optimizer.csv, collectives.csv) and, last, meta.json: a folder without meta.json is an
+interrupted profile. Each table is written as soon as it is complete.
+
+    profile(device="cpu", quick=True, out_dir="/tmp/cpu-quick")
+
+The grids (`runtime.grids`) and the timing (`runtime.timing.Timing`) are parameters, so tests
+can run a tiny profile in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from runtime import attention_bench, collectives_bench, elementwise_bench, gemm_bench
+from runtime import optimizer_bench
+from runtime.device_info import check_device, default_dtype, meta, torch_dtype
+from runtime.grids import Grids, default_grids, default_timing
+from runtime.progress import Progress
+from runtime.tasks import Row, Task, nominal_rates
+from runtime.timing import Timing
+from simulator.errors import SpecError
+
+TABLE_COLUMNS = {
+    "gemm": gemm_bench.COLUMNS,
+    "attention": attention_bench.COLUMNS,
+    "elementwise": elementwise_bench.COLUMNS,
+    "optimizer": optimizer_bench.COLUMNS,
+    "collectives": collectives_bench.COLUMNS,
+}
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """What `profile` wrote."""
+
+    out_dir: Path
+    rows: dict[str, int]  # rows per table file written
+    elapsed_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def default_out_dir(device: str, dtype: str, quick: bool) -> Path:
+    """profiles/measured/<device>-<dtype>[-quick], relative to the current directory."""
+    return Path("profiles") / "measured" / f"{device}-{dtype}{'-quick' if quick else ''}"
+
+
+def prepare_out_dir(out_dir: str | Path, force: bool = False) -> Path:
+    """Create `out_dir`; refuse one that is not empty unless `force` (SpecError)."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise SpecError("--out", str(path), "exists and is not a folder",
+                        "a new or empty folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise SpecError("--out", str(path), "exists and is not empty; refusing to overwrite it "
+                        "(nothing is lost)", "a new or empty folder, or --force to overwrite "
+                        "its tables")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecError("--out", str(path), f"cannot create the folder: {err.strerror}",
+                        "a writable folder") from None
+    return path
+
+
+def build_tasks(grids: Grids, device: str, dtype: torch.dtype, timing: Timing,
+                collective_timeout_s: float | None = None) -> list[Task]:
+    """Every measurement of the profile, table by table."""
+    rates = nominal_rates(device)
+    return (
+        gemm_bench.gemm_tasks(grids.gemm_m, grids.gemm_n, grids.gemm_k, device, dtype, timing,
+                              rates)
+        + attention_bench.attention_tasks(grids.attention_seq_lengths,
+                                          grids.attention_head_dims, grids.attention_batch,
+                                          grids.attention_heads, device, dtype, timing, rates)
+        + elementwise_bench.elementwise_tasks(grids.elementwise_kernels,
+                                              grids.elementwise_elements, grids.row_elements,
+                                              grids.vocab, device, dtype, timing, rates)
+        + optimizer_bench.optimizer_tasks(grids.optimizer_params, device, timing, rates)
+        + collectives_bench.collective_tasks(usable_group_sizes(grids, device),
+                                             grids.collective_bytes, grids.collectives, device,
+                                             dtype, timing, rates, collective_timeout_s)
+    )
+
+
+def usable_group_sizes(grids: Grids, device: str) -> tuple[int, ...]:
+    """Group sizes this machine can run: on CUDA one GPU per process."""
+    if device != "cuda":
+        return grids.collective_group_sizes
+    return tuple(n for n in grids.collective_group_sizes if n <= torch.cuda.device_count())
+
+
+def grid_notes(grids: Grids, device: str, dtype: str) -> list[str]:
+    """The facts of the measurement that the tables' columns do not carry."""
+    notes = [
+        f"elementwise: rows of {grids.row_elements} elements (hidden); embedding table of "
+        f"{grids.vocab} rows; cross_entropy logits rows of {grids.vocab} (fp32); copy backward "
+        "= a copy of the gradient",
+        "optimizer: torch.optim.AdamW defaults (foreach), fp32 parameters in tensors of at "
+        f"most {optimizer_bench.CHUNK_PARAMS} elements",
+        f"attention: causal, batch {grids.attention_batch}, heads {grids.attention_heads} "
+        "(kv heads = heads), PyTorch's default SDPA backend",
+    ]
+    skipped = sorted(set(grids.collective_group_sizes) - set(usable_group_sizes(grids, device)))
+    if skipped:
+        notes.append(f"collectives: group sizes {skipped} skipped: only "
+                     f"{torch.cuda.device_count()} GPU(s), one per process")
+    if device == "cuda" and dtype == "fp32":
+        notes.append(f"fp32 matmuls: allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+    return notes
+
+
+def write_table(path: Path, columns: tuple[str, ...], rows: list[Row]) -> None:
+    """One CSV: the header, then one line per row (times to 6 significant digits)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row[column]) for column in columns])
+
+
+def _cell(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def run_tasks(tasks: list[Task], out_dir: Path, bar: Progress) -> tuple[dict[str, int], list[str]]:
+    """Run the tasks in order, writing each table when its last task is done."""
+    counts, notes = {}, []
+    for table, group in itertools.groupby(tasks, key=lambda task: task.table):
+        rows = []
+        for task in group:
+            bar.show(task.label, force=True)
+            result = task.run(lambda fraction, label, task=task:
+                              bar.show(label, fraction * task.weight_s))
+            rows += result.rows
+            notes += result.notes
+            bar.advance(task.weight_s, task.label)
+        write_table(out_dir / f"{table}.csv", TABLE_COLUMNS[table], rows)
+        counts[table] = len(rows)
+    return counts, notes
+
+
+def profile(device: str = "cpu", dtype: str | None = None, quick: bool = False,
+            out_dir: str | Path | None = None, progress: bool | None = None, *,
+            force: bool = False, grids: Grids | None = None, timing: Timing | None = None,
+            collective_timeout_s: float | None = None) -> ProfileResult:
+    """Measure every table on `device` in `dtype` and write them with meta.json to `out_dir`.
+
+    `progress`: draw the bar on stderr (None: when stderr is a terminal). `grids` and `timing`
+    default to those of `device` and `quick`. Raises SpecError on bad input (before measuring)
+    and collectives_bench.MeasurementError when a benchmark process fails.
+    """
+    check_device(device)
+    dtype = dtype or default_dtype(device)
+    resolved = torch_dtype(dtype)
+    path = prepare_out_dir(out_dir or default_out_dir(device, dtype, quick), force)
+    grids = grids or default_grids(device, quick)
+    timing = timing or default_timing(device, quick)
+    tasks = build_tasks(grids, device, resolved, timing, collective_timeout_s)
+    enabled = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(sum(task.weight_s for task in tasks), enabled)
+    start_s = time.monotonic()
+    try:
+        counts, notes = run_tasks(tasks, path, bar)
+    except BaseException:
+        bar.stop()
+        raise
+    notes = list(dict.fromkeys(grid_notes(grids, device, dtype) + notes))  # once each
+    bar.close("profile written")
+    info = meta(device, dtype, quick, timing.warmup, timing.repeats, notes)
+    (path / META_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return ProfileResult(path, counts, time.monotonic() - start_s, notes)

@@ -1,0 +1,257 @@
+"""`parasim profile` (runtime/profiler.py): a tiny profile, process cleanup, CLI errors.
+
+The tables' columns are checked against profiles/README.md's format, written out here as the
+oracle. Tiny grids keep the default run to a few seconds; the real `--quick` profile runs in the
+slow pass (.ci/run).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from runtime import collectives_bench  # noqa: E402  (after the importorskip)
+from runtime.device_info import catalog_gpu  # noqa: E402
+from runtime.grids import Grids, cpu_quick_grids  # noqa: E402
+from runtime.profiler import prepare_out_dir, profile  # noqa: E402
+from runtime.progress import Progress, bar_line  # noqa: E402
+from runtime.timing import Timing  # noqa: E402
+from simulator.catalog import entries  # noqa: E402
+from simulator.errors import SpecError  # noqa: E402
+from simulator.profile import load_profile  # noqa: E402
+from tests.test_cli_errors import REPO, assert_user_error, run_cli  # noqa: E402
+
+README_COLUMNS = {  # profiles/README.md, "Tables"
+    "gemm": ["m", "n", "k", "forward_s", "backward_input_s", "backward_weight_s"],
+    "attention": ["batch", "heads", "seq_length", "head_dim", "forward_s", "backward_s"],
+    "elementwise": ["kernel", "elements", "forward_s", "backward_s"],
+    "optimizer": ["params", "step_s"],
+    "collectives": ["collective", "group_size", "bytes", "time_s"],
+}
+META_KEYS = {"device", "device_name", "gpu", "dtype", "torch", "driver", "host", "date",
+             "threads", "quick", "repeats", "warmup", "notes"}
+KERNELS = {"layernorm", "rmsnorm", "gelu", "swiglu", "softmax", "add", "copy", "embedding",
+           "cross_entropy"}
+TINY = Grids(gemm_m=(32, 64), gemm_n=(16, 48), gemm_k=(64,),
+             attention_seq_lengths=(32, 64), attention_head_dims=(64,), attention_batch=1,
+             attention_heads=2, elementwise_elements=(2**12, 2**14), row_elements=1024, vocab=256,
+             optimizer_params=(2**10, 2**12), collective_group_sizes=(2,),
+             collective_bytes=(2**10, 2**12))
+TINY_TIMING = Timing(warmup=1, repeats=2)
+
+
+def child_processes() -> list[int]:
+    """Live children of this process, except multiprocessing's shared resource tracker."""
+    me, found = str(os.getpid()), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[1] == me and fields[0] != "Z" and b"resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def assert_no_children_left() -> None:
+    assert multiprocessing.active_children() == []
+    if Path("/proc").is_dir():
+        assert child_processes() == []
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+# A tiny profile ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("profile") / "cpu-tiny"
+    result = profile("cpu", None, False, out, False, grids=TINY, timing=TINY_TIMING)
+    assert result.out_dir == out
+    return out
+
+
+def test_tiny_profile_writes_every_table_in_the_readme_format(tiny_profile):
+    expected_rows = {"gemm": 4, "attention": 2, "elementwise": 18, "optimizer": 2,
+                     "collectives": 10}  # 5 collectives (p2p in the group of 2) x 2 sizes
+    for table, columns in README_COLUMNS.items():
+        header, rows = read_table(tiny_profile / f"{table}.csv")
+        assert header == columns, table
+        assert len(rows) == expected_rows[table], table
+        for row in rows:
+            times = [float(row[c]) for c in columns if c.endswith("_s")]
+            assert times and all(t > 0 for t in times), (table, row)
+
+
+def test_tiny_profile_covers_the_grid(tiny_profile):
+    _, gemm = read_table(tiny_profile / "gemm.csv")
+    assert {(int(r["m"]), int(r["n"]), int(r["k"])) for r in gemm} == \
+        {(m, n, k) for m in TINY.gemm_m for n in TINY.gemm_n for k in TINY.gemm_k}
+    _, elementwise = read_table(tiny_profile / "elementwise.csv")
+    assert {r["kernel"] for r in elementwise} == KERNELS
+    _, attention = read_table(tiny_profile / "attention.csv")
+    assert {(r["batch"], r["heads"]) for r in attention} == {("1", "2")}
+    _, collectives = read_table(tiny_profile / "collectives.csv")
+    assert {r["collective"] for r in collectives} == {"all_reduce", "all_gather",
+                                                      "reduce_scatter", "all_to_all", "p2p"}
+    assert {(r["group_size"], r["bytes"]) for r in collectives} == {("2", "1024"), ("2", "4096")}
+
+
+def test_tiny_profile_meta(tiny_profile):
+    meta = json.loads((tiny_profile / "meta.json").read_text(encoding="utf-8"))
+    assert META_KEYS <= set(meta)
+    assert (meta["device"], meta["gpu"], meta["dtype"], meta["driver"]) == \
+        ("cpu", "cpu", "fp32", "cpu")
+    assert (meta["warmup"], meta["repeats"], meta["quick"]) == (1, 2, False)
+    assert meta["torch"] == torch.__version__
+    assert any("embedding table of 256 rows" in note for note in meta["notes"])
+
+
+def test_tiny_profile_loads_in_the_simulator(tiny_profile):
+    db = load_profile(tiny_profile)
+    assert db.gpu == "cpu" and set(db.gemm) == {"forward", "backward_input", "backward_weight"}
+    assert db.collective_time("all_reduce", 2, 2048).source == "interpolated"
+    assert db.optimizer_time(2**10).source == "measured"
+
+
+def test_tiny_profile_leaves_no_process_behind(tiny_profile):
+    assert_no_children_left()
+
+
+# Collectives: the deadline stops every process -----------------------------------------------
+
+
+def test_collectives_past_their_deadline_are_stopped():
+    start_s = time.monotonic()
+    with pytest.raises(collectives_bench.MeasurementError, match="did not finish within"):
+        collectives_bench.run_group(2, (2**20,), ("all_reduce",), "cpu", torch.float32,
+                                    TINY_TIMING, timeout_s=0.3)
+    assert time.monotonic() - start_s < 0.3 + 2 * collectives_bench.STOP_GRACE_S
+    assert_no_children_left()
+
+
+# Pieces ---------------------------------------------------------------------------------------
+
+
+def test_progress_bar_text():
+    assert bar_line(0.45, "gemm 512x1024x2048", 55.0) == \
+        "[#########...........]  45% gemm 512x1024x2048  ~1m07s left"
+    assert bar_line(0.0, "gemm", 1.0).endswith("estimating")
+    assert bar_line(1.0, "done", 3725.0).endswith("done in 1h02m")
+
+
+def test_progress_bar_is_silent_unless_enabled(capsys):
+    for enabled in (False, True):
+        bar = Progress(2.0, enabled)
+        bar.advance(1.0, "half")
+        bar.close("all")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "100% all" in err and "\r" in err
+
+
+@pytest.mark.parametrize("name, gpu", [
+    ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+    ("NVIDIA H100 PCIe", "h100-pcie"),
+    ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+    ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
+    ("NVIDIA H200", "h200"),
+    ("Tesla V100-SXM2-32GB", "v100-32gb"),
+    ("NVIDIA GeForce RTX 4090", "nvidia geforce rtx 4090"),
+])
+def test_cuda_device_names_map_to_the_catalog(name, gpu):
+    assert catalog_gpu(name) == gpu
+    if "rtx" not in name.lower():
+        assert gpu in entries("gpus")
+
+
+def test_out_dir_is_created_refused_when_not_empty_and_forced(tmp_path):
+    out = prepare_out_dir(tmp_path / "a" / "b")
+    assert out.is_dir()
+    (out / "gemm.csv").write_text("m\n", encoding="utf-8")
+    with pytest.raises(SpecError, match="not empty.*nothing is lost"):
+        prepare_out_dir(out)
+    assert prepare_out_dir(out, force=True) == out
+    assert (out / "gemm.csv").read_text(encoding="utf-8") == "m\n"
+
+
+def test_quick_cpu_grid_is_small():
+    grids = cpu_quick_grids()
+    assert len(grids.gemm_m) * len(grids.gemm_n) * len(grids.gemm_k) <= 216
+    assert max(grids.gemm_m + grids.gemm_n + grids.gemm_k) <= 2048
+
+
+# The command line ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_cuda_without_cuda(tmp_path):
+    out = tmp_path / "cuda"
+    assert_user_error(run_cli("profile", "--device", "cuda", "--out", out),
+                      "--device", "cuda", "CUDA is not available", "valid: cpu")
+    assert not out.exists()
+
+
+def test_cli_out_that_is_not_empty(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious", encoding="utf-8")
+    assert_user_error(run_cli("profile", "--quick", "--out", tmp_path),
+                      "--out", str(tmp_path), "not empty", "nothing is lost", "--force")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_cli_out_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("", encoding="utf-8")
+    assert_user_error(run_cli("profile", "--quick", "--out", blocker / "profile"),
+                      "--out", "cannot create", "valid")
+
+
+def test_cli_unknown_dtype():
+    assert_user_error(run_cli("profile", "--dtype", "fp8"), "--dtype", "fp8", "bf16")
+
+
+def test_cli_without_torch(tmp_path):
+    script = ("import sys; sys.modules['torch'] = None; from planner.cli import main; "
+              f"sys.exit(main(['profile', '--out', {str(tmp_path / 'p')!r}]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert_user_error(result, "--device", "the profiler needs PyTorch",
+                      "pip install '.[runtime]'")
+
+
+@pytest.mark.slow
+def test_cli_quick_cpu_profile_end_to_end(tmp_path):
+    out = tmp_path / "cpu-quick"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start_s = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "planner.cli", "profile", "--quick",
+                             "--device", "cpu", "--out", str(out)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    elapsed_s = time.monotonic() - start_s
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed_s < 300, f"--quick took {elapsed_s:.0f} s"
+    for table, columns in README_COLUMNS.items():
+        header, rows = read_table(out / f"{table}.csv")
+        assert header == columns and rows, table
+    assert json.loads((out / "meta.json").read_text(encoding="utf-8"))["quick"] is True
+    assert f"wrote {out}" in result.stdout
