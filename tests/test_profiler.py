@@ -255,3 +255,10 @@ def test_cli_quick_cpu_profile_end_to_end(tmp_path):
         assert header == columns and rows, table
     assert json.loads((out / "meta.json").read_text(encoding="utf-8"))["quick"] is True
     assert f"wrote {out}" in result.stdout
+    db = load_profile(out)  # the simulator reads what the profiler wrote
+    assert db.gemm and db.attention and db.elementwise and db.optimizer and db.collectives
+    estimate = subprocess.run([sys.executable, "-m", "planner.cli", "estimate",
+                               str(REPO / "examples/llama3-70b-dgx-h100.yaml"), "--profile",
+                               str(out), "--json"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert estimate.returncode == 0 and "warning" in estimate.stderr  # cpu profile, h100 job
