@@ -17,6 +17,7 @@ from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
 from simulator.profile import mismatches, profile_db
+from simulator.trace import write_chrome_trace
 
 EXIT_USER_ERROR = 2
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--profile", metavar="NAME",
                           help="measured profile: a folder written by `parasim profile`, or a "
                           "name under profiles/measured/ (default: the analytic model)")
+    estimate.add_argument("--trace", metavar="FILE",
+                          help="write the simulated step as a Chrome trace (opens in Perfetto; "
+                          "one job only)")
     estimate.add_argument("--strict", action="store_true",
                           help="a profile of another device or precision is an error, not a "
                           "warning")
@@ -86,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _topo(args.job, args.overrides, args.png)
     if args.command == "profile":
         return _profile(args)
-    return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict)
+    if args.trace and len(args.jobs) > 1:
+        return _fail(SpecError("--trace", args.trace, "writes the timeline of one job",
+                               "one JOB with --trace"))
+    return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict, args.trace)
 
 
 def _topo(path: str, overrides: list[str], png: str | None) -> int:
@@ -134,7 +141,7 @@ def _load_profiler(device: str) -> ModuleType:
 
 
 def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: str | None,
-              strict: bool) -> int:
+              strict: bool, trace: str | None = None) -> int:
     try:
         measured = profile_db(profile) if profile else None
     except ParasimError as err:
@@ -147,7 +154,10 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: st
                 raise SpecError("parallel", None, "missing: estimate predicts one layout",
                                 "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
             _check_profile(measured, job, strict)
-            prediction = predict(job, measured=measured)
+            prediction = predict(job, measured=measured, record=trace is not None)
+            if trace:
+                write_chrome_trace(trace, prediction.intervals,
+                                   title=f"{job.model.name}: {job.source}")
         except ParasimError as err:
             status = EXIT_USER_ERROR
             if as_json:

@@ -100,6 +100,7 @@ class ClusterSpec:
     oversubscription: tuple[float, ...] = (1.0,)  # down:up bandwidth per tier: leaf, spine
     switch_radix: int = 64  # ports per fabric switch (NVIDIA Quantum-2 QM9700: 64 x 400 Gb/s)
     graph_file: str | None = None  # node-link JSON graph replacing the built fabric
+    straggler_slowdown: float = 1.0  # one GPU this many times slower than its datasheet
     price_per_gpu_hour_usd: float | None = None  # override of the catalog price
     power_watts_per_gpu: float | None = None  # override of the catalog TDP
 
@@ -113,6 +114,10 @@ class ClusterSpec:
                             "must be one or two ratios >= 1 (down:up bandwidth of leaf, spine)",
                             "e.g. 1, 4 or [4, 2]")
         require_int("cluster.switch_radix", self.switch_radix, minimum=4)
+        if isinstance(self.straggler_slowdown, bool) or not isinstance(
+                self.straggler_slowdown, (int, float)) or not 1 <= self.straggler_slowdown <= 100:
+            raise SpecError("cluster.straggler_slowdown", self.straggler_slowdown,
+                            "is a slowdown factor of one GPU", "a number from 1 (none) to 100")
         if self.price_per_gpu_hour_usd is not None:
             require_positive("cluster.price_per_gpu_hour", self.price_per_gpu_hour_usd)
         if self.power_watts_per_gpu is not None:

@@ -121,6 +121,12 @@ def resolve_layout(model: ModelSpec, cluster: ClusterSpec, training: TrainingSpe
                         f"is not divisible by micro_batch_size·dp = "
                         f"{layout.micro_batch_size}·{layout.dp} = {batch_unit}",
                         f"a multiple of {batch_unit}")
+    microbatches = training.global_batch_size // batch_unit
+    if layout.schedule == "interleaved" and microbatches % layout.pp:
+        raise SpecError("training.global_batch_size", training.global_batch_size,
+                        f"gives {microbatches} micro-batches, which the interleaved schedule "
+                        f"takes pp={layout.pp} at a time (Megatron-LM)",
+                        f"a multiple of micro_batch_size·dp·pp = {batch_unit * layout.pp}")
     return layout
 
 

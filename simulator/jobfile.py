@@ -25,7 +25,8 @@ from simulator.yamlfile import parse_text
 TOP_LEVEL = ("model", "cluster", "training", "parallel")
 NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node")
 CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription", "switch_radix",
-                                "graph", "price_per_gpu_hour", "power_watts")
+                                "graph", "price_per_gpu_hour", "power_watts",
+                                "straggler_slowdown")
 CATALOG_ONLY = ("description", "sources", "aliases")  # documentation keys of presets
 
 
@@ -184,6 +185,7 @@ def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) 
         oversubscription=_ratios(merged.get("oversubscription", 1.0)),
         switch_radix=merged.get("switch_radix", 64),
         graph_file=str(base_dir / merged["graph"]) if merged.get("graph") is not None else None,
+        straggler_slowdown=merged.get("straggler_slowdown", 1.0),
         price_per_gpu_hour_usd=_optional_number("cluster.price_per_gpu_hour",
                                                 merged.get("price_per_gpu_hour")),
         power_watts_per_gpu=_optional_number("cluster.power_watts", merged.get("power_watts")),

@@ -39,6 +39,11 @@ class Layout:
     zero_stage: int = 0  # 0 none, 1 optimizer states, 2 + gradients, 3 + weights (over dp·cp)
     order: str = DEFAULT_ORDER  # rank order, innermost axis first
     stages: tuple[int, ...] | None = None  # layers per virtual stage; None = even, ends lighter
+    overlap_grad_reduce: bool = False  # DP gradient reduction in buckets during the backward
+    overlap_param_gather: bool = False  # ZeRO weight all-gathers prefetched behind compute
+    tp_comm_overlap: bool = False  # TP collectives hidden behind the GEMMs (Megatron userbuffers)
+    cp_comm_overlap: bool = True  # ring attention passes key/value blocks while computing
+    ep_comm_overlap: bool = False  # expert all-to-alls behind the block's other compute
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "cp", "ep", "vpp", "micro_batch_size"):
@@ -47,7 +52,9 @@ class Layout:
             require_int("parallel.dp", self.dp)
         require_choice("parallel.schedule", self.schedule, SCHEDULES)
         require_choice("parallel.recompute", self.recompute, RECOMPUTES)
-        require_bool("parallel.sequence_parallel", self.sequence_parallel)
+        for name in ("sequence_parallel", "overlap_grad_reduce", "overlap_param_gather",
+                     "tp_comm_overlap", "cp_comm_overlap", "ep_comm_overlap"):
+            require_bool(f"parallel.{name}", getattr(self, name))
         require_int("parallel.zero_stage", self.zero_stage, minimum=0)
         if self.zero_stage > 3:
             raise SpecError("parallel.zero_stage", self.zero_stage, "no such ZeRO stage", "0, 1, 2, 3")

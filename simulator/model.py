@@ -71,6 +71,7 @@ class ModelSpec:
     shared_expert_gate: bool = False  # a sigmoid gate (h -> 1) on the shared experts (Qwen2-MoE)
     first_dense_layers: int = 0  # leading layers with a dense MLP instead of experts
     capacity_factor: float | None = None  # expert capacity / fair share; None = dropless
+    router_skew: float = 0.0  # Zipf exponent of expert popularity; 0 = perfectly balanced
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -128,6 +129,10 @@ class ModelSpec:
             )
         if self.capacity_factor is not None:
             require_positive("model.capacity_factor", self.capacity_factor)
+        if isinstance(self.router_skew, bool) or not isinstance(self.router_skew, (int, float)) \
+                or not 0 <= self.router_skew <= 3:
+            raise SpecError("model.router_skew", self.router_skew,
+                            "is the Zipf exponent of expert popularity", "0 (balanced) to 3")
 
     # Derived sizes -------------------------------------------------------------------------
 

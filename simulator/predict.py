@@ -20,7 +20,6 @@ from simulator.memory import (
     block_activation_bytes,
     embedding_activation_bytes,
     head_activation_bytes,
-    in_flight_microbatches,
     rank_model_states,
 )
 from simulator.ops import Shard
@@ -28,13 +27,14 @@ from simulator.params import StageParams, active_params, stage_params, total_par
 from simulator.placement import axis_groups
 from simulator.profile import ProfileDB
 from simulator.results import RankMemory, RunPrediction, StepPrediction
-from simulator.step_time import StageTime, StepContext, breakdown, rank_block_kinds, stage_time
+from simulator.step_time import StepContext, rank_block_kinds, simulate_step
 
 
 def predict(job: Job, profile: AnalyticProfile | None = None,
-            measured: ProfileDB | None = None) -> StepPrediction:
+            measured: ProfileDB | None = None, record: bool = False) -> StepPrediction:
     """Step time, FLOPs and per-rank memory of `job` under its layout; op and collective
-    times from `measured` where it has them, else from the analytic `profile`."""
+    times from `measured` where it has them, else from the analytic `profile`. `record`
+    keeps every task of the simulated pipeline for a trace."""
     assert job.layout is not None and job.layout.dp is not None, "resolve the layout first"
     layout, training, model = job.layout, job.training, job.model
     profile = profile or analytic_profile()
@@ -45,12 +45,11 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
     ctx = StepContext(job, layout, shard, profile, measured, num_microbatches(training, layout))
     per_rank = [stage_params(model, job.stage_layers, layout.pp, r) for r in range(layout.pp)]
     devices = [_stage_device(job, r) for r in range(layout.pp)]
-    times = _stage_times(ctx, devices)
-    slowest = max(range(layout.pp), key=lambda r: times[r].total_s)
-    components, sources = breakdown(ctx, times[slowest], per_rank[slowest], devices[slowest])
+    step = simulate_step(ctx, devices, per_rank, record)
+    load = ctx.expert_load()
     prediction = StepPrediction(
-        breakdown=components,
-        sources=sources.shares(),
+        breakdown=step.breakdown,
+        sources=step.sources.shares(),
         profile_flags=tuple(sorted(ctx.flags)),
         tokens_per_step=training.tokens_per_step,
         num_gpus=job.cluster.world_size,
@@ -60,23 +59,13 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
                             for g in job.cluster.node_groups),
         params_total=total_params(model),
         params_active=active_params(model),
-        stages=tuple(_stage_memory(ctx, r, per_rank[r]) for r in range(layout.pp)),
+        stages=tuple(_stage_memory(ctx, r, per_rank[r], step.timeline.peak_in_flight[r])
+                     for r in range(layout.pp)),
         microbatches=ctx.microbatches,
+        dropped_token_fraction=load.dropped_fraction if load else 0.0,
+        intervals=step.timeline.intervals,
     )
     return _with_run(prediction, job)
-
-
-def _stage_times(ctx: StepContext, devices: list[DeviceSpec]) -> list[StageTime]:
-    """Every pipeline rank's micro-batch time; ranks alike (same blocks, device, no embedding
-    or head) are costed once."""
-    memo: dict[tuple, StageTime] = {}
-    out = []
-    for rank, device in enumerate(devices):
-        key = (rank_block_kinds(ctx.job, rank), device, rank == 0, rank == len(devices) - 1)
-        if key not in memo:
-            memo[key] = stage_time(ctx, rank, device)
-        out.append(memo[key])
-    return out
 
 
 # Devices --------------------------------------------------------------------------------------
@@ -104,7 +93,10 @@ def _stage_capacity_bytes(job: Job, rank: int) -> float:
 # Memory ---------------------------------------------------------------------------------------
 
 
-def _stage_memory(ctx: StepContext, rank: int, params: StageParams) -> RankMemory:
+def _stage_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: float
+                  ) -> RankMemory:
+    """Model states, the activations of the micro-batches the simulated schedule held at
+    once at its peak, and the working buffers."""
     job, layout, shard = ctx.job, ctx.layout, ctx.shard
     states = rank_model_states(params, job.training, layout)
     n_dense, n_moe = rank_block_kinds(job, rank)
@@ -114,7 +106,7 @@ def _stage_memory(ctx: StepContext, rank: int, params: StageParams) -> RankMemor
         per_mb += embedding_activation_bytes(job.model, shard)
     if rank == layout.pp - 1:
         per_mb += head_activation_bytes(job.model, shard)
-    activations = in_flight_microbatches(layout, rank, ctx.microbatches) * per_mb
+    activations = in_flight * per_mb
     activations += _working_bytes(ctx, rank, n_moe > 0, params)
     capacity = _stage_capacity_bytes(job, rank)
     return RankMemory(

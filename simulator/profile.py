@@ -142,6 +142,13 @@ class ProfileDB:
             return one
         return Timed(one.seconds * op.count, "interpolated")  # batched/grouped: per instance
 
+    def gemm_weight_time(self, op: Op) -> Timed | None:
+        """The weight-gradient GEMM alone (ZB-H1's W pass)."""
+        one = self.gemm["backward_weight"].lookup(op.shape)
+        if one is None or op.count == 1:
+            return one
+        return Timed(one.seconds * op.count, "interpolated")
+
     def _attention(self, op: Op, backward: bool) -> Timed | None:
         """Causal attention scales with batch·heads (the grid's at one batch·heads) and, under
         context parallelism, with the share s_q/s of the queries a rank holds."""

@@ -17,6 +17,7 @@ class TimeBreakdown:
     bubble_s: float  # pipeline fill and drain
     dp_comm_s: float  # exposed data-parallel gradient reduction and ZeRO gathers
     optimizer_s: float  # optimizer update
+    straggler_s: float = 0.0  # what one slow GPU adds: its pipeline, and every replica, wait
 
     @property
     def total_s(self) -> float:
@@ -72,6 +73,8 @@ class StepPrediction:
     microbatches: int
     sources: dict[str, float]  # share of the step time measured / interpolated / analytic
     profile_flags: tuple[str, ...] = ()  # what the measured profile could not answer
+    dropped_token_fraction: float = 0.0  # MoE: routed slots over expert capacity, dropped
+    intervals: tuple = ()  # the simulated pipeline's tasks, when recorded (for --trace)
     run: RunPrediction | None = None
 
     @property
@@ -129,6 +132,8 @@ class StepPrediction:
             "breakdown": self.breakdown.as_dict(),
             "sources": self.sources,
         }
+        if self.dropped_token_fraction:
+            out["dropped_token_fraction"] = self.dropped_token_fraction
         if self.profile_flags:
             out["profile_flags"] = list(self.profile_flags)
         if self.run is not None:

@@ -1,14 +1,17 @@
-"""Step time of the first model: stage times, exposed communication, bubble, optimizer.
+"""Step time: per-stage task costs, the simulated pipeline, data parallelism, optimizer.
 
-Every duration is `Sourced` (measured / interpolated / analytic), so the prediction can say
-what share of the step a measured profile covered. Communication is not overlapped with
-compute in this model (issue 5 adds overlap); each pipeline rank is costed separately and the
-slowest sets the pace (Narayanan et al. 2021, §2.2: step = (m + (pp-1)/vpp) · t_stage).
+Every virtual stage's forward, backward and (ZB-H1) weight-gradient pass is costed from the
+cost model with its own layers (embedding and LM head on the end stages), its exposed
+communication per axis after the layout's overlaps, and its activation send to the next stage;
+`schedule.simulate` then runs one data-parallel replica's pipeline schedule. The gradient
+reduction follows each rank's last backward (overlapped in buckets when the layout says so),
+then the optimizer. A straggling GPU slows its stage and, through the data-parallel reduction,
+every replica. Every duration is `Sourced` (measured / interpolated / analytic).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from simulator.cost.comm import AxisNetwork, axis_network
 from simulator.cost.compute import ComputeModel
@@ -16,33 +19,50 @@ from simulator.cost.profile import AnalyticProfile
 from simulator.cost.sourced import Sourced, total
 from simulator.job import Job
 from simulator.layout import Layout
-from simulator.ops import Shard, block_ops, core_attention_ops, embedding_ops, head_ops
+from simulator.moe_balance import ExpertLoad, expert_load
+from simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
 from simulator.params import StageParams, block_kinds
 from simulator.profile import ProfileDB, Timed
 from simulator.results import TimeBreakdown
+from simulator.schedule import Interval, TaskTimes, Timeline, simulate
+
+AXES = ("tp", "cp", "ep")
 
 
 @dataclass(frozen=True)
-class StageTime:
-    """One pipeline rank's time for one micro-batch (forward + backward), by kind."""
+class Pass:
+    """One pass (forward, backward or weight gradient) of one micro-batch through one virtual
+    stage: compute and the exposed communication of each axis."""
 
-    forward: Sourced  # compute of the forward pass
-    backward: Sourced  # compute of the backward pass, with recomputation
-    tp: Sourced  # exposed tensor-parallel collectives, forward and backward
-    cp: Sourced  # exposed context-parallel key/value exchange
-    ep: Sourced  # expert-parallel all-to-alls
+    compute: Sourced = Sourced()
+    tp: Sourced = Sourced()
+    cp: Sourced = Sourced()
+    ep: Sourced = Sourced()
 
     @property
     def total(self) -> Sourced:
-        return self.forward + self.backward + self.tp + self.cp + self.ep
+        return self.compute + self.tp + self.cp + self.ep
 
-    @property
-    def total_s(self) -> float:
-        return self.total.total_s
+    def __add__(self, other: Pass) -> Pass:
+        return Pass(*(getattr(self, f) + getattr(other, f) for f in ("compute", *AXES)))
 
-    def __mul__(self, count: float) -> StageTime:
-        return StageTime(self.forward * count, self.backward * count, self.tp * count,
-                         self.cp * count, self.ep * count)
+    def __mul__(self, factor: float) -> Pass:
+        return Pass(*(getattr(self, f) * factor for f in ("compute", *AXES)))
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """A virtual stage's passes for one micro-batch, and its send to the neighbour stage."""
+
+    forward: Pass
+    backward: Pass  # the whole backward, or only the input gradient under ZB-H1
+    weight: Pass  # ZB-H1's weight gradient (empty otherwise)
+    send: Sourced  # one activation (or gradient) to the next (previous) stage
+
+    def task_times(self, slowdown: float = 1.0) -> TaskTimes:
+        return TaskTimes(self.forward.total.total_s + self.forward.compute.total_s * (slowdown - 1),
+                         self.backward.total.total_s + self.backward.compute.total_s * (slowdown - 1),
+                         self.weight.total.total_s * slowdown, self.send.total_s)
 
 
 @dataclass
@@ -76,136 +96,291 @@ class StepContext:
     def compute(self, device) -> ComputeModel:
         return ComputeModel(device, self.job.training.precision, self.analytic, self.measured)
 
+    def overlap(self, hidden_by: Sourced, comm: Sourced, enabled: bool) -> Sourced:
+        """What `comm` adds to a pass: all of it, or with overlap only what `hidden_by`
+        cannot hide plus the shared GPU's slowdown (profiles/analytic.yaml `overlap`)."""
+        if not enabled:
+            return comm
+        extra = self.analytic.overlapped_s(hidden_by.total_s, comm.total_s) - hidden_by.total_s
+        return comm.scaled_to(extra)
+
+    def expert_load(self) -> ExpertLoad | None:
+        model = self.job.model
+        if not model.is_moe:
+            return None
+        return expert_load(model.num_experts, model.experts_per_token, self.layout.ep,
+                           self.shard.tokens, model.router_skew, model.capacity_factor)
+
+
+# Per-stage costs ------------------------------------------------------------------------------
+
+
+def chunk_blocks(job: Job, stage: int) -> tuple[int, int]:
+    """(dense, MoE) blocks of virtual stage `stage`."""
+    split = job.stage_layers
+    start = sum(split[:stage])
+    return block_kinds(job.model, start, start + split[stage])
+
 
 def rank_block_kinds(job: Job, rank: int) -> tuple[int, int]:
     """(dense, MoE) blocks held by pipeline rank `rank` over its virtual stages."""
-    split, pp = job.stage_layers, job.layout.pp
-    n_dense = n_moe = 0
-    for chunk in range(rank, len(split), pp):
-        start = sum(split[:chunk])
-        d, m = block_kinds(job.model, start, start + split[chunk])
-        n_dense, n_moe = n_dense + d, n_moe + m
-    return n_dense, n_moe
+    counts = [chunk_blocks(job, s) for s in range(rank, len(job.stage_layers), job.layout.pp)]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
-def stage_time(ctx: StepContext, rank: int, device) -> StageTime:
-    """One micro-batch through pipeline rank `rank`: its blocks, embedding, LM head."""
-    job, layout, shard = ctx.job, ctx.layout, ctx.shard
+def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
+    """One micro-batch through virtual stage `stage`: its blocks, embedding or LM head."""
+    job, shard = ctx.job, ctx.shard
     compute = ctx.compute(device)
-    parts = []
-    for count, moe in zip(rank_block_kinds(job, rank), (False, True)):
+    stages = len(job.stage_layers)
+    forward, backward, weight = Pass(), Pass(), Pass()
+    for count, moe in zip(chunk_blocks(job, stage), (False, True)):
         if count:
-            parts.append(_block_time(ctx, compute, moe) * count)
-    extra = list(embedding_ops(job.model, shard)) if rank == 0 else []
-    if rank == layout.pp - 1:
+            f, b, w = _block_passes(ctx, compute, moe)
+            forward, backward, weight = forward + f * count, backward + b * count, weight + w * count
+    extra = list(embedding_ops(job.model, shard)) if stage == 0 else []
+    if stage == stages - 1:
         extra += head_ops(job.model, shard)
-    vocab_parallel = (rank == 0) + (rank == layout.pp - 1)
-    parts.append(StageTime(compute.ops(extra), compute.ops(extra, backward=True),
-                           _tp_collective(ctx) * vocab_parallel, Sourced(), Sourced()))
-    return StageTime(*(total(getattr(p, name) for p in parts)
-                       for name in ("forward", "backward", "tp", "cp", "ep")))
+    vocab_parallel = _tp_collective(ctx) * ((stage == 0) + (stage == stages - 1))
+    forward = forward + Pass(compute.ops(extra), vocab_parallel)
+    backward = backward + Pass(compute.ops(extra, backward=True))
+    send = _pp_send(ctx) if stages > 1 else Sourced()
+    return StageCost(forward, backward, weight, send)
 
 
-def _block_time(ctx: StepContext, compute: ComputeModel, moe: bool) -> StageTime:
-    ops = block_ops(ctx.job.model, ctx.shard, moe, ctx.layout.ep)
-    recompute = Sourced()
-    if ctx.layout.recompute != "none":  # Korthikanti et al. 2022 §5
-        recompute = compute.ops(ops if ctx.layout.recompute == "full" else core_attention_ops(ops))
-    return StageTime(
-        forward=compute.ops(ops),
-        backward=compute.ops(ops, backward=True) + recompute,
-        tp=_tp_block(ctx),
-        cp=_cp_block(ctx, compute, ops),
-        ep=_ep_block(ctx) if moe else Sourced())
+def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool) -> tuple[Pass, Pass, Pass]:
+    """Forward, backward (input gradient only under ZB-H1) and weight-gradient passes."""
+    layout = ctx.layout
+    ops = _paced(ctx, block_ops(ctx.job.model, ctx.shard, moe, layout.ep))
+    f_compute, b_compute = _ops(compute, ops), _ops(compute, ops, backward=True)
+    weight = Pass()
+    if layout.schedule == "zero-bubble":
+        w = compute.weight_gradient([op.op if isinstance(op, _Paced) else op for op in ops])
+        weight, b_compute = Pass(w), b_compute + w * -1
+    if layout.recompute != "none":  # Korthikanti et al. 2022 §5
+        repeated = ops if layout.recompute == "full" else core_attention_ops(
+            [op for op in ops if isinstance(op, Op)])
+        b_compute = b_compute + _ops(compute, repeated)
+    gemms = _ops(compute, [op for op in ops if _kind(op) == "gemm"])
+    tp_f = ctx.overlap(gemms, _tp_collective(ctx) * 2, layout.tp_comm_overlap)
+    tp_b = ctx.overlap(gemms, _tp_collective(ctx) * (4 if layout.recompute == "full" else 2),
+                       layout.tp_comm_overlap)
+    cp_f, cp_b = _cp_passes(ctx, compute, ops)
+    ep_f = ep_b = Sourced()
+    if moe and layout.ep > 1:
+        others = _ops(compute, [op for op in ops if not _name(op).startswith("expert_")])
+        ep_f = ctx.overlap(others, _ep_all_to_all(ctx) * 2, layout.ep_comm_overlap)
+        ep_b = ep_f
+    return (Pass(f_compute, tp_f, cp_f, ep_f), Pass(b_compute, tp_b, cp_b, ep_b), weight)
+
+
+@dataclass(frozen=True)
+class _Paced:
+    """An expert op slowed by the busiest expert-parallel rank's extra tokens."""
+
+    op: Op
+    pace: float
+
+
+def _imbalance(ctx: StepContext) -> float:
+    """How much more than its padded share the busiest expert-parallel rank computes: the
+    ops already carry the capacity padding (`ops.ffn_ops`), so the capacity factor is divided
+    out of `moe_balance`'s pace."""
+    load = ctx.expert_load()
+    return 1.0 if load is None else load.pace_factor / (ctx.job.model.capacity_factor or 1.0)
+
+
+def _paced(ctx: StepContext, ops) -> list:
+    pace = _imbalance(ctx)
+    if pace == 1:
+        return list(ops)
+    return [_Paced(op, pace) if op.name.startswith("expert_") else op for op in ops]
+
+
+def _kind(op) -> str:
+    return (op.op if isinstance(op, _Paced) else op).kind
+
+
+def _name(op) -> str:
+    return (op.op if isinstance(op, _Paced) else op).name
+
+
+def _ops(compute: ComputeModel, ops, backward: bool = False) -> Sourced:
+    return total(compute.op(op.op, backward) * op.pace if isinstance(op, _Paced)
+                 else compute.op(op, backward) for op in ops)
 
 
 def _tp_collective(ctx: StepContext) -> Sourced:
     """One all-reduce (or reduce-scatter + all-gather with sequence parallelism: the same
-    bytes) of a micro-batch's activations b·s/cp·h over the tp group."""
+    bytes) of a micro-batch's activations b·s/cp·h over the tp group. Megatron-LM runs two per
+    block forward and two backward (Shoeybi et al. 2019, Figure 4); full recompute repeats the
+    forward two in the backward pass."""
     size = ctx.shard.tokens * ctx.job.model.hidden_size * ctx.shard.bytes_per_value
     return ctx.collective("tp", "all_reduce", size)
 
 
-def _tp_block(ctx: StepContext) -> Sourced:
-    """Megatron-LM tensor parallelism: two all-reduces forward (after attention and MLP) and
-    two backward (Shoeybi et al. 2019, Figure 4); full recompute repeats the forward two."""
-    return _tp_collective(ctx) * (2 * (3 if ctx.layout.recompute == "full" else 2))
-
-
-def _cp_block(ctx: StepContext, compute: ComputeModel, ops) -> Sourced:
+def _cp_passes(ctx: StepContext, compute: ComputeModel, ops) -> tuple[Sourced, Sourced]:
     """Ring attention passes every rank's keys and values around the cp ring (cp - 1 steps)
-    while computing; only what the attention compute cannot hide is exposed. Backward sends
-    keys, values and their gradients (twice the bytes)."""
+    while it computes (overlap switchable); the backward sends keys, values and their
+    gradients (twice the bytes)."""
     layout, model = ctx.layout, ctx.job.model
     if layout.cp == 1:
-        return Sourced()
+        return Sourced(), Sourced()
     kv_heads = model.num_attention_heads // layout.tp if model.mla else \
         max(1, model.kv_heads // layout.tp)
     kv_bytes = ctx.shard.tokens * kv_heads * (model.qk_head_dim + model.v_head_dim) \
         * ctx.shard.bytes_per_value
     ring = ctx.collective("cp", "all_gather", kv_bytes * layout.cp)
-    attention = core_attention_ops(ops)
-    hidden_f = compute.ops(attention).total_s
-    hidden_b = compute.ops(attention, backward=True).total_s
-    exposed = max(0.0, ring.total_s - hidden_f) + max(0.0, 2 * ring.total_s - hidden_b)
-    return ring.scaled_to(exposed)
+    attention = core_attention_ops([op for op in ops if isinstance(op, Op)])
+    return (ctx.overlap(compute.ops(attention), ring, layout.cp_comm_overlap),
+            ctx.overlap(compute.ops(attention, backward=True), ring * 2, layout.cp_comm_overlap))
 
 
-def _ep_block(ctx: StepContext) -> Sourced:
-    """Token dispatch and combine all-to-alls, forward and backward: four per MoE block, each
-    rank sending its tokens·k expert inputs (Lepikhin et al. 2020, GShard, §2.2)."""
-    layout, model = ctx.layout, ctx.job.model
-    if layout.ep == 1:
-        return Sourced()
+def _ep_all_to_all(ctx: StepContext) -> Sourced:
+    """Token dispatch and combine: two all-to-alls per pass, each rank sending its tokens·k
+    expert inputs (Lepikhin et al. 2020, GShard, §2.2); the busiest rank receives the most."""
+    model = ctx.job.model
     slots = ctx.shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
     size = slots * model.hidden_size * ctx.shard.bytes_per_value
-    return ctx.collective("ep", "all_to_all", size) * 4
+    return ctx.collective("ep", "all_to_all", size) * _imbalance(ctx)
 
 
-def _pp(ctx: StepContext) -> Sourced:
-    """Blocking sends of activations forward and gradients backward between neighbouring
-    stages: two per micro-batch and model chunk on the critical path, plus fill and drain."""
-    layout = ctx.layout
-    if layout.pp == 1:
-        return Sourced()
+def _pp_send(ctx: StepContext) -> Sourced:
+    """One activation (forward) or its gradient (backward) to the neighbouring stage."""
     size = ctx.shard.elementwise_tokens * ctx.job.model.hidden_size * ctx.shard.bytes_per_value
-    sends = 2 * (ctx.microbatches * layout.vpp + layout.pp - 1)
-    return ctx.collective("pp_p2p", "p2p", size) * sends
+    return ctx.collective("pp_p2p", "p2p", size)
 
 
-def _bubble(ctx: StepContext, stage: StageTime) -> Sourced:
-    """Pipeline fill and drain: (pp - 1)/vpp micro-batch times for GPipe, 1F1B and interleaved
-    (Narayanan et al. 2021, §2.2); ZB-H1 shrinks it to (pp - 1)·(T_F + T_B - T_W), which is
-    (pp - 1)·T_F with the backward split evenly into input and weight gradients
-    (Qi et al. 2023, §3); T_F carries half the stage's collectives."""
+# The step -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The simulated step: components, sources, timeline."""
+
+    breakdown: TimeBreakdown
+    sources: Sourced
+    timeline: Timeline
+    critical_rank: int
+
+
+def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
+                  record: bool = False) -> StepResult:
+    """Costs per virtual stage, the pipeline simulated, then DP reduction and optimizer."""
     layout = ctx.layout
-    if layout.pp == 1:
-        return Sourced()
-    if layout.schedule == "zero-bubble":
-        return (stage.forward + (stage.tp + stage.cp + stage.ep) * 0.5) * (layout.pp - 1)
-    return stage.total * ((layout.pp - 1) / layout.vpp)
+    costs = _stage_costs(ctx, devices)
+    timeline = simulate(layout, ctx.microbatches, [c.task_times() for c in costs], record)
+    tails = [_tail(ctx, r, costs, params[r], devices[r]) for r in range(layout.pp)]
+    ends = [timeline.finish_s[r] + tails[r][0].total_s + tails[r][1].total_s
+            for r in range(layout.pp)]
+    critical = max(range(layout.pp), key=ends.__getitem__)
+    if record:
+        timeline = replace(timeline, intervals=timeline.intervals + _tail_intervals(timeline, tails))
+    parts = _components(ctx, critical, costs, timeline, tails[critical])
+    parts["straggler_s"] = Sourced.of(_straggler_s(ctx, costs, ends, tails), "analytic")
+    return StepResult(TimeBreakdown(**{k: v.total_s for k, v in parts.items()}),
+                      total(parts.values()), timeline, critical)
 
 
-def _dp(ctx: StepContext, params: StageParams) -> Sourced:
-    """Gradient reduction over the data-parallel ranks (dp·cp, Megatron-Core), exposed.
-    ZeRO-0: all-reduce of the gradients; ZeRO-1/2: reduce-scatter of the gradients and
-    all-gather of the updated weights; ZeRO-3: weights gathered for forward and backward and
-    gradients reduce-scattered in every micro-batch (Rajbhandari et al. 2020, §7)."""
+def _tail_intervals(timeline: Timeline, tails: list[tuple[Sourced, Sourced]]) -> tuple:
+    """Each rank's exposed gradient reduction and optimizer step after its last task."""
+    out = []
+    for rank, (reduce, optimizer) in enumerate(tails):
+        start = timeline.finish_s[rank]
+        out.append(Interval(rank, "data-parallel", "gradient reduction", start,
+                            start + reduce.total_s))
+        out.append(Interval(rank, "compute", "optimizer", start + reduce.total_s,
+                            start + reduce.total_s + optimizer.total_s))
+    return tuple(out)
+
+
+def _stage_costs(ctx: StepContext, devices: list) -> list[StageCost]:
+    """Every virtual stage's costs; stages alike (same blocks and GPU, neither end) once."""
+    memo: dict[tuple, StageCost] = {}
+    stages = ctx.layout.num_virtual_stages
+    out = []
+    for v in range(stages):
+        key = (chunk_blocks(ctx.job, v), devices[v % ctx.layout.pp], v == 0, v == stages - 1)
+        if key not in memo:
+            memo[key] = stage_cost(ctx, v, devices[v % ctx.layout.pp])
+        out.append(memo[key])
+    return out
+
+
+def _rank_passes(ctx: StepContext, rank: int, costs: list[StageCost]) -> Pass:
+    """All compute and exposed collectives of a rank's tasks over the step."""
+    chunks = costs[rank::ctx.layout.pp]
+    return total_passes([c.forward + c.backward + c.weight for c in chunks]) * ctx.microbatches
+
+
+def total_passes(passes: list[Pass]) -> Pass:
+    out = Pass()
+    for p in passes:
+        out = out + p
+    return out
+
+
+def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: Timeline,
+                tail: tuple[Sourced, Sourced]) -> dict[str, Sourced]:
+    """The critical rank's step: its work, its idle time, its exposed gradient reduction and
+    its optimizer step. Idle time is the pipeline's: the sends a rank waits for on the
+    critical path (two per micro-batch and chunk, plus fill and drain) count as pp_comm, the
+    rest as bubble."""
+    work = _rank_passes(ctx, rank, costs)
+    idle_s = max(0.0, timeline.finish_s[rank] - timeline.busy_s[rank])
+    layout = ctx.layout
+    sends = 2 * (ctx.microbatches * layout.vpp + layout.pp - 1) if layout.pp > 1 else 0
+    pp_s = min(idle_s, sends * costs[rank].send.total_s)
+    return {
+        "compute_s": work.compute, "tp_comm_s": work.tp, "cp_comm_s": work.cp,
+        "ep_comm_s": work.ep,
+        "pp_comm_s": costs[rank].send.scaled_to(pp_s),
+        "bubble_s": work.total.scaled_to(idle_s - pp_s),
+        "dp_comm_s": tail[0], "optimizer_s": tail[1],
+    }
+
+
+def _tail(ctx: StepContext, rank: int, costs: list[StageCost], params: StageParams, device
+          ) -> tuple[Sourced, Sourced]:
+    """(exposed data-parallel communication, optimizer) after the rank's last task. With
+    overlap_grad_reduce the reduction runs in buckets during the last micro-batch's backward
+    (Megatron-LM `--overlap-grad-reduce`), else after it; ZeRO-3's per-micro-batch gathers
+    hide behind each pass when overlap_param_gather is set."""
+    layout = ctx.layout
+    reduce, gathers = _dp_traffic(ctx, params)
+    chunks = costs[rank::layout.pp]
+    last_backward = total(c.backward.total + c.weight.total for c in chunks)
+    exposed = ctx.overlap(last_backward, reduce, layout.overlap_grad_reduce)
+    if gathers.total_s:
+        passes = total(c.forward.total + c.backward.total for c in chunks) * ctx.microbatches
+        exposed = exposed + ctx.overlap(passes, gathers, layout.overlap_param_gather)
+    return exposed, _optimizer(ctx, params, device)
+
+
+def _dp_traffic(ctx: StepContext, params: StageParams) -> tuple[Sourced, Sourced]:
+    """(gradient reduction after the backward, weight gathers spread over the step) over the
+    data-parallel ranks (dp·cp; experts over dp·cp/ep), Rajbhandari et al. 2020 §7.
+    ZeRO-0: all-reduce; ZeRO-1/2: reduce-scatter, then all-gather of the updated weights (in
+    the tail too; with overlap_param_gather behind the next step's forward, Megatron-LM
+    `--overlap-param-gather`); ZeRO-3: all-gather of the weights for every forward and backward
+    and a reduce-scatter of the gradients per micro-batch."""
     layout, training = ctx.layout, ctx.job.training
-    parts = []
+    reduce, gathers = [], []
     for count, axis in ((params.dense_per_rank(layout.tp), "dp_cp"),
                         (params.expert_per_rank(layout.tp, layout.ep), "edp")):
         grads = count * training.grad_bytes_per_param
         weights = count * training.weight_bytes_per_param
         if layout.zero_stage == 0:
-            parts.append(ctx.collective(axis, "all_reduce", grads))
+            reduce.append(ctx.collective(axis, "all_reduce", grads))
         elif layout.zero_stage < 3:
-            parts += [ctx.collective(axis, "reduce_scatter", grads),
-                      ctx.collective(axis, "all_gather", weights)]
+            reduce.append(ctx.collective(axis, "reduce_scatter", grads))
+            gather = ctx.collective(axis, "all_gather", weights)
+            (gathers if layout.overlap_param_gather else reduce).append(gather)
         else:
-            parts.append((ctx.collective(axis, "all_gather", weights) * 2
-                          + ctx.collective(axis, "reduce_scatter", grads)) * ctx.microbatches)
-    return total(parts)
+            m = ctx.microbatches
+            reduce.append(ctx.collective(axis, "reduce_scatter", grads) * m)
+            gathers.append(ctx.collective(axis, "all_gather", weights) * (2 * m))
+    return total(reduce), total(gathers)
 
 
 def _optimizer(ctx: StepContext, params: StageParams, device) -> Sourced:
@@ -224,19 +399,20 @@ def _optimizer(ctx: StepContext, params: StageParams, device) -> Sourced:
                                  * ctx.analytic.memory_bandwidth_efficiency), "analytic")
 
 
-def breakdown(ctx: StepContext, stage: StageTime, params: StageParams, device
-              ) -> tuple[TimeBreakdown, Sourced]:
-    """The named components of the step, and the whole step split by source."""
-    m = ctx.microbatches
-    parts = {
-        "compute_s": (stage.forward + stage.backward) * m,
-        "tp_comm_s": stage.tp * m,
-        "cp_comm_s": stage.cp * m,
-        "ep_comm_s": stage.ep * m,
-        "pp_comm_s": _pp(ctx),
-        "bubble_s": _bubble(ctx, stage),
-        "dp_comm_s": _dp(ctx, params),
-        "optimizer_s": _optimizer(ctx, params, device),
-    }
-    return (TimeBreakdown(**{name: part.total_s for name, part in parts.items()}),
-            total(parts.values()))
+def _straggler_s(ctx: StepContext, costs: list[StageCost], ends: list[float],
+                 tails: list[tuple[Sourced, Sourced]]) -> float:
+    """One GPU `straggler_slowdown` times slower: its pipeline runs the slowed stage's compute
+    that much longer, and the data-parallel reduction makes every replica wait for it. The
+    straggler is put on the rank where it costs most (the busiest), a worst case."""
+    slowdown = ctx.job.cluster.straggler_slowdown
+    if slowdown == 1:
+        return 0.0
+    layout = ctx.layout
+    worst = 0.0
+    for rank in range(layout.pp):
+        times = [c.task_times(slowdown if v % layout.pp == rank else 1.0)
+                 for v, c in enumerate(costs)]
+        slowed = simulate(layout, ctx.microbatches, times)
+        worst = max(worst, max(slowed.finish_s[r] + tails[r][0].total_s + tails[r][1].total_s
+                               for r in range(layout.pp)))
+    return max(0.0, worst - max(ends))

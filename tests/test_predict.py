@@ -32,21 +32,21 @@ def test_breakdown_sums_to_step_time():
     assert p.to_json()["step_time_s"] == p.step_time_s
 
 
-def test_bubble_is_the_closed_form():
-    """(pp-1)/(vpp·m) of the pipeline's busy time (Narayanan et al. 2021, §2.2)."""
-    for parallel in ({"tp": 2, "pp": 4}, {"tp": 2, "pp": 4, "vpp": 2, "schedule": "interleaved"}):
-        p = predict(job(parallel))
-        b = p.breakdown
-        busy = b.compute_s + b.tp_comm_s + b.cp_comm_s + b.ep_comm_s
-        vpp = parallel.get("vpp", 1)
-        assert b.bubble_s == pytest.approx(busy * 3 / (vpp * p.microbatches))
+def test_unequal_stages_are_simulated_not_closed_form():
+    """The LM head of a 128k vocabulary makes the last stage the slowest: every other stage
+    waits for it, so the simulated bubble exceeds the closed form (pp-1)/m of equal stages."""
+    p = predict(job({"tp": 2, "pp": 4}))
+    b = p.breakdown
+    busy = b.compute_s + b.tp_comm_s + b.cp_comm_s + b.ep_comm_s
+    assert b.bubble_s > busy * 3 / p.microbatches
 
 
 def test_zero_bubble_beats_1f1b():
     plain = predict(job({"tp": 2, "pp": 4}))
     zb = predict(job({"tp": 2, "pp": 4, "schedule": "zero-bubble"}))
-    assert zb.breakdown.bubble_s < plain.breakdown.bubble_s / 2
-    assert zb.stages == plain.stages  # ZB-H1 keeps 1F1B's memory
+    assert zb.breakdown.bubble_s < plain.breakdown.bubble_s  # the head-heavy last stage
+    assert zb.step_time_s < plain.step_time_s  # still dominates: see test_schedule for equal
+    assert zb.stages == plain.stages  # stages; ZB-H1 keeps 1F1B's memory
 
 
 def test_no_pipeline_no_bubble_no_p2p():

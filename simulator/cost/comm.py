@@ -223,6 +223,10 @@ def axis_network(cluster: ClusterSpec, layout: Layout, axis: str,
                  profile: AnalyticProfile) -> AxisNetwork:
     """The cached network view of `axis` ("tp", "cp", "dp_cp", "ep", "edp", "pp_p2p", ...).
     Layouts that place ranks alike (same degrees and order) share one entry."""
-    placement = Layout(tp=layout.tp, cp=layout.cp, dp=layout.dp, pp=layout.pp, ep=layout.ep,
-                       order=layout.order)
-    return _axis_network(cluster, placement, axis, profile)
+    return _axis_network(cluster, _placement(layout.tp, layout.cp, layout.dp, layout.pp,
+                                             layout.ep, layout.order), axis, profile)
+
+
+@lru_cache(maxsize=512)
+def _placement(tp: int, cp: int, dp: int, pp: int, ep: int, order: str) -> Layout:
+    return Layout(tp=tp, cp=cp, dp=dp, pp=pp, ep=ep, order=order)

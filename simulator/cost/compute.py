@@ -50,3 +50,16 @@ class ComputeModel:
 
     def ops(self, ops, backward: bool = False) -> Sourced:
         return total(self.op(op, backward) for op in ops)
+
+    def weight_gradient(self, ops) -> Sourced:
+        """The weight-gradient GEMMs of `ops`' backward: the part ZB-H1 defers. A weight
+        gradient has its forward GEMM's FLOPs (Qi et al. 2023, §2: T_W = T_F for a linear)."""
+        parts = []
+        for op in ops:
+            if op.kind != "gemm":
+                continue
+            found = self.measured.gemm_weight_time(op) if self.measured is not None else None
+            parts.append(Sourced.of(found.seconds, found.source) if found is not None else
+                         Sourced.of(op_time_s(op, self.device, self.precision, self.analytic),
+                                    "analytic"))
+        return total(parts)

@@ -38,9 +38,15 @@ class AnalyticProfile:
     memory_backward_factor: float
     intra_node_efficiency: float  # NCCL bus bandwidth / NVLink rate
     inter_node_efficiency: float  # NCCL bus bandwidth / NIC rate
+    overlap_slowdown: float  # compute time added per second of communication hidden behind it
     reserve_fixed_bytes: float  # device memory unusable for tensors
     reserve_fraction: float  # ... plus this share of the device memory
     optimizer_bytes_per_param: float  # HBM traffic of one Adam update per parameter
+
+    def overlapped_s(self, compute_s: float, comm_s: float) -> float:
+        """Compute with communication running beside it: the longer of the two, plus the
+        slowdown the shared GPU costs while both run."""
+        return max(compute_s, comm_s) + self.overlap_slowdown * min(compute_s, comm_s)
 
     def usable_memory_bytes(self, capacity_bytes: float) -> float:
         return capacity_bytes * (1 - self.reserve_fraction) - self.reserve_fixed_bytes
@@ -60,6 +66,7 @@ def analytic_profile() -> AnalyticProfile:
         memory_backward_factor=raw["memory"]["backward_factor"],
         intra_node_efficiency=raw["communication"]["intra_node_efficiency"],
         inter_node_efficiency=raw["communication"]["inter_node_efficiency"],
+        overlap_slowdown=raw["overlap"]["slowdown"],
         reserve_fixed_bytes=raw["memory_reserve"]["fixed_GiB"] * GiB,
         reserve_fraction=raw["memory_reserve"]["fraction"],
         optimizer_bytes_per_param=raw["optimizer"]["bytes_per_param"],

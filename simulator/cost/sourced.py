@@ -24,10 +24,13 @@ class Sourced:
         return self.measured_s + self.interpolated_s + self.analytic_s
 
     def __add__(self, other: Sourced) -> Sourced:
-        return Sourced(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Sourced(self.measured_s + other.measured_s,
+                       self.interpolated_s + other.interpolated_s,
+                       self.analytic_s + other.analytic_s)
 
     def __mul__(self, factor: float) -> Sourced:
-        return Sourced(*(getattr(self, f.name) * factor for f in fields(self)))
+        return Sourced(self.measured_s * factor, self.interpolated_s * factor,
+                       self.analytic_s * factor)
 
     __rmul__ = __mul__
 

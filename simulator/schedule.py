@@ -1,0 +1,250 @@
+"""Pipeline schedules as task lists, and a discrete-event simulation of one replica.
+
+Each pipeline rank runs an ordered list of tasks: F (forward of one micro-batch through one of
+its model chunks), B (backward; with ZB-H1 only the input gradient) and W (ZB-H1's deferred
+weight gradient). Virtual stage v = chunk·pp + rank holds layers in pipeline order; F on stage v
+needs F on v-1 (and the activation sent from it), B on stage v needs B on v+1 (and the gradient
+sent back), the last stage's B needs its own F. A rank runs its list in order, each task as
+soon as the rank is free and its input has arrived.
+
+Orders: GPipe runs all forwards, then all backwards (Huang et al. 2019). 1F1B warms up with
+pp - rank - 1 forwards, then alternates one forward and one backward, then drains (Narayanan
+et al. 2021, PipeDream-Flush). Interleaved 1F1B is Megatron-LM's
+`forward_backward_pipelining_with_interleaving`: 2·(pp - rank - 1) + (vpp - 1)·pp warm-up
+chunks, micro-batches taken pp at a time through each chunk in turn. ZB-H1 splits the backward:
+B sends the input gradient on at once and W, run whenever the rank would otherwise wait, fills
+the bubbles, with at most pp - rank micro-batches in flight as in 1F1B (Qi et al. 2023, "Zero
+Bubble Pipeline Parallelism", §3.1).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Literal
+
+from simulator.layout import Layout
+
+TaskKind = Literal["F", "B", "W"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of a rank's work."""
+
+    kind: TaskKind
+    microbatch: int
+    chunk: int  # model chunk on this rank (0 .. vpp-1)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Something a rank did, for the timeline and the Chrome trace."""
+
+    rank: int  # pipeline rank
+    stream: str  # "compute" or a communication channel ("pp", "dp")
+    name: str  # e.g. "F3.1" (micro-batch 3, chunk 1)
+    start_s: float
+    end_s: float
+
+
+def rank_tasks(layout: Layout, rank: int, microbatches: int) -> list[Task]:
+    """The ordered task list of pipeline rank `rank` (GPipe, 1F1B, interleaved; ZB-H1 is
+    decided as the step runs, by `_ZeroBubbleH1`)."""
+    pp, m = layout.pp, microbatches
+    if layout.schedule == "gpipe":
+        return [Task("F", i, 0) for i in range(m)] + [Task("B", i, 0) for i in range(m)]
+    if layout.schedule == "interleaved":
+        return _interleaved(pp, layout.vpp, rank, m)
+    warmup = min(pp - rank - 1, m)
+    order = [Task("F", i, 0) for i in range(warmup)]
+    for i in range(m - warmup):
+        order += [Task("F", warmup + i, 0), Task("B", i, 0)]
+    order += [Task("B", i, 0) for i in range(m - warmup, m)]
+    return order
+
+
+def _interleaved(pp: int, vpp: int, rank: int, m: int) -> list[Task]:
+    """Megatron-LM's interleaved order: the k-th forward is micro-batch
+    (k // (pp·vpp))·pp + k % pp on chunk (k // pp) % vpp; backwards mirror it on the chunks."""
+    total = m * vpp
+
+    def forward(k: int) -> Task:
+        return Task("F", (k // (pp * vpp)) * pp + k % pp, (k // pp) % vpp)
+
+    def backward(k: int) -> Task:
+        return Task("B", (k // (pp * vpp)) * pp + k % pp, vpp - 1 - (k // pp) % vpp)
+
+    warmup = min(2 * (pp - rank - 1) + (vpp - 1) * pp, total)
+    order = [forward(k) for k in range(warmup)]
+    for k in range(total - warmup):
+        order += [forward(warmup + k), backward(k)]
+    order += [backward(k) for k in range(total - warmup, total)]
+    return order
+
+
+@dataclass(frozen=True)
+class TaskTimes:
+    """Seconds of each task kind on one virtual stage, for one micro-batch."""
+
+    forward_s: float
+    backward_s: float  # all of the backward, or only the input gradient under ZB-H1
+    weight_s: float = 0.0  # ZB-H1's deferred weight gradient
+    send_s: float = 0.0  # sending this stage's output activation (or input gradient)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The simulated step of one replica: when each rank finished and what it did."""
+
+    finish_s: tuple[float, ...]  # per pipeline rank: end of its last task
+    busy_s: tuple[float, ...]  # per pipeline rank: seconds of compute
+    intervals: tuple[Interval, ...]
+    peak_in_flight: tuple[float, ...]  # per rank: most micro-batch-chunks held at once / vpp
+
+    @property
+    def makespan_s(self) -> float:
+        return max(self.finish_s)
+
+
+def simulate(layout: Layout, microbatches: int, times: list[TaskTimes],
+             record: bool = False) -> Timeline:
+    """Run every rank's tasks in time order; `times[v]` are virtual stage v's costs.
+
+    Events are (time, rank): a rank's own task ending, or an input arriving for it (an
+    activation from the stage before, a gradient from the stage after). At each event the rank,
+    if idle, takes the first task its policy offers whose input is there."""
+    pp, stages = layout.pp, layout.pp * layout.vpp
+    assert len(times) == stages
+    policies = [_policy(layout, r, microbatches) for r in range(pp)]
+    arrivals = _Arrivals(pp, stages, times)
+    durations = [{"F": t.forward_s, "B": t.backward_s, "W": t.weight_s} for t in times]
+    clock, busy, held, peak = [0.0] * pp, [0.0] * pp, [0] * pp, [0] * pp
+    intervals: list[Interval] = []
+    events = [(0.0, rank) for rank in range(pp)]
+    while events:
+        now, rank = heapq.heappop(events)
+        if clock[rank] > now or policies[rank].finished:
+            continue
+        task = policies[rank].pick(now, arrivals, rank)
+        if task is None:
+            continue
+        stage = task.chunk * pp + rank
+        cost = times[stage]
+        end = now + durations[stage][task.kind]
+        arrivals.done[(task.kind, task.microbatch, stage)] = end
+        heapq.heappush(events, (end, rank))
+        consumer = _consumer(task, stage, stages)
+        if consumer is not None:
+            heapq.heappush(events, (end + (cost.send_s if consumer != stage else 0.0),
+                                    consumer % pp))
+        clock[rank], busy[rank] = end, busy[rank] + end - now
+        held[rank] += 1 if task.kind == "F" else -1 if _frees(task, layout) else 0
+        peak[rank] = max(peak[rank], held[rank])
+        if record:
+            intervals.append(Interval(rank, "compute", f"{task.kind}{task.microbatch}."
+                                      f"{task.chunk}", now, end))
+    assert all(p.finished for p in policies), "pipeline schedule deadlocked"
+    return Timeline(tuple(clock), tuple(busy), tuple(intervals),
+                    tuple(p / layout.vpp for p in peak))
+
+
+def _consumer(task: Task, stage: int, stages: int) -> int | None:
+    """The virtual stage that waits for this task's output."""
+    if task.kind == "F":
+        return stage + 1 if stage + 1 < stages else stage  # the last stage turns around
+    if task.kind == "B":
+        return stage - 1 if stage > 0 else None
+    return None
+
+
+class _FixedOrder:
+    """Runs a precomputed order: the next task when its input is there."""
+
+    def __init__(self, order: list[Task]):
+        self.order, self.position = order, 0
+
+    @property
+    def finished(self) -> bool:
+        return self.position == len(self.order)
+
+    def pick(self, now: float, arrival: _Arrivals, rank: int) -> Task | None:
+        task = self.order[self.position]
+        ready = arrival(task, rank)
+        if ready is None or ready > now:
+            return None
+        self.position += 1
+        return task
+
+
+class _ZeroBubbleH1:
+    """ZB-H1 (Qi et al. 2023, §3.1): a backward whose gradient is there first, else the next
+    forward while fewer than pp - rank micro-batches are in flight (1F1B's peak memory), else
+    a deferred weight gradient to fill the wait."""
+
+    def __init__(self, limit: int, microbatches: int):
+        self.limit, self.m = limit, microbatches
+        self.next_forward = self.next_backward = 0
+        self.weights: list[int] = []
+        self.in_flight = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.next_backward == self.m and not self.weights
+
+    def pick(self, now: float, arrival: _Arrivals, rank: int) -> Task | None:
+        if self.next_backward < self.next_forward:
+            task = Task("B", self.next_backward, 0)
+            ready = arrival(task, rank)
+            if ready is not None and ready <= now:
+                self.next_backward += 1
+                self.weights.append(task.microbatch)
+                return task
+        if self.next_forward < self.m and self.in_flight < self.limit:
+            task = Task("F", self.next_forward, 0)
+            ready = arrival(task, rank)
+            if ready is not None and ready <= now:
+                self.next_forward += 1
+                self.in_flight += 1
+                return task
+        if self.weights:
+            self.in_flight -= 1
+            return Task("W", self.weights.pop(0), 0)
+        return None
+
+
+def _policy(layout: Layout, rank: int, microbatches: int):
+    if layout.schedule == "zero-bubble":
+        return _ZeroBubbleH1(layout.pp - rank, microbatches)
+    return _FixedOrder(rank_tasks(layout, rank, microbatches))
+
+
+def _frees(task: Task, layout: Layout) -> bool:
+    """Which task releases a micro-batch's activations: B, or W under ZB-H1."""
+    return task.kind == ("W" if layout.schedule == "zero-bubble" else "B")
+
+
+class _Arrivals:
+    """When a task's input is on its rank: its producer's end, plus the send between ranks."""
+
+    def __init__(self, pp: int, stages: int, times: list[TaskTimes]):
+        self.pp, self.stages, self.times = pp, stages, times
+        self.done: dict[tuple[str, int, int], float] = {}  # (kind, microbatch, stage) -> end
+
+    def __call__(self, task: Task, rank: int) -> float | None:
+        """None while the producer has not run."""
+        stage = task.chunk * self.pp + rank
+        if task.kind == "F":
+            if stage == 0:
+                return 0.0
+            key, sender = ("F", task.microbatch, stage - 1), stage - 1
+        elif task.kind == "W":
+            key, sender = ("B", task.microbatch, stage), None
+        elif stage == self.stages - 1:
+            key, sender = ("F", task.microbatch, stage), None
+        else:
+            key, sender = ("B", task.microbatch, stage + 1), stage + 1
+        end = self.done.get(key)
+        if end is None:
+            return None
+        return end + (self.times[sender].send_s if sender is not None else 0.0)
