@@ -565,3 +565,18 @@ def test_set_into_a_list_element(tmp_path):
                       "cluster.node_groups[2]", "indexes 0..1")
     assert_user_error(run_cli("estimate", job, "--set", "training.seq_length.x=3"),
                       "training.seq_length is not a mapping")
+
+
+@pytest.mark.parametrize("value", ["-0.5", "5"])
+def test_router_skew_out_of_range(tmp_path, value):
+    changes = {"model": dict(MOE_MODEL), "parallel.tp": 1, "parallel.pp": 1}
+    assert_user_error(estimate(tmp_path, changes, "--set", f"model.router_skew={value}"),
+                      "model.router_skew", "valid")
+
+
+def test_trace_is_written_for_one_job(tmp_path):
+    trace = tmp_path / "step.json"
+    result = estimate(tmp_path, None, "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["pid"] for e in events if e["ph"] == "X"} == {0, 1}  # pp 2: one row per rank
