@@ -6,7 +6,6 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from simulator.cost.comm import AxisNetwork, axis_network, bus_factor

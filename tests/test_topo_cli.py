@@ -18,7 +18,7 @@ import pytest
 
 from planner.cli import main
 from planner.topo import ranks_text
-from tests.test_cli_errors import BASE_JOB, MOE_MODEL, assert_user_error, job_with, run_cli, \
+from tests.test_cli_errors import MOE_MODEL, assert_user_error, job_with, run_cli, \
     write_job
 
 REPO = Path(__file__).resolve().parents[1]

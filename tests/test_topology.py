@@ -133,7 +133,7 @@ def test_malformed_graph_file(tmp_path):
 
 
 def test_graph_file_cluster_routes_by_shortest_path(tmp_path):
-    path = _write(tmp_path, GPUS + [{"id": "sw", "kind": "switch"}], _links())
+    _write(tmp_path, GPUS + [{"id": "sw", "kind": "switch"}], _links())  # g.json
     raw = {"model": "llama3-8b", "training": {"seq_length": 4096, "global_batch_size": 64},
            "cluster": {**NODE, "gpus_per_node": 2, "num_nodes": 2, "graph": "g.json"}}
     job = job_from_mapping(raw, base_dir=tmp_path, source="t")
