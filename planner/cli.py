@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from planner import topo
+from planner.plan_cli import plan_command
 from planner.report import duration, format_estimate, format_listing
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
@@ -56,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--png", metavar="FILE", help="draw the fabric and the first group of "
                        "each axis into FILE")
     _add_profile_parser(commands)
+    plan = commands.add_parser("plan", help="search the best parallel layout of a job")
+    plan.add_argument("job", metavar="JOB", help="job file; `parallel:` fields are held fixed")
+    plan.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="override a job field")
+    plan.add_argument("--objective", choices=("time", "cost", "energy"), default="time")
+    plan.add_argument("--max-gpus", type=int, metavar="N",
+                      help="also try fewer nodes: every power of two up to N GPUs")
+    plan.add_argument("--top", type=int, default=5, metavar="K", help="layouts to report")
+    plan.add_argument("--out", metavar="PLAN.json", help="write the plan file")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--export", choices=("megatron", "torchtitan"),
+                      help="print the chosen layout as Megatron-LM flags or torchtitan config")
     listing = commands.add_parser("list", help="list catalog entries")
     listing.add_argument("kind", choices=("models", "gpus", "clusters"))
     return parser
@@ -83,6 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         try:
             print(format_listing(args.kind))
+        except ParasimError as err:
+            return _fail(err)
+        return 0
+    if args.command == "plan":
+        try:
+            plan_command(args)
         except ParasimError as err:
             return _fail(err)
         return 0

@@ -40,6 +40,12 @@ def read_text(path: Path, field: str) -> str:
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
     """Read, override, build and check one job file."""
+    return job_from_mapping(load_raw(path, overrides), base_dir=Path(path).parent,
+                            source=str(path))
+
+
+def load_raw(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """The job file's mapping with the overrides applied, not yet built into specs."""
     path = Path(path)
     raw = parse_text(read_text(path, "job"), str(path))
     if not isinstance(raw, dict):
@@ -47,7 +53,7 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
                         ", ".join(TOP_LEVEL))
     for item in overrides:
         apply_override(raw, item)
-    return job_from_mapping(raw, base_dir=path.parent, source=str(path))
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

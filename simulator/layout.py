@@ -9,6 +9,7 @@ innermost first: with the default tp-cp-ep-dp-pp, tensor-parallel peers are neig
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 from simulator.checks import require_bool, require_choice, require_int
@@ -72,6 +73,9 @@ class Layout:
             raise SpecError("parallel.vpp", self.vpp,
                             f"needs the interleaved schedule, not {self.schedule}",
                             "vpp: 1, or schedule: interleaved")
+        if self.schedule == "interleaved" and self.pp < 2:
+            raise SpecError("parallel.schedule", self.schedule,
+                            "interleaves the stages of a pipeline, but pp is 1", "pp >= 2")
         if self.schedule == "interleaved" and self.vpp < 2:
             raise SpecError("parallel.schedule", self.schedule,
                             "interleaves virtual stages, but vpp is 1", "vpp >= 2, or 1f1b")
@@ -102,6 +106,7 @@ class Layout:
         return self.tp * self.cp * self.dp * self.pp
 
 
+@lru_cache(maxsize=4096)
 def default_stage_layers(num_layers: int, num_stages: int) -> tuple[int, ...]:
     """Split layers over virtual stages evenly; where they do not divide, the first and last
     stages (which also hold the embedding and the LM head) get one layer fewer, then the second

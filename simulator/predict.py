@@ -15,19 +15,24 @@ from dataclasses import replace
 from simulator.cost.profile import AnalyticProfile, analytic_profile
 from simulator.flops import hardware_flop_per_step, model_flop_per_step
 from simulator.hardware import DeviceSpec, NodeGroup
-from simulator.job import Job, num_microbatches
+from simulator.job import Job
 from simulator.memory import (
     block_activation_bytes,
     embedding_activation_bytes,
     head_activation_bytes,
     rank_model_states,
 )
-from simulator.ops import Shard
 from simulator.params import StageParams, active_params, stage_params, total_params
 from simulator.placement import axis_groups
 from simulator.profile import ProfileDB
 from simulator.results import RankMemory, RunPrediction, StepPrediction
-from simulator.step_time import StepContext, rank_block_kinds, simulate_step
+from simulator.step_time import (
+    StepContext,
+    chunk_blocks,
+    rank_block_kinds,
+    simulate_step,
+    step_context,
+)
 
 
 def predict(job: Job, profile: AnalyticProfile | None = None,
@@ -37,14 +42,8 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
     keeps every task of the simulated pipeline for a trace."""
     assert job.layout is not None and job.layout.dp is not None, "resolve the layout first"
     layout, training, model = job.layout, job.training, job.model
-    profile = profile or analytic_profile()
-    shard = Shard(micro_batch=layout.micro_batch_size, seq_length=training.seq_length,
-                  tp=layout.tp, cp=layout.cp, sequence_parallel=layout.sequence_parallel,
-                  bytes_per_value=training.activation_bytes_per_value,
-                  flash_attention=training.flash_attention)
-    ctx = StepContext(job, layout, shard, profile, measured, num_microbatches(training, layout))
-    per_rank = [stage_params(model, job.stage_layers, layout.pp, r) for r in range(layout.pp)]
-    devices = [_stage_device(job, r) for r in range(layout.pp)]
+    ctx = step_context(job, profile or analytic_profile(), measured)
+    per_rank, devices = rank_params(job), rank_devices(job)
     step = simulate_step(ctx, devices, per_rank, record)
     load = ctx.expert_load()
     prediction = StepPrediction(
@@ -66,6 +65,23 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
         intervals=step.timeline.intervals,
     )
     return _with_run(prediction, job)
+
+
+def rank_params(job: Job) -> list[StageParams]:
+    """What each pipeline rank holds, before sharding; ranks alike (the same blocks in each
+    chunk, neither end) are counted once."""
+    pp, memo, out = job.layout.pp, {}, []
+    for rank in range(pp):
+        chunks = tuple(chunk_blocks(job, v) for v in range(rank, len(job.stage_layers), pp))
+        key = (chunks, rank == 0, rank == pp - 1)
+        if key not in memo:
+            memo[key] = stage_params(job.model, job.stage_layers, pp, rank)
+        out.append(memo[key])
+    return out
+
+
+def rank_devices(job: Job) -> list[DeviceSpec]:
+    return [_stage_device(job, r) for r in range(job.layout.pp)]
 
 
 # Devices --------------------------------------------------------------------------------------

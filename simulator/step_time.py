@@ -112,6 +112,19 @@ class StepContext:
                            self.shard.tokens, model.router_skew, model.capacity_factor)
 
 
+def step_context(job: Job, analytic: AnalyticProfile, measured: ProfileDB | None = None
+                 ) -> StepContext:
+    """The context of one prediction of `job` (its layout resolved)."""
+    layout, training = job.layout, job.training
+    assert layout is not None and layout.dp is not None, "resolve the layout first"
+    shard = Shard(micro_batch=layout.micro_batch_size, seq_length=training.seq_length,
+                  tp=layout.tp, cp=layout.cp, sequence_parallel=layout.sequence_parallel,
+                  bytes_per_value=training.activation_bytes_per_value,
+                  flash_attention=training.flash_attention)
+    return StepContext(job, layout, shard, analytic, measured,
+                       training.global_batch_size // (layout.micro_batch_size * layout.dp))
+
+
 # Per-stage costs ------------------------------------------------------------------------------
 
 
@@ -273,13 +286,45 @@ def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
     tails = [_tail(ctx, r, costs, params[r], devices[r]) for r in range(layout.pp)]
     ends = [timeline.finish_s[r] + tails[r][0].total_s + tails[r][1].total_s
             for r in range(layout.pp)]
-    critical = max(range(layout.pp), key=ends.__getitem__)
+    # The breakdown is the busiest rank's: its work, and everything else until the last rank
+    # is done (fill, drain, waiting on slower stages) as bubble and pipeline sends.
+    critical = max(range(layout.pp), key=lambda r: (timeline.busy_s[r], ends[r]))
     if record:
         timeline = replace(timeline, intervals=timeline.intervals + _tail_intervals(timeline, tails))
-    parts = _components(ctx, critical, costs, timeline, tails[critical])
+    parts = _components(ctx, critical, costs, timeline, tails[critical], max(ends))
     parts["straggler_s"] = Sourced.of(_straggler_s(ctx, costs, ends, tails), "analytic")
     return StepResult(TimeBreakdown(**{k: v.total_s for k, v in parts.items()}),
                       total(parts.values()), timeline, critical)
+
+
+def closed_form_step_s(ctx: StepContext, devices: list, params: list[StageParams]) -> float:
+    """The step without simulating the schedule, for ranking many layouts quickly: the
+    slowest rank's m micro-batches plus the others' fill and drain,
+    m·T + (Σ_r t_r - T)/vpp (Narayanan et al. 2021 §2.2 for equal ranks), plus the tail."""
+    layout = ctx.layout
+    costs = _stage_costs(ctx, devices)
+    per_stage = {id(c): c.task_times() for c in costs}
+    rank_s = [sum(per_stage[id(c)].forward_s + per_stage[id(c)].backward_s
+                  + per_stage[id(c)].weight_s for c in costs[r::layout.pp])
+              for r in range(layout.pp)]
+    slowest = max(rank_s)
+    tails: dict[tuple, float] = {}
+    for r in range(layout.pp):
+        key = (params[r], devices[r], tuple(id(c) for c in costs[r::layout.pp]))
+        if key not in tails:
+            tails[key] = sum(x.total_s for x in _tail(ctx, r, costs, params[r], devices[r]))
+    return ctx.microbatches * slowest + (sum(rank_s) - slowest) / layout.vpp + max(tails.values())
+
+
+def block_time_s(ctx: StepContext, device) -> float:
+    """One transformer block, one micro-batch, all passes with exposed communication: the
+    mean over the model's dense and MoE blocks."""
+    compute = ctx.compute(device)
+    model = ctx.job.model
+    kinds = block_kinds(model, 0, model.num_layers)
+    total_s = sum(count * sum(p.total.total_s for p in _block_passes(ctx, compute, moe))
+                  for count, moe in zip(kinds, (False, True)) if count)
+    return total_s / model.num_layers
 
 
 def _tail_intervals(timeline: Timeline, tails: list[tuple[Sourced, Sourced]]) -> tuple:
@@ -321,13 +366,13 @@ def total_passes(passes: list[Pass]) -> Pass:
 
 
 def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: Timeline,
-                tail: tuple[Sourced, Sourced]) -> dict[str, Sourced]:
-    """The critical rank's step: its work, its idle time, its exposed gradient reduction and
-    its optimizer step. Idle time is the pipeline's: the sends a rank waits for on the
-    critical path (two per micro-batch and chunk, plus fill and drain) count as pp_comm, the
-    rest as bubble."""
+                tail: tuple[Sourced, Sourced], step_s: float) -> dict[str, Sourced]:
+    """The busiest rank's step: its work, its exposed gradient reduction and optimizer step,
+    and the rest of the step as idle time. Of that, the sends it waits for on the critical
+    path (two per micro-batch and chunk, plus fill and drain) count as pp_comm, the rest
+    (fill, drain, slower stages) as bubble."""
     work = _rank_passes(ctx, rank, costs)
-    idle_s = max(0.0, timeline.finish_s[rank] - timeline.busy_s[rank])
+    idle_s = max(0.0, step_s - timeline.busy_s[rank] - tail[0].total_s - tail[1].total_s)
     layout = ctx.layout
     sends = 2 * (ctx.microbatches * layout.vpp + layout.pp - 1) if layout.pp > 1 else 0
     pp_s = min(idle_s, sends * costs[rank].send.total_s)

@@ -98,7 +98,8 @@ def test_a_256k_vocabulary_on_the_last_stage_needs_lighter_stages():
     small_vocab = _job(stages=[4, 4, 4, 4])
     no_head = predict(replace(small_vocab, model=replace(small_vocab.model, vocab_size=32000)))
     assert lighter.step_time_s < even.step_time_s
-    assert even.breakdown.bubble_s > no_head.breakdown.bubble_s
+    # the head makes the last stage the busiest: the whole pipeline runs at its pace
+    assert even.breakdown.compute_s > 1.5 * no_head.breakdown.compute_s
 
 
 def test_straggler_slows_the_step():

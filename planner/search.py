@@ -1,0 +1,225 @@
+"""Search: every candidate layout ranked by a closed-form step, the best scored in full.
+
+1. `planner.space` enumerates the layouts the model and cluster allow and rejects, by
+   reason, those that cannot run.
+2. Each survivor gets a cheap closed-form step time (per-stage costs of the cost model, the
+   pipeline's m·T + (Σ t - T)/vpp, the data-parallel tail) and its peak memory; layouts that do
+   not fit are rejected.
+3. The `full` best by that estimate (all of them when the space is small) get their layer-to-
+   stage split from the ILP (`planner.ilp`), and both the ILP's split and the default one are
+   scored by the full simulator (`simulator.predict`); the better counts.
+4. The objective (step time, dollars per step or joules per step) orders the results; the
+   top K and the Pareto front of time against dollars are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from planner.ilp import SplitProblem, solve_split
+from planner.space import Space, enumerate_space
+from simulator.cost.profile import analytic_profile
+from simulator.errors import Infeasible
+from simulator.job import Job
+from simulator.layout import Layout
+from simulator.memory import block_activation_bytes, in_flight_microbatches, rank_model_states
+from simulator.params import StageParams, block_params
+from simulator.predict import predict, rank_devices, rank_params
+from simulator.results import StepPrediction
+from simulator.step_time import block_time_s, closed_form_step_s, stage_cost, step_context
+
+Objective = Literal["time", "cost", "energy"]
+FULLY_SCORED = 24  # layouts the full simulator scores, best estimates first
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One layout, its prediction, and its value under each objective."""
+
+    layout: Layout
+    prediction: StepPrediction
+    dollars_per_step: float
+    joules_per_step: float
+
+    def value(self, objective: Objective) -> float:
+        return {"time": self.prediction.step_time_s, "cost": self.dollars_per_step,
+                "energy": self.joules_per_step}[objective]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What `parasim plan` reports."""
+
+    ranked: tuple[Scored, ...]  # best first, by the objective
+    pareto: tuple[Scored, ...]  # no other is both faster and cheaper
+    considered: int
+    rejected: Counter
+    ilp_solves: int
+    solve_time_s: float
+
+
+def economics(job: Job, prediction: StepPrediction) -> tuple[float, float]:
+    """(dollars, joules) of one step: every GPU at its catalog price and at its TDP (a power
+    upper bound until the energy model of the economics issue)."""
+    groups = job.cluster.node_groups
+    price = sum(g.num_gpus * (job.cluster.price_per_gpu_hour_usd or g.gpu.price_per_hour_usd)
+                for g in groups)
+    watts = sum(g.num_gpus * (job.cluster.power_watts_per_gpu or g.gpu.tdp_watts) for g in groups)
+    return prediction.step_time_s * price / 3600, prediction.step_time_s * watts
+
+
+def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
+           full: int = FULLY_SCORED, progress=None) -> SearchResult:
+    """The best layouts of `job` for `objective`; `fixed` fields of `parallel:` held."""
+    start = time.perf_counter()
+    space = enumerate_space(job, fixed)
+    rejected = Counter(space.rejected)
+    estimates = _estimates(job, space, rejected, progress)
+    if not estimates:
+        raise Infeasible(_no_fit_reason(space, rejected))
+    shortlist = sorted(estimates, key=lambda e: e[0])[:full]
+    scored, solves = [], 0
+    for _estimate, layout in shortlist:
+        best, used_ilp = _score(job, layout, "stages" in fixed)
+        solves += used_ilp
+        if best is not None:
+            scored.append(best)
+        else:
+            rejected["does not fit (simulated peak memory)"] += 1
+    if not scored:
+        raise Infeasible(_no_fit_reason(space, rejected))
+    ranked = tuple(sorted(scored, key=lambda s: s.value(objective)))
+    return SearchResult(ranked[:max(top, 1)], pareto_front(scored), space.considered, rejected,
+                        solves, time.perf_counter() - start)
+
+
+def _estimates(job: Job, space: Space, rejected: Counter, progress) -> list[tuple[float, Layout]]:
+    """Closed-form step time of every layout whose default split fits in memory."""
+    profile, out = analytic_profile(), []
+    for index, layout in enumerate(space.layouts):
+        if progress is not None:
+            progress(index + 1, len(space.layouts))
+        candidate = replace(job, layout=layout)
+        params = rank_params(candidate)
+        if not _fits(candidate, params):
+            rejected["does not fit (activations)"] += 1
+            continue
+        ctx = step_context(candidate, profile)
+        devices = rank_devices(candidate)
+        out.append((closed_form_step_s(ctx, devices, params), layout))
+    return out
+
+
+def _fits(job: Job, params: list[StageParams]) -> bool:
+    """Peak memory of the default split by the closed-form in-flight counts (what the
+    simulated schedule reproduces, `tests/test_schedule.py`)."""
+    layout, profile = job.layout, analytic_profile()
+    ctx = step_context(job, profile)
+    capacity = profile.usable_memory_bytes(min(g.gpu.memory_bytes for g in job.cluster.node_groups))
+    per_layer = block_activation_bytes(job.model, ctx.shard, job.model.is_moe, layout.recompute)
+    for rank, stage in enumerate(params):
+        layers = sum(job.stage_layers[rank::layout.pp])
+        flight = in_flight_microbatches(layout, rank, ctx.microbatches)
+        states = rank_model_states(stage, job.training, layout).total_bytes
+        if states + flight * layers * per_layer > capacity:
+            return False
+    return True
+
+
+def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, int]:
+    """The full simulation of the default split and, with pp > 1, of the ILP's split."""
+    options = [layout]
+    used_ilp = 0
+    if layout.pp > 1 and not split_fixed:
+        try:
+            split = solve_split(split_problem(replace(job, layout=layout)))
+            options.append(replace(layout, stages=split.layers))
+            used_ilp = 1
+        except Infeasible:
+            pass
+    best = None
+    for option in options:
+        candidate = replace(job, layout=option)
+        prediction = predict(candidate)
+        if not prediction.fits:
+            continue
+        dollars, joules = economics(candidate, prediction)
+        scored = Scored(option, prediction, dollars, joules)
+        if best is None or scored.prediction.step_time_s < best.prediction.step_time_s:
+            best = scored
+    return best, used_ilp
+
+
+def split_problem(job: Job) -> SplitProblem:
+    """The ILP's cost table from the cost model: per-block time, states and activations,
+    the ends' embedding and LM head, each rank's in-flight micro-batches and memory."""
+    layout, model, profile = job.layout, job.model, analytic_profile()
+    ctx = step_context(job, profile)
+    device = rank_devices(job)[0]
+    layer_s = block_time_s(ctx, device)
+    stages = layout.num_virtual_stages
+    extra_s = [0.0] * stages
+    for v in {0, stages - 1}:
+        cost = stage_cost(ctx, v, device)
+        passes = cost.forward.total + cost.backward.total + cost.weight.total
+        extra_s[v] = max(0.0, passes.total_s - job.stage_layers[v] * layer_s)
+    dense, expert = block_params(model, model.is_moe)
+    one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0, replicated=0)
+    state = rank_model_states(one_layer, job.training, layout).total_bytes
+    activation = block_activation_bytes(model, ctx.shard, model.is_moe, layout.recompute)
+    params = rank_params(job)
+    extra_bytes = [0.0] * stages
+    for rank, v in ((0, 0), (layout.pp - 1, stages - 1)):
+        ends = replace(params[rank], dense=params[rank].embedding + params[rank].lm_head,
+                       expert=0, replicated=0)
+        extra_bytes[v] += rank_model_states(ends, job.training, layout).total_bytes
+    capacity = profile.usable_memory_bytes(device.memory_bytes)
+    return SplitProblem(
+        layers=model.num_layers, ranks=layout.pp, vpp=layout.vpp,
+        microbatches=ctx.microbatches, layer_time_s=layer_s, layer_state_bytes=state,
+        layer_activation_bytes=activation,
+        in_flight=tuple(in_flight_microbatches(layout, r, ctx.microbatches)
+                        for r in range(layout.pp)),
+        stage_time_s=tuple(extra_s), stage_bytes=tuple(extra_bytes),
+        capacity_bytes=(capacity,) * layout.pp)
+
+
+def pareto_front(scored: list[Scored]) -> tuple[Scored, ...]:
+    """The layouts no other beats on both step time and dollars per step."""
+    front = []
+    for s in sorted(scored, key=lambda s: (s.prediction.step_time_s, s.dollars_per_step)):
+        if not front or s.dollars_per_step < front[-1].dollars_per_step:
+            front.append(s)
+    return tuple(front)
+
+
+def _no_fit_reason(space: Space, rejected: Counter) -> str:
+    counts = "; ".join(f"{n} {reason}" for reason, n in rejected.most_common(3))
+    return f"no layout of the {space.considered} considered runs ({counts})"
+
+
+def smallest_fix(job: Job, fixed: dict) -> str:
+    """What would make an infeasible job run: ZeRO-3 with full recompute and micro-batch 1 on
+    the same GPUs, or else the fewest GPUs (doubling the nodes) that fit."""
+    relaxed = {**fixed, "zero_stage": 3, "recompute": "full", "micro_batch_size": 1}
+    if _any_fits(job, relaxed):
+        changed = [f"{k}={v}" for k, v in relaxed.items() if fixed.get(k) != v]
+        return "set " + ", ".join(f"parallel.{c}" for c in changed)
+    group = job.cluster.node_groups[0]
+    for factor in (2, 4, 8, 16, 32, 64):
+        bigger = replace(job, cluster=replace(job.cluster, node_groups=(
+            replace(group, num_nodes=group.num_nodes * factor),)))
+        if len(job.cluster.node_groups) == 1 and _any_fits(bigger, relaxed):
+            return (f"use at least {bigger.cluster.world_size} GPUs "
+                    f"(cluster.num_nodes={group.num_nodes * factor}) with ZeRO-3 and full "
+                    "recompute")
+    return "a larger GPU or a smaller model: even 64 times the GPUs do not fit it"
+
+
+def _any_fits(job: Job, fixed: dict) -> bool:
+    space = enumerate_space(job, fixed)
+    return any(_fits(replace(job, layout=l), rank_params(replace(job, layout=l)))
+               for l in space.layouts)

@@ -1,0 +1,98 @@
+"""`parasim plan`: the search equals exhaustive simulation on small jobs; outputs and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.search import search
+from planner.space import enumerate_space
+from simulator.jobfile import job_from_mapping
+from simulator.predict import predict
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"model": {"name": "small", "num_layers": 8, "hidden_size": 1024,
+                   "num_attention_heads": 16, "num_kv_heads": 4, "ffn_hidden_size": 4096,
+                   "vocab_size": 32000},
+         "cluster": {"base": "dgx-h100", "num_nodes": 1},
+         "training": {"seq_length": 2048, "global_batch_size": 32}}
+
+
+def _job(raw=SMALL):
+    return job_from_mapping(raw, base_dir=Path("."), source="t")
+
+
+def test_plan_equals_exhaustive_search_with_the_simulator():
+    """Every layout of the space simulated (default splits): the plan is at least as fast
+    as the best of them (the ILP may only improve on a default split)."""
+    job = _job()
+    fixed = {"micro_batch_size": 1, "zero_stage": 1}
+    space = enumerate_space(job, fixed)
+    exhaustive = [predict(replace(job, layout=layout)) for layout in space.layouts]
+    best = min(p.step_time_s for p in exhaustive if p.fits)
+    result = search(job, fixed, full=len(space.layouts))
+    assert result.ranked[0].prediction.step_time_s <= best * (1 + 1e-9)
+    assert result.ranked[0].prediction.step_time_s >= best * 0.9  # same model, same space
+
+
+def test_fixed_fields_are_held():
+    result = search(_job(), {"tp": 2, "pp": 2})
+    assert all(s.layout.tp == 2 and s.layout.pp == 2 for s in result.ranked)
+
+
+def test_pareto_front_is_monotone():
+    result = search(_job(), {})
+    times = [s.prediction.step_time_s for s in result.pareto]
+    dollars = [s.dollars_per_step for s in result.pareto]
+    assert times == sorted(times) and dollars == sorted(dollars, reverse=True)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "planner.cli", "plan", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_plan_cli_writes_a_plan_that_estimate_reproduces(tmp_path):
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump(SMALL))
+    out = tmp_path / "plan.json"
+    result = _cli(job_path, "--out", out, "--json", "--top", "3")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    plan = json.loads(out.read_text())
+    assert plan["schema_version"] == 1 and "job_sha256" in plan["inputs"]
+    assert summary["considered"] > summary["ilp_solves"] >= 0
+    assert len(summary["runners_up"]) == 2 and all(r["why"] for r in summary["runners_up"])
+    replay = tmp_path / "replay.yaml"
+    replay.write_text(yaml.safe_dump(plan["job"]))
+    estimate = subprocess.run([sys.executable, "-m", "planner.cli", "estimate", replay, "--json"],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert estimate.returncode == 0, estimate.stderr
+    assert json.loads(estimate.stdout)["step_time_s"] == pytest.approx(
+        plan["prediction"]["step_time_s"])
+
+
+def test_infeasible_job_names_the_smallest_change(tmp_path):
+    """Llama 3.1 405B cannot train on one 8-GPU node; the message says what would fit."""
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump({**SMALL, "model": "llama3.1-405b",
+                                        "training": {"seq_length": 8192,
+                                                     "global_batch_size": 64}}))
+    result = _cli(job_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "smallest change" in result.stderr and "GPUs" in result.stderr
+
+
+def test_export_prints_megatron_flags(tmp_path):
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump(SMALL))
+    result = _cli(job_path, "--export", "megatron")
+    assert result.returncode == 0, result.stderr
+    assert "--tensor-model-parallel-size" in result.stdout
