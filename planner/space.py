@@ -24,6 +24,9 @@ from simulator.params import stage_params
 
 MICRO_BATCHES = (1, 2, 4, 8)
 CONTEXT_PARALLEL = (1, 2, 4, 8)
+LONG_SEQUENCE = 8192  # context parallelism is searched from this length on (Megatron-Core's
+#                       guidance: CP for long sequences; below it the KV ring exposes more
+#                       than it saves), unless the job fixes cp
 VIRTUAL_STAGES = (1, 2, 4)
 # ZeRO-0 is left out unless fixed: ZeRO-1 (Megatron's distributed optimizer) moves the same
 # bytes (reduce-scatter + all-gather = all-reduce) with less memory, so it never loses.
@@ -49,7 +52,8 @@ def _choices(job: Job, fixed: dict) -> dict[str, tuple]:
     model, training, world = job.model, job.training, job.cluster.world_size
     options = {
         "tp": tuple(divisors(model.num_attention_heads)),
-        "cp": tuple(c for c in CONTEXT_PARALLEL if training.seq_length % (2 * c) == 0 or c == 1),
+        "cp": tuple(c for c in CONTEXT_PARALLEL if c == 1 or (
+            training.seq_length >= LONG_SEQUENCE and training.seq_length % (2 * c) == 0)),
         "pp": tuple(d for d in divisors(world) if d <= model.num_layers),
         "ep": tuple(divisors(model.num_experts)) if model.is_moe else (1,),
         "vpp": VIRTUAL_STAGES,

@@ -84,7 +84,9 @@ def _top_k_loads(tokens: int, k: int, probabilities: np.ndarray, rng: np.random.
     than one slot per token, as a real top-k router cannot."""
     if k == 1:
         return rng.multinomial(tokens, probabilities)
-    scores = np.log(probabilities)[None, :] + rng.gumbel(size=(tokens, len(probabilities)))
+    uniform = rng.random((tokens, len(probabilities)), dtype=np.float32)
+    gumbel = -np.log(-np.log(np.maximum(uniform, np.float32(1e-12))))
+    scores = np.log(probabilities).astype(np.float32)[None, :] + gumbel
     chosen = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return np.bincount(chosen.ravel(), minlength=len(probabilities))
 

@@ -60,3 +60,21 @@ def pipeline_pairs(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(sender, receiver) of every send between neighbouring pipeline stages."""
     groups = axis_groups(layout, "pp")
     return groups[:, :-1].ravel(), groups[:, 1:].ravel()
+
+
+def axis_signature(layout: Layout, axis: str) -> tuple:
+    """What determines `axis`'s groups: the world size and the (size, stride) of each member
+    axis. Layouts with equal signatures place this axis identically (a tp group of 8
+    neighbouring ranks is the same whatever pp and dp are), so their costs can be shared."""
+    assert layout.dp is not None
+    if axis in ("ep", "edp"):
+        order, sizes = _expert_order(layout)
+    else:
+        order = [a for a in layout.order.split("-") if a != "ep"]
+        sizes = {"tp": layout.tp, "cp": layout.cp, "dp": layout.dp, "pp": layout.pp}
+    members = {"dp_cp": ("cp", "dp"), "pp_p2p": ("pp",)}.get(axis, (axis,))
+    stride, strides = 1, {}
+    for name in order:
+        strides[name] = stride
+        stride *= sizes[name]
+    return (stride, axis, tuple((sizes[m], strides[m]) for m in members))

@@ -22,6 +22,7 @@ from simulator.layout import Layout
 from simulator.moe_balance import ExpertLoad, expert_load
 from simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
 from simulator.params import StageParams, block_kinds
+from simulator.placement import axis_signature
 from simulator.profile import ProfileDB, Timed
 from simulator.results import TimeBreakdown
 from simulator.schedule import Interval, TaskTimes, Timeline, simulate
@@ -161,7 +162,30 @@ def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
     return StageCost(forward, backward, weight, send)
 
 
+_BLOCKS: dict[tuple, tuple[Pass, Pass, Pass]] = {}
+
+
 def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool) -> tuple[Pass, Pass, Pass]:
+    """A block's passes, shared between layouts that cost a block alike (the planner scores
+    thousands): same model, shard, device, recompute, overlaps and tp/cp/ep placement. A
+    measured profile is not cached (its misses are flagged per prediction)."""
+    if ctx.measured is not None:
+        return _block_passes_uncached(ctx, compute, moe)
+    layout = ctx.layout
+    key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
+           layout.recompute, layout.schedule == "zero-bubble", layout.tp_comm_overlap,
+           layout.cp_comm_overlap, layout.ep_comm_overlap, layout.ep, ctx.job.cluster,
+           *(axis_signature(layout, axis) for axis in AXES))
+    passes = _BLOCKS.get(key)
+    if passes is None:
+        if len(_BLOCKS) > 4096:
+            _BLOCKS.clear()
+        passes = _BLOCKS[key] = _block_passes_uncached(ctx, compute, moe)
+    return passes
+
+
+def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool
+                           ) -> tuple[Pass, Pass, Pass]:
     """Forward, backward (input gradient only under ZB-H1) and weight-gradient passes."""
     layout = ctx.layout
     ops = _paced(ctx, block_ops(ctx.job.model, ctx.shard, moe, layout.ep))

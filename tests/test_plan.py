@@ -96,3 +96,15 @@ def test_export_prints_megatron_flags(tmp_path):
     result = _cli(job_path, "--export", "megatron")
     assert result.returncode == 0, result.stderr
     assert "--tensor-model-parallel-size" in result.stdout
+
+
+@pytest.mark.slow
+def test_plan_is_no_worse_than_megatrons_published_layouts():
+    """Narayanan et al. 2021 Table 1, GPT 1.7B to 1T on 32 to 3,072 A100s (the benchmark
+    `benchmarks/megatron_comparison.py` prints the table and why each plan differs)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import megatron_comparison
+
+    for name, entry in megatron_comparison.published().items():
+        row = megatron_comparison.compare(name, entry, {})
+        assert row["plan_s"] <= row["published_s"] * (1 + 1e-9), row

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -38,7 +37,7 @@ import numpy as np
 from simulator.cost.profile import AnalyticProfile
 from simulator.hardware import ClusterSpec
 from simulator.layout import Layout
-from simulator.placement import axis_groups, pipeline_pairs
+from simulator.placement import axis_groups, axis_signature, pipeline_pairs
 from simulator.topology import NVLINK, Topology, build_topology
 
 Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "p2p"]
@@ -209,24 +208,28 @@ def bus_factor(kind: Collective, n: int) -> float:
     return 1.0
 
 
-@lru_cache(maxsize=512)
-def _axis_network(cluster: ClusterSpec, placement: Layout, axis: str,
-                  profile: AnalyticProfile) -> AxisNetwork:
-    topology = build_topology(cluster)
-    if axis == "pp_p2p":
-        return AxisNetwork(topology, profile, axis_groups(placement, "pp"),
-                           pipeline_pairs(placement))
-    return AxisNetwork(topology, profile, axis_groups(placement, axis))
+_NETWORKS: dict[tuple, AxisNetwork] = {}
 
 
 def axis_network(cluster: ClusterSpec, layout: Layout, axis: str,
                  profile: AnalyticProfile) -> AxisNetwork:
-    """The cached network view of `axis` ("tp", "cp", "dp_cp", "ep", "edp", "pp_p2p", ...).
-    Layouts that place ranks alike (same degrees and order) share one entry."""
-    return _axis_network(cluster, _placement(layout.tp, layout.cp, layout.dp, layout.pp,
-                                             layout.ep, layout.order), axis, profile)
+    """The cached network view of `axis` ("tp", "cp", "dp_cp", "ep", "edp", "pp_p2p").
+    Layouts that place this axis alike (`placement.axis_signature`) share one entry."""
+    key = (cluster, axis_signature(layout, axis), profile)
+    network = _NETWORKS.get(key)
+    if network is None:
+        if len(_NETWORKS) > 4096:
+            _NETWORKS.clear()
+        topology = build_topology(cluster)
+        if axis == "pp_p2p":
+            network = AxisNetwork(topology, profile, axis_groups(layout, "pp"),
+                                  pipeline_pairs(layout))
+        else:
+            network = AxisNetwork(topology, profile, axis_groups(layout, axis))
+        _NETWORKS[key] = network
+    return network
 
 
-@lru_cache(maxsize=512)
-def _placement(tp: int, cp: int, dp: int, pp: int, ep: int, order: str) -> Layout:
-    return Layout(tp=tp, cp=cp, dp=dp, pp=pp, ep=ep, order=order)
+def clear_network_cache() -> None:
+    """Forget every routed axis (benchmarks time a cold start with it)."""
+    _NETWORKS.clear()
