@@ -62,7 +62,8 @@ def _choices(job: Job, fixed: dict) -> dict[str, tuple]:
         "recompute": RECOMPUTES,
     }
     for name, value in fixed.items():
-        options[name] = (value,)
+        if name in options:
+            options[name] = (value,)
     return options
 
 

@@ -108,3 +108,14 @@ def test_plan_is_no_worse_than_megatrons_published_layouts():
     for name, entry in megatron_comparison.published().items():
         row = megatron_comparison.compare(name, entry, {})
         assert row["plan_s"] <= row["published_s"] * (1 + 1e-9), row
+
+
+def test_fixed_flags_and_mixed_clusters():
+    """Fixed non-searched fields (sequence parallelism, overlaps) are held; a cluster of two
+    node groups is planned like any other."""
+    raw = {**SMALL, "cluster": {"node_groups": [{"base": "dgx-h100", "num_nodes": 1},
+                                                {"base": "dgx-a100", "num_nodes": 1}]}}
+    result = search(_job(raw), {"sequence_parallel": True, "overlap_grad_reduce": True,
+                                "tp": 2})
+    best = result.ranked[0].layout
+    assert best.sequence_parallel and best.overlap_grad_reduce and best.tp == 2
