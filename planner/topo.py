@@ -25,8 +25,8 @@ from simulator.cost.comm import CollectiveCost, axis_network
 from simulator.cost.profile import analytic_profile
 from simulator.errors import SpecError
 from simulator.job import Job
-from simulator.ops import Shard
 from simulator.placement import AXIS_NAMES, axis_groups
+from simulator.step_time import message_bytes, step_context
 from simulator.topology import FabricTopology, Topology, bisection_bytes_per_s, build_topology
 
 if TYPE_CHECKING:
@@ -208,32 +208,22 @@ def shown_axes(job: Job) -> list[str]:
     return [a for a in SHOWN_AXES if sizes[a] > 1 and not repeats.get(a, False)]
 
 
-def _shard(job: Job) -> Shard:
-    """A micro-batch as one rank sees it, as `simulator.predict` builds it."""
-    lay, training = job.layout, job.training
-    return Shard(micro_batch=lay.micro_batch_size, seq_length=training.seq_length, tp=lay.tp,
-                 cp=lay.cp, sequence_parallel=lay.sequence_parallel,
-                 bytes_per_value=training.activation_bytes_per_value)
+MESSAGES = {
+    "tp": ("tp", "all_reduce", "activations b·s/cp·h"),
+    "cp": ("cp", "all_gather", "one layer's keys and values, all of s"),
+    "ep": ("ep", "all_to_all", "routed tokens b·s/cp·k·h"),
+    "pp": ("pp_p2p", "p2p", "stage-boundary activations b·s/cp·h (/tp with sequence parallel)"),
+}
 
 
 def message(job: Job, axis: str) -> Message:
-    """The axis's main collective with the sizes `simulator.predict` charges it."""
-    model, lay, shard = job.model, job.layout, _shard(job)
-    h, bpv = model.hidden_size, shard.bytes_per_value
-    if axis == "tp":
-        return Message("tp", "all_reduce", shard.tokens * h * bpv, "activations b·s/cp·h")
-    if axis == "cp":
-        heads = (model.num_attention_heads // lay.tp if model.mla
-                 else max(1, model.kv_heads // lay.tp))
-        kv = shard.tokens * heads * (model.qk_head_dim + model.v_head_dim) * bpv * lay.cp
-        return Message("cp", "all_gather", kv, "one layer's keys and values, all of s")
-    if axis == "ep":
-        slots = shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
-        return Message("ep", "all_to_all", slots * h * bpv, "routed tokens b·s/cp·k·h")
-    if axis == "pp":
-        return Message("pp_p2p", "p2p", shard.elementwise_tokens * h * bpv,
-                       "stage-boundary activations b·s/cp·h (/tp with sequence parallel)")
-    return Message(axis, "all_reduce", GRADIENT_BUCKET_BYTES, "a 1 GiB gradient bucket")
+    """The axis's main collective with the bytes the step model charges it
+    (`simulator.step_time.message_bytes`); data-parallel axes get a 1 GiB gradient bucket."""
+    if axis not in MESSAGES:
+        return Message(axis, "all_reduce", GRADIENT_BUCKET_BYTES, "a 1 GiB gradient bucket")
+    net_axis, kind, what = MESSAGES[axis]
+    ctx = step_context(job, analytic_profile())
+    return Message(net_axis, kind, message_bytes(ctx, net_axis), what)
 
 
 def _host_runs(topology: Topology, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -247,27 +247,40 @@ def _ops(compute: ComputeModel, ops, backward: bool = False) -> Sourced:
                  else compute.op(op, backward) for op in ops)
 
 
+def message_bytes(ctx: StepContext, axis: str) -> float:
+    """Bytes of one collective of an axis for one micro-batch on one rank: tp's activations
+    b·s/cp·h; cp's keys and values of the whole sequence; ep's routed tokens b·s/cp·k·h;
+    the activation (or gradient) a pipeline stage sends, b·s/cp·h (/tp with SP)."""
+    model, layout, shard = ctx.job.model, ctx.layout, ctx.shard
+    h, bpv = model.hidden_size, shard.bytes_per_value
+    if axis == "tp":
+        return shard.tokens * h * bpv
+    if axis == "cp":
+        kv_heads = model.num_attention_heads // layout.tp if model.mla else \
+            max(1, model.kv_heads // layout.tp)
+        return shard.tokens * kv_heads * (model.qk_head_dim + model.v_head_dim) * bpv * layout.cp
+    if axis == "ep":
+        return shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0) * h * bpv
+    assert axis == "pp_p2p", axis
+    return shard.elementwise_tokens * h * bpv
+
+
 def _tp_collective(ctx: StepContext) -> Sourced:
     """One all-reduce (or reduce-scatter + all-gather with sequence parallelism: the same
     bytes) of a micro-batch's activations b·s/cp·h over the tp group. Megatron-LM runs two per
     block forward and two backward (Shoeybi et al. 2019, Figure 4); full recompute repeats the
     forward two in the backward pass."""
-    size = ctx.shard.tokens * ctx.job.model.hidden_size * ctx.shard.bytes_per_value
-    return ctx.collective("tp", "all_reduce", size)
+    return ctx.collective("tp", "all_reduce", message_bytes(ctx, "tp"))
 
 
 def _cp_passes(ctx: StepContext, compute: ComputeModel, ops) -> tuple[Sourced, Sourced]:
     """Ring attention passes every rank's keys and values around the cp ring (cp - 1 steps)
     while it computes (overlap switchable); the backward sends keys, values and their
     gradients (twice the bytes)."""
-    layout, model = ctx.layout, ctx.job.model
+    layout = ctx.layout
     if layout.cp == 1:
         return Sourced(), Sourced()
-    kv_heads = model.num_attention_heads // layout.tp if model.mla else \
-        max(1, model.kv_heads // layout.tp)
-    kv_bytes = ctx.shard.tokens * kv_heads * (model.qk_head_dim + model.v_head_dim) \
-        * ctx.shard.bytes_per_value
-    ring = ctx.collective("cp", "all_gather", kv_bytes * layout.cp)
+    ring = ctx.collective("cp", "all_gather", message_bytes(ctx, "cp"))
     attention = core_attention_ops([op for op in ops if isinstance(op, Op)])
     return (ctx.overlap(compute.ops(attention), ring, layout.cp_comm_overlap),
             ctx.overlap(compute.ops(attention, backward=True), ring * 2, layout.cp_comm_overlap))
@@ -276,16 +289,12 @@ def _cp_passes(ctx: StepContext, compute: ComputeModel, ops) -> tuple[Sourced, S
 def _ep_all_to_all(ctx: StepContext) -> Sourced:
     """Token dispatch and combine: two all-to-alls per pass, each rank sending its tokens·k
     expert inputs (Lepikhin et al. 2020, GShard, §2.2); the busiest rank receives the most."""
-    model = ctx.job.model
-    slots = ctx.shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
-    size = slots * model.hidden_size * ctx.shard.bytes_per_value
-    return ctx.collective("ep", "all_to_all", size) * _imbalance(ctx)
+    return ctx.collective("ep", "all_to_all", message_bytes(ctx, "ep")) * _imbalance(ctx)
 
 
 def _pp_send(ctx: StepContext) -> Sourced:
     """One activation (forward) or its gradient (backward) to the neighbouring stage."""
-    size = ctx.shard.elementwise_tokens * ctx.job.model.hidden_size * ctx.shard.bytes_per_value
-    return ctx.collective("pp_p2p", "p2p", size)
+    return ctx.collective("pp_p2p", "p2p", message_bytes(ctx, "pp_p2p"))
 
 
 # The step -------------------------------------------------------------------------------------
