@@ -27,9 +27,15 @@ from simulator.job import Job
 from simulator.layout import Layout
 from simulator.memory import block_activation_bytes, in_flight_microbatches, rank_model_states
 from simulator.params import StageParams, block_params
-from simulator.predict import predict, rank_devices, rank_params
+from simulator.predict import predict, rank_devices, rank_memory, rank_params
 from simulator.results import StepPrediction
-from simulator.step_time import block_time_s, closed_form_step_s, stage_cost, step_context
+from simulator.step_time import (
+    StepContext,
+    block_time_s,
+    closed_form_step_s,
+    stage_cost,
+    step_context,
+)
 
 Objective = Literal["time", "cost", "energy"]
 FULLY_SCORED = 24  # layouts the full simulator scores, best estimates first
@@ -103,30 +109,22 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress) -> list[tupl
         if progress is not None:
             progress(index + 1, len(space.layouts))
         candidate = replace(job, layout=layout)
-        params = rank_params(candidate)
-        if not _fits(candidate, params):
+        ctx, params = step_context(candidate, profile), rank_params(candidate)
+        if not _fits(ctx, params):
             rejected["does not fit (activations)"] += 1
             continue
-        ctx = step_context(candidate, profile)
-        devices = rank_devices(candidate)
-        out.append((closed_form_step_s(ctx, devices, params), layout))
+        out.append((closed_form_step_s(ctx, rank_devices(candidate), params), layout))
     return out
 
 
-def _fits(job: Job, params: list[StageParams]) -> bool:
-    """Peak memory of the default split by the closed-form in-flight counts (what the
-    simulated schedule reproduces, `tests/test_schedule.py`)."""
-    layout, profile = job.layout, analytic_profile()
-    ctx = step_context(job, profile)
-    capacity = profile.usable_memory_bytes(min(g.gpu.memory_bytes for g in job.cluster.node_groups))
-    per_layer = block_activation_bytes(job.model, ctx.shard, job.model.is_moe, layout.recompute)
-    for rank, stage in enumerate(params):
-        layers = sum(job.stage_layers[rank::layout.pp])
-        flight = in_flight_microbatches(layout, rank, ctx.microbatches)
-        states = rank_model_states(stage, job.training, layout).total_bytes
-        if states + flight * layers * per_layer > capacity:
-            return False
-    return True
+def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
+    """The default split's peak memory on every rank, `predict`'s memory model with the
+    closed-form in-flight counts (which the simulated schedule reproduces,
+    `tests/test_schedule.py`)."""
+    layout = ctx.layout
+    return all(rank_memory(ctx, rank, stage,
+                           in_flight_microbatches(layout, rank, ctx.microbatches)).fits
+               for rank, stage in enumerate(params))
 
 
 def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, int]:
@@ -221,5 +219,9 @@ def smallest_fix(job: Job, fixed: dict) -> str:
 
 def _any_fits(job: Job, fixed: dict) -> bool:
     space = enumerate_space(job, fixed)
-    return any(_fits(replace(job, layout=l), rank_params(replace(job, layout=l)))
-               for l in space.layouts)
+    profile = analytic_profile()
+    for layout in space.layouts:
+        candidate = replace(job, layout=layout)
+        if _fits(step_context(candidate, profile), rank_params(candidate)):
+            return True
+    return False

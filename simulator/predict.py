@@ -58,7 +58,7 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
                             for g in job.cluster.node_groups),
         params_total=total_params(model),
         params_active=active_params(model),
-        stages=tuple(_stage_memory(ctx, r, per_rank[r], step.timeline.peak_in_flight[r])
+        stages=tuple(rank_memory(ctx, r, per_rank[r], step.timeline.peak_in_flight[r])
                      for r in range(layout.pp)),
         microbatches=ctx.microbatches,
         dropped_token_fraction=load.dropped_fraction if load else 0.0,
@@ -109,7 +109,7 @@ def _stage_capacity_bytes(job: Job, rank: int) -> float:
 # Memory ---------------------------------------------------------------------------------------
 
 
-def _stage_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: float
+def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: float
                   ) -> RankMemory:
     """Model states, the activations of the micro-batches the simulated schedule held at
     once at its peak, and the working buffers."""
