@@ -239,10 +239,27 @@ def _megatron_memory(layout: Layout, notes: list[str]) -> list[Flag]:
     if layout.zero_stage >= 2:
         notes.append(f"ZeRO-{layout.zero_stage} is mapped to Megatron FSDP; check that it "
                      "supports this pipeline/expert layout")
-    flags += {"none": [], "selective": [("--recompute-activations", None)],
-              "full": [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
-                       ("--recompute-num-layers", 1)]}[layout.recompute]
-    return flags
+    return flags + _megatron_recompute(layout, notes)
+
+
+def _megatron_recompute(layout: Layout, notes: list[str]) -> list[Flag]:
+    """Megatron-LM's block method recomputes the first N blocks of every model chunk (virtual
+    stage) in full; parasim may choose N per stage, and may mix it with selective recompute,
+    which Megatron-LM's one --recompute-granularity cannot."""
+    counts = layout.full_recompute_layers
+    if not counts:
+        return {"none": [], "selective": [("--recompute-activations", None)],
+                "full": [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
+                         ("--recompute-num-layers", 1)]}[layout.recompute]
+    most = max(counts)
+    if len(set(counts)) > 1:
+        notes.append(f"full recompute of {list(counts)} blocks per virtual stage: Megatron-LM "
+                     f"takes one --recompute-num-layers for all; the most ({most}) is used")
+    if layout.recompute == "selective":
+        notes.append("selective recompute of the other blocks (Megatron-LM has one "
+                     "--recompute-granularity)")
+    return [("--recompute-granularity", "full"), ("--recompute-method", "block"),
+            ("--recompute-num-layers", most)]
 
 
 def _megatron_overlap(layout: Layout, notes: list[str]) -> list[Flag]:
@@ -384,6 +401,10 @@ def _titan_training(job: Job, notes: list[str]) -> Section:
 
 
 def _titan_checkpoint(layout: Layout, notes: list[str]) -> Section:
+    if layout.full_recompute_layers:
+        notes.append(f"full recompute of {list(layout.full_recompute_layers)} blocks per virtual "
+                     "stage: torchtitan checkpoints every block or every n-th, so all are")
+        return {"mode": "full"}
     values: Section = {"mode": layout.recompute}
     if layout.recompute == "selective":
         values["selective_ac_option"] = "op"

@@ -15,6 +15,8 @@ from pathlib import Path
 import profiles
 from planner.search import Scored
 from simulator.errors import SpecError
+from simulator.job import Job
+from simulator.jobfile import job_from_mapping, read_text
 from simulator.layout import Layout
 
 SCHEMA_VERSION = 1
@@ -33,6 +35,8 @@ def layout_mapping(layout: Layout) -> dict:
         "schedule": layout.schedule, "sequence_parallel": layout.sequence_parallel,
         "recompute": layout.recompute, "zero_stage": layout.zero_stage, "order": layout.order,
         "stages": list(layout.stages) if layout.stages else None,
+        "full_recompute_layers": list(layout.full_recompute_layers)
+        if layout.full_recompute_layers else None,
         "overlap_grad_reduce": layout.overlap_grad_reduce,
         "overlap_param_gather": layout.overlap_param_gather,
         "tp_comm_overlap": layout.tp_comm_overlap, "cp_comm_overlap": layout.cp_comm_overlap,
@@ -66,3 +70,41 @@ def write_plan(path: str | Path, document: dict) -> None:
     except OSError as err:
         raise SpecError("--out", str(path), f"cannot write: {err.strerror}",
                         "a writable file path") from None
+
+
+REQUIRED_KEYS = ("schema_version", "job", "prediction", "inputs")
+_REMAKE = "a plan file written by this parasim's `parasim plan JOB --out PLAN.json`"
+
+
+def read_plan(path: str | Path) -> tuple[dict, Job]:
+    """(the job mapping, the Job with its layout) of a plan file; SpecError if it is not one
+    this parasim wrote: unreadable, not JSON, another schema version, a key or the layout
+    missing, or a job that no longer builds."""
+    document = _plan_document(Path(path))
+    missing = [key for key in REQUIRED_KEYS if key not in document]
+    if missing:
+        raise SpecError("plan", str(path), f"missing {', '.join(missing)}", _REMAKE)
+    version = document["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise SpecError("schema_version", version, f"{path} is in another plan format than "
+                        f"this parasim reads (version {SCHEMA_VERSION})", _REMAKE)
+    raw = document["job"]
+    if not isinstance(raw, dict) or not isinstance(raw.get("parallel"), dict):
+        raise SpecError("job.parallel", None if not isinstance(raw, dict) else
+                        raw.get("parallel"), f"{path} holds no layout", _REMAKE)
+    job = job_from_mapping(raw, base_dir=Path(path).parent, source=str(path))
+    return raw, job
+
+
+def _plan_document(path: Path) -> dict:
+    """The plan file's JSON object."""
+    text = read_text(path, "plan")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError("plan", str(path), f"is not JSON: {err.msg} at line {err.lineno} "
+                        f"column {err.colno}", _REMAKE) from None
+    if not isinstance(document, dict):
+        raise SpecError("plan", str(path), f"is a JSON {type(document).__name__}, not an "
+                        "object", _REMAKE)
+    return document

@@ -61,9 +61,24 @@ def run_plan(path: str, overrides: list[str], objective: str, max_gpus: int | No
         raise Infeasible(f"no layout of {job.model.name} fits on {job.cluster.world_size} GPUs; "
                          f"smallest change: {smallest_fix(job, fixed)}")
     variant, result = min(results, key=lambda r: r[1].ranked[0].value(objective))
+    best = result.ranked[0]
     if variant is not job:
         raw = {**raw, "cluster": _cluster_with_nodes(raw["cluster"], variant)}
-    return raw, replace(variant, layout=result.ranked[0].layout), result
+    if best.cluster != variant.cluster:
+        raw = {**raw, "cluster": _cluster_reordered(raw["cluster"], variant, best.cluster)}
+    return raw, replace(variant, cluster=best.cluster, layout=best.layout), result
+
+
+def _cluster_reordered(cluster, job: Job, chosen) -> dict:
+    """The job file's `node_groups` list in the order the plan chose (the same groups)."""
+    assert isinstance(cluster, dict) and isinstance(cluster.get("node_groups"), list), cluster
+    remaining = list(range(len(job.cluster.node_groups)))
+    order = []
+    for group in chosen.node_groups:
+        index = next(i for i in remaining if job.cluster.node_groups[i] == group)
+        remaining.remove(index)
+        order.append(index)
+    return {**cluster, "node_groups": [cluster["node_groups"][i] for i in order]}
 
 
 def _cluster_with_nodes(cluster, job: Job):
@@ -106,7 +121,9 @@ def layout_text(layout) -> str:
         parts.append(f"vpp {m['vpp']}")
     return ", ".join(parts) + f", mbs {m['micro_batch_size']}, {m['schedule']}, " \
         f"recompute {m['recompute']}, ZeRO-{m['zero_stage']}" + (
-            ", ILP stage split" if m["stages"] else "")
+            ", ILP stage split" if m["stages"] else "") + (
+            f", full recompute of {m['full_recompute_layers']} blocks per stage"
+            if m["full_recompute_layers"] else "")
 
 
 def format_plan(job: Job, result: SearchResult, objective: str) -> str:
@@ -114,6 +131,9 @@ def format_plan(job: Job, result: SearchResult, objective: str) -> str:
     lines = [f"plan ({objective}): " + format_estimate(job, best.prediction),
              f"  cost        ${best.dollars_per_step:.2f} and {best.joules_per_step / 3.6e6:.2f} "
              "kWh per step (catalog price, TDP)"]
+    if not job.cluster.is_homogeneous:
+        lines.append("  placement   node groups take the ranks in this order: " + ", ".join(
+            f"{g.num_nodes} x {g.gpu.name}" for g in job.cluster.node_groups))
     for i, other in enumerate(result.ranked[1:], start=2):
         lines.append(f"  runner-up {i} {layout_text(other.layout)}: {why_lost(best, other, objective)}")
     rejected = "; ".join(f"{n} {why}" for why, n in result.rejected.most_common())
@@ -126,6 +146,8 @@ def plan_json(job: Job, result: SearchResult, objective: str) -> dict:
     best = result.ranked[0]
     return {
         "layout": layout_mapping(best.layout),
+        "node_groups": [{"gpu": g.gpu.name, "num_nodes": g.num_nodes}
+                        for g in best.cluster.node_groups],
         "prediction": best.prediction.to_json(),
         "objective": objective,
         "status": "optimal over the searched space",

@@ -5,29 +5,47 @@
 2. Each survivor gets a cheap closed-form step time (per-stage costs of the cost model, the
    pipeline's m·T + (Σ t - T)/vpp, the data-parallel tail) and its peak memory; layouts that do
    not fit are rejected.
-3. The `full` best by that estimate (all of them when the space is small) get their layer-to-
-   stage split from the ILP (`planner.ilp`), and both the ILP's split and the default one are
-   scored by the full simulator (`simulator.predict`); the better counts.
+   A layout that fits only with every block recomputed in full stays (its estimate is that
+   of full recompute): the ILP may recompute fewer blocks.
+3. The `full` best by that estimate (all of them when the space is small) get from the ILP
+   (`planner.ilp`) their layer-to-stage split, the blocks of each stage to recompute in full,
+   and on mixed clusters the order in which the node groups take the pipeline ranks; both the
+   ILP's answer and the default split are scored by the full simulator (`simulator.predict`);
+   the better counts.
 4. The objective (step time, dollars per step or joules per step) orders the results; the
    top K and the Pareto front of time against dollars are kept.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from planner.ilp import SplitProblem, solve_split
+from planner.ilp import FULL, Placement, Split, SplitProblem, solve_split
 from planner.space import Space, enumerate_space
 from simulator.cost.profile import analytic_profile
 from simulator.errors import Infeasible
+from simulator.hardware import ClusterSpec
 from simulator.job import Job
 from simulator.layout import Layout
-from simulator.memory import block_activation_bytes, in_flight_microbatches, rank_model_states
+from simulator.memory import (
+    block_activation_bytes,
+    embedding_activation_bytes,
+    head_activation_bytes,
+    in_flight_microbatches,
+    rank_model_states,
+)
 from simulator.params import StageParams, block_params
-from simulator.predict import predict, rank_devices, rank_memory, rank_params
+from simulator.predict import (
+    predict,
+    rank_capacity_bytes,
+    rank_devices,
+    rank_memory,
+    rank_params,
+)
 from simulator.results import StepPrediction
 from simulator.step_time import (
     StepContext,
@@ -39,6 +57,7 @@ from simulator.step_time import (
 
 Objective = Literal["time", "cost", "energy"]
 FULLY_SCORED = 24  # layouts the full simulator scores, best estimates first
+MAX_PLACEMENTS = 24  # orders of the node groups the ILP chooses from (4! = 24)
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,7 @@ class Scored:
     prediction: StepPrediction
     dollars_per_step: float
     joules_per_step: float
+    cluster: ClusterSpec  # the job's cluster, its node groups in the order that takes the ranks
 
     def value(self, objective: Objective) -> float:
         return {"time": self.prediction.step_time_s, "cost": self.dollars_per_step,
@@ -89,7 +109,7 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
     scored, solves = [], 0
     for _estimate, layout in shortlist:
-        best, used_ilp = _score(job, layout, "stages" in fixed)
+        best, used_ilp = _score(job, layout, bool({"stages", "full_recompute_layers"} & set(fixed)))
         solves += used_ilp
         if best is not None:
             scored.append(best)
@@ -103,18 +123,32 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
 
 
 def _estimates(job: Job, space: Space, rejected: Counter, progress) -> list[tuple[float, Layout]]:
-    """Closed-form step time of every layout whose default split fits in memory."""
-    profile, out = analytic_profile(), []
+    """Closed-form step time of every layout whose default split fits in memory. One that
+    fits only with every block recomputed in full stays, estimated at that (an upper bound):
+    the ILP may recompute fewer blocks."""
+    profile, out, known = analytic_profile(), [], {}
     for index, layout in enumerate(space.layouts):
         if progress is not None:
             progress(index + 1, len(space.layouts))
+        estimate = _estimate(job, layout, profile, known)
+        if estimate is None and layout.recompute != "full":
+            estimate = _estimate(job, replace(layout, recompute="full"), profile, known)
+        if estimate is None:
+            rejected["does not fit (activations)"] += 1
+        else:
+            out.append((estimate, layout))
+    return out
+
+
+def _estimate(job: Job, layout: Layout, profile, known: dict) -> float | None:
+    """The closed-form step time of `layout` if its default split fits, else None; `known`
+    keeps the answers (a layout's full-recompute twin is asked twice)."""
+    if layout not in known:
         candidate = replace(job, layout=layout)
         ctx, params = step_context(candidate, profile), rank_params(candidate)
-        if not _fits(ctx, params):
-            rejected["does not fit (activations)"] += 1
-            continue
-        out.append((closed_form_step_s(ctx, rank_devices(candidate), params), layout))
-    return out
+        known[layout] = closed_form_step_s(ctx, rank_devices(candidate), params) \
+            if _fits(ctx, params) else None
+    return known[layout]
 
 
 def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
@@ -128,61 +162,110 @@ def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
 
 
 def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, int]:
-    """The full simulation of the default split and, with pp > 1, of the ILP's split."""
-    options = [layout]
+    """The full simulation of the default split and of the ILP's split, placement and
+    recompute (when there is a choice: pp > 1, blocks that may be recomputed in full, or node
+    groups to order)."""
+    options = [replace(job, layout=layout)]
     used_ilp = 0
-    if layout.pp > 1 and not split_fixed:
+    choice = layout.pp > 1 or layout.recompute != "full" or not job.cluster.is_homogeneous
+    if choice and not split_fixed:
         try:
-            split = solve_split(split_problem(replace(job, layout=layout)))
-            options.append(replace(layout, stages=split.layers))
+            problem, orders = split_problem(replace(job, layout=layout))
+            options.append(apply_split(job, layout, problem, orders, solve_split(problem).split))
             used_ilp = 1
         except Infeasible:
             pass
     best = None
-    for option in options:
-        candidate = replace(job, layout=option)
+    for candidate in options:
         prediction = predict(candidate)
         if not prediction.fits:
             continue
         dollars, joules = economics(candidate, prediction)
-        scored = Scored(option, prediction, dollars, joules)
+        scored = Scored(candidate.layout, prediction, dollars, joules, candidate.cluster)
         if best is None or scored.prediction.step_time_s < best.prediction.step_time_s:
             best = scored
     return best, used_ilp
 
 
-def split_problem(job: Job) -> SplitProblem:
-    """The ILP's cost table from the cost model: per-block time, states and activations,
-    the ends' embedding and LM head, each rank's in-flight micro-batches and memory."""
+def node_group_orders(job: Job) -> list[tuple[int, ...]]:
+    """The orders in which the cluster's node groups can take the ranks (group i's GPUs
+    before group j's), the given order first; identical groups are not reordered. At most
+    MAX_PLACEMENTS: with more than four node groups only the first ones are tried."""
+    groups = job.cluster.node_groups
+    seen, orders = set(), []
+    for order in itertools.islice(itertools.permutations(range(len(groups))), MAX_PLACEMENTS):
+        key = tuple(groups[i] for i in order)
+        if key not in seen:
+            seen.add(key)
+            orders.append(order)
+    return orders
+
+
+def reordered(job: Job, order: tuple[int, ...]) -> Job:
+    """The job with its node groups taking the ranks in `order`."""
+    groups = job.cluster.node_groups
+    return replace(job, cluster=replace(job.cluster, node_groups=tuple(groups[i] for i in order)))
+
+
+def split_problem(job: Job) -> tuple[SplitProblem, list[tuple[int, ...]]]:
+    """The ILP's cost table from the cost model: per-block time in each recompute mode on each
+    rank's GPUs under each order of the node groups, block states and activations, the ends'
+    embedding and LM head, each rank's in-flight micro-batches and memory."""
     layout, model, profile = job.layout, job.model, analytic_profile()
+    modes = (layout.recompute,) if layout.recompute == FULL else (layout.recompute, FULL)
+    orders = node_group_orders(job)
     ctx = step_context(job, profile)
-    device = rank_devices(job)[0]
-    layer_s = block_time_s(ctx, device)
+    dense, expert = block_params(model, model.is_moe)
+    one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0, replicated=0)
+    params = rank_params(job)
+    in_flight = tuple(in_flight_microbatches(layout, r, ctx.microbatches) for r in range(layout.pp))
+    extra_bytes = [0.0] * layout.num_virtual_stages
+    ends = ((0, 0, embedding_activation_bytes),
+            (layout.pp - 1, layout.num_virtual_stages - 1, head_activation_bytes))
+    for rank, v, activation_bytes in ends:
+        held = replace(params[rank], dense=params[rank].embedding + params[rank].lm_head,
+                       expert=0, replicated=0)
+        extra_bytes[v] += rank_model_states(held, job.training, layout).total_bytes
+        extra_bytes[v] += in_flight[rank] * activation_bytes(model, ctx.shard)
+    problem = SplitProblem(
+        layers=model.num_layers, ranks=layout.pp, vpp=layout.vpp,
+        microbatches=ctx.microbatches, modes=modes,
+        layer_state_bytes=rank_model_states(one_layer, job.training, layout).total_bytes,
+        layer_activation_bytes=tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode)
+                                     for mode in modes),
+        rebuild_bytes=block_activation_bytes(model, ctx.shard, model.is_moe, "none"),
+        in_flight=in_flight,
+        stage_bytes=tuple(extra_bytes),
+        placements=tuple(_placement(reordered(job, order), modes, profile) for order in orders))
+    return problem, orders
+
+
+def _placement(job: Job, modes: tuple[str, ...], profile) -> Placement:
+    """Per rank, one block's time in each mode on its GPUs; the ends' extra time; memory."""
+    layout = job.layout
+    ctx, devices = step_context(job, profile), rank_devices(job)
+    times = tuple(tuple(block_time_s(ctx, devices[r], mode) for mode in modes)
+                  for r in range(layout.pp))
     stages = layout.num_virtual_stages
     extra_s = [0.0] * stages
     for v in {0, stages - 1}:
-        cost = stage_cost(ctx, v, device)
+        cost = stage_cost(ctx, v, devices[v % layout.pp])
         passes = cost.forward.total + cost.backward.total + cost.weight.total
-        extra_s[v] = max(0.0, passes.total_s - job.stage_layers[v] * layer_s)
-    dense, expert = block_params(model, model.is_moe)
-    one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0, replicated=0)
-    state = rank_model_states(one_layer, job.training, layout).total_bytes
-    activation = block_activation_bytes(model, ctx.shard, model.is_moe, layout.recompute)
-    params = rank_params(job)
-    extra_bytes = [0.0] * stages
-    for rank, v in ((0, 0), (layout.pp - 1, stages - 1)):
-        ends = replace(params[rank], dense=params[rank].embedding + params[rank].lm_head,
-                       expert=0, replicated=0)
-        extra_bytes[v] += rank_model_states(ends, job.training, layout).total_bytes
-    capacity = profile.usable_memory_bytes(device.memory_bytes)
-    return SplitProblem(
-        layers=model.num_layers, ranks=layout.pp, vpp=layout.vpp,
-        microbatches=ctx.microbatches, layer_time_s=layer_s, layer_state_bytes=state,
-        layer_activation_bytes=activation,
-        in_flight=tuple(in_flight_microbatches(layout, r, ctx.microbatches)
-                        for r in range(layout.pp)),
-        stage_time_s=tuple(extra_s), stage_bytes=tuple(extra_bytes),
-        capacity_bytes=(capacity,) * layout.pp)
+        extra_s[v] = max(0.0, passes.total_s - job.stage_layers[v] * times[v % layout.pp][0])
+    return Placement(layer_time_s=times, stage_time_s=tuple(extra_s),
+                     capacity_bytes=tuple(profile.usable_memory_bytes(rank_capacity_bytes(job, r))
+                                          for r in range(layout.pp)),
+                     label=" then ".join(g.gpu.name for g in job.cluster.node_groups))
+
+
+def apply_split(job: Job, layout: Layout, problem: SplitProblem, orders: list[tuple[int, ...]],
+                split: Split) -> Job:
+    """The job with the ILP's decision: node groups in the chosen order, the layer split, and
+    the blocks of each stage recomputed in full (when that is not the layout's own mode)."""
+    full = split.of_mode(problem.full_mode) if layout.recompute != FULL else ()
+    chosen = replace(layout, stages=split.layers,
+                     full_recompute_layers=full if any(full) else None)
+    return replace(reordered(job, orders[split.placement]), layout=chosen)
 
 
 def pareto_front(scored: list[Scored]) -> tuple[Scored, ...]:
@@ -218,9 +301,8 @@ def smallest_fix(job: Job, fixed: dict) -> str:
 
 
 def _any_fits(job: Job, fixed: dict) -> bool:
-    space = enumerate_space(job, fixed)
     profile = analytic_profile()
-    for layout in space.layouts:
+    for layout in enumerate_space(job, fixed).layouts:
         candidate = replace(job, layout=layout)
         if _fits(step_context(candidate, profile), rank_params(candidate)):
             return True

@@ -8,12 +8,13 @@ Recomputation in Large Transformer Models", §6.3; Chowdhery et al. 2022, PaLM, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from simulator.layout import Recompute
 from simulator.model import ModelSpec
 from simulator.ops import Shard, block_ops, core_attention_ops, forward_flop, head_ops
-from simulator.params import block_kinds
+from simulator.params import BlockGroup, block_groups
 from simulator.training import TrainingSpec
 
 BACKWARD_FACTOR = 2  # a GEMM's backward computes the input and the weight gradient: 2 x forward
@@ -23,39 +24,47 @@ def _sequence_shard(training: TrainingSpec) -> Shard:
     return Shard(micro_batch=1, seq_length=training.seq_length)
 
 
-def forward_flop_per_sequence(model: ModelSpec, training: TrainingSpec) -> tuple[float, float, float]:
-    """(blocks, core attention inside them, LM head) forward FLOPs for one sequence."""
-    shard = _sequence_shard(training)
-    n_dense, n_moe = block_kinds(model, 0, model.num_layers)
-    blocks = attention = 0.0
-    for count, moe in ((n_dense, False), (n_moe, True)):
-        if count:
-            ops = block_ops(model, shard, moe)
-            blocks += count * forward_flop(ops)
-            attention += count * forward_flop(core_attention_ops(ops))
-    return blocks, attention, forward_flop(head_ops(model, shard))
+def block_forward_flop(model: ModelSpec, training: TrainingSpec, moe: bool) -> tuple[float, float]:
+    """(whole block, its core attention) forward FLOPs of one dense or MoE block, one sequence."""
+    ops = block_ops(model, _sequence_shard(training), moe)
+    return forward_flop(ops), forward_flop(core_attention_ops(ops))
 
 
 def model_flop_per_step(model: ModelSpec, training: TrainingSpec) -> float:
     """3 x forward FLOPs of the whole model over the global batch (no recompute, no padding)."""
-    blocks, _, head = forward_flop_per_sequence(replace(model, capacity_factor=None), training)
+    return _executed_flop_per_step(replace(model, capacity_factor=None), training)
+
+
+def _executed_flop_per_step(model: ModelSpec, training: TrainingSpec) -> float:
+    blocks = sum(g.count * block_forward_flop(model, training, g.moe)[0]
+                 for g in block_groups(model, 0, model.num_layers, "none"))
+    head = forward_flop(head_ops(model, _sequence_shard(training)))
     return (1 + BACKWARD_FACTOR) * (blocks + head) * training.global_batch_size
 
 
-def recompute_flop_per_step(model: ModelSpec, training: TrainingSpec, recompute: Recompute) -> float:
-    """Forward work repeated in the backward pass: every block (full) or the core attention
-    alone (selective, Korthikanti et al. 2022 §5); the LM head is never recomputed."""
-    if recompute == "none":
-        return 0.0
-    blocks, attention, _ = forward_flop_per_sequence(model, training)
-    return (blocks if recompute == "full" else attention) * training.global_batch_size
+def recompute_flop_per_step(model: ModelSpec, training: TrainingSpec,
+                            blocks: Iterable[BlockGroup]) -> float:
+    """Forward work repeated in the backward pass: the whole block (full) or its core attention
+    alone (selective, Korthikanti et al. 2022 §5), for each group of blocks; the LM head is
+    never recomputed."""
+    repeated = 0.0
+    for group in blocks:
+        if group.recompute != "none":
+            whole, attention = block_forward_flop(model, training, group.moe)
+            repeated += group.count * (whole if group.recompute == "full" else attention)
+    return repeated * training.global_batch_size
 
 
-def hardware_flop_per_step(model: ModelSpec, training: TrainingSpec, recompute: Recompute) -> float:
-    """Model FLOPs, with expert capacity padding, plus recomputation."""
-    blocks, _, head = forward_flop_per_sequence(model, training)
-    executed = (1 + BACKWARD_FACTOR) * (blocks + head) * training.global_batch_size
-    return executed + recompute_flop_per_step(model, training, recompute)
+def hardware_flop_per_step(model: ModelSpec, training: TrainingSpec,
+                           blocks: Iterable[BlockGroup]) -> float:
+    """Model FLOPs, with expert capacity padding, plus the recomputation of `blocks` (every
+    block of the model, each group with its recompute mode)."""
+    return _executed_flop_per_step(model, training) + recompute_flop_per_step(model, training, blocks)
+
+
+def uniform_blocks(model: ModelSpec, recompute: Recompute) -> tuple[BlockGroup, ...]:
+    """Every block of the model under one recompute mode."""
+    return block_groups(model, 0, model.num_layers, recompute)
 
 
 def narayanan_flop_per_step(batch: int, seq: int, layers: int, hidden: int, vocab: int) -> float:

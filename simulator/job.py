@@ -63,6 +63,7 @@ def check_model_split(model: ModelSpec, layout: Layout) -> None:
                         f"does not divide num_experts={model.num_experts}",
                         _valid_list(divisors(model.num_experts)))
     _check_stages(model, layout)
+    _check_full_recompute_layers(model, layout)
 
 
 def _check_stages(model: ModelSpec, layout: Layout) -> None:
@@ -82,6 +83,23 @@ def _check_stages(model: ModelSpec, layout: Layout) -> None:
         raise SpecError("parallel.stages", list(layout.stages),
                         f"sums to {sum(layout.stages)}, not num_layers={layers}",
                         f"{stages} positive counts summing to {layers}")
+
+
+def _check_full_recompute_layers(model: ModelSpec, layout: Layout) -> None:
+    counts = layout.full_recompute_layers
+    if counts is None:
+        return
+    stages = layout.num_virtual_stages
+    if len(counts) != stages:
+        raise SpecError("parallel.full_recompute_layers", list(counts),
+                        f"has {len(counts)} entries for pp·vpp={stages} virtual stages",
+                        f"a list of {stages} block counts")
+    split = layout.stages or default_stage_layers(model.num_layers, stages)
+    for stage, (n, held) in enumerate(zip(counts, split)):
+        if n > held:
+            raise SpecError(f"parallel.full_recompute_layers[{stage}]", n,
+                            f"is more than the {held} blocks of virtual stage {stage}",
+                            f"0..{held}")
 
 
 def resolve_layout(model: ModelSpec, cluster: ClusterSpec, training: TrainingSpec,

@@ -289,8 +289,9 @@ def _optional_number(field: str, value: Any) -> float | None:
 
 
 def _layout(value: Any) -> Layout:
-    if isinstance(value, dict) and isinstance(value.get("stages"), list):
-        value = {**value, "stages": tuple(value["stages"])}
+    if isinstance(value, dict):
+        value = {**value, **{key: tuple(value[key]) for key in ("stages", "full_recompute_layers")
+                             if isinstance(value.get(key), list)}}
     return _dataclass_from(Layout, value, "parallel")
 
 

@@ -40,6 +40,8 @@ class Layout:
     zero_stage: int = 0  # 0 none, 1 optimizer states, 2 + gradients, 3 + weights (over dp·cp)
     order: str = DEFAULT_ORDER  # rank order, innermost axis first
     stages: tuple[int, ...] | None = None  # layers per virtual stage; None = even, ends lighter
+    full_recompute_layers: tuple[int, ...] | None = None  # per virtual stage: its first N blocks
+    # recomputed in full, the others under `recompute` (Megatron-LM's --recompute-method block)
     overlap_grad_reduce: bool = False  # DP gradient reduction in buckets during the backward
     overlap_param_gather: bool = False  # ZeRO weight all-gathers prefetched behind compute
     tp_comm_overlap: bool = False  # TP collectives hidden behind the GEMMs (Megatron userbuffers)
@@ -67,6 +69,7 @@ class Layout:
                                 "e.g. [7, 8, 8, 7]")
             for i, n in enumerate(self.stages):
                 require_int(f"parallel.stages[{i}]", n)
+        self._check_full_recompute_layers()
 
     def _check_schedule(self) -> None:
         if self.vpp > 1 and self.schedule != "interleaved":
@@ -79,6 +82,20 @@ class Layout:
         if self.schedule == "interleaved" and self.vpp < 2:
             raise SpecError("parallel.schedule", self.schedule,
                             "interleaves virtual stages, but vpp is 1", "vpp >= 2, or 1f1b")
+
+    def _check_full_recompute_layers(self) -> None:
+        counts = self.full_recompute_layers
+        if counts is None:
+            return
+        if not isinstance(counts, tuple):
+            raise SpecError("parallel.full_recompute_layers", counts,
+                            "must be a list of block counts, one per virtual stage", "e.g. [2, 0]")
+        for i, n in enumerate(counts):
+            require_int(f"parallel.full_recompute_layers[{i}]", n, minimum=0)
+        if self.recompute == "full":
+            raise SpecError("parallel.full_recompute_layers", list(counts),
+                            "chooses blocks to recompute in full, but recompute is already full",
+                            "recompute: none or selective, or leave full_recompute_layers out")
 
     def _check_order(self) -> None:
         axes = self.order.split("-") if isinstance(self.order, str) else []

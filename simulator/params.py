@@ -8,7 +8,9 @@ transformer/`), Hugging Face `modeling_llama.py`, `modeling_mixtral.py`, `modeli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from simulator.layout import Recompute
 from simulator.model import ModelSpec
 
 
@@ -90,6 +92,27 @@ def block_kinds(model: ModelSpec, start: int, stop: int) -> tuple[int, int]:
     first_moe = model.first_dense_layers if model.is_moe else model.num_layers
     dense = max(0, min(stop, first_moe) - start)
     return dense, (stop - start) - dense
+
+
+class BlockGroup(NamedTuple):
+    """`count` consecutive blocks alike: dense or MoE, under one recompute mode."""
+
+    count: int
+    moe: bool
+    recompute: Recompute
+
+
+def block_groups(model: ModelSpec, start: int, stop: int, recompute: Recompute,
+                 full_until: int | None = None) -> tuple[BlockGroup, ...]:
+    """Blocks start..stop-1 in groups: those before `full_until` recomputed in full (Megatron-
+    LM's block method recomputes the first N blocks of a stage), the others under `recompute`."""
+    cut = start if full_until is None else min(max(full_until, start), stop)
+    groups = []
+    for lo, hi, mode in ((start, cut, "full"), (cut, stop, recompute)):
+        for count, moe in zip(block_kinds(model, lo, hi), (False, True)):
+            if count:
+                groups.append(BlockGroup(count, moe, mode))
+    return tuple(groups)
 
 
 def _blocks_total(model: ModelSpec, start: int, stop: int, *, active: bool = False) -> tuple[int, int]:

@@ -22,14 +22,14 @@ from simulator.memory import (
     head_activation_bytes,
     rank_model_states,
 )
-from simulator.params import StageParams, active_params, stage_params, total_params
+from simulator.params import BlockGroup, StageParams, active_params, stage_params, total_params
 from simulator.placement import axis_groups
 from simulator.profile import ProfileDB
 from simulator.results import RankMemory, RunPrediction, StepPrediction
 from simulator.step_time import (
     StepContext,
     chunk_blocks,
-    rank_block_kinds,
+    rank_block_groups,
     simulate_step,
     step_context,
 )
@@ -53,7 +53,8 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
         tokens_per_step=training.tokens_per_step,
         num_gpus=job.cluster.world_size,
         model_flop_per_step=model_flop_per_step(model, training),
-        hardware_flop_per_step=hardware_flop_per_step(model, training, layout.recompute),
+        hardware_flop_per_step=hardware_flop_per_step(model, training, [
+            group for v in range(layout.num_virtual_stages) for group in chunk_blocks(job, v)]),
         peak_flop_per_s=sum(g.num_gpus * g.gpu.peak_flop_per_s(training.precision)
                             for g in job.cluster.node_groups),
         params_total=total_params(model),
@@ -102,7 +103,8 @@ def _stage_device(job: Job, rank: int) -> DeviceSpec:
                key=lambda d: (d.peak_flop_per_s(job.training.precision), d.memory_bytes))
 
 
-def _stage_capacity_bytes(job: Job, rank: int) -> float:
+def rank_capacity_bytes(job: Job, rank: int) -> float:
+    """The smallest memory among the GPUs of pipeline rank `rank` (before the usable share)."""
     return min(g.gpu.memory_bytes for g in _stage_groups(job, rank))
 
 
@@ -115,16 +117,16 @@ def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: flo
     once at its peak, and the working buffers."""
     job, layout, shard = ctx.job, ctx.layout, ctx.shard
     states = rank_model_states(params, job.training, layout)
-    n_dense, n_moe = rank_block_kinds(job, rank)
-    per_mb = sum(count * block_activation_bytes(job.model, shard, moe, layout.recompute)
-                 for count, moe in ((n_dense, False), (n_moe, True)) if count)
+    groups = rank_block_groups(job, rank)
+    per_mb = sum(g.count * block_activation_bytes(job.model, shard, g.moe, g.recompute)
+                 for g in groups)
     if rank == 0:
         per_mb += embedding_activation_bytes(job.model, shard)
     if rank == layout.pp - 1:
         per_mb += head_activation_bytes(job.model, shard)
     activations = in_flight * per_mb
-    activations += _working_bytes(ctx, rank, n_moe > 0, params)
-    capacity = _stage_capacity_bytes(job, rank)
+    activations += _working_bytes(ctx, rank, groups, params)
+    capacity = rank_capacity_bytes(job, rank)
     return RankMemory(
         weights_bytes=states.weights_bytes,
         gradients_bytes=states.gradients_bytes,
@@ -134,14 +136,16 @@ def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: flo
     )
 
 
-def _working_bytes(ctx: StepContext, rank: int, moe: bool, params: StageParams) -> float:
-    """Transient memory on top of the stored activations: under full recompute one block's
-    activations are rebuilt for its backward pass (Korthikanti et al. §5); under ZeRO-3 the
-    weights of the block being computed and of the prefetched next one are gathered."""
+def _working_bytes(ctx: StepContext, rank: int, groups: list[BlockGroup], params: StageParams
+                   ) -> float:
+    """Transient memory on top of the stored activations: for a block recomputed in full, its
+    activations are rebuilt for its backward pass (Korthikanti et al. §5), one block at a time;
+    under ZeRO-3 the weights of the block being computed and of the prefetched next one are
+    gathered."""
     job, layout = ctx.job, ctx.layout
-    working = 0.0
-    if layout.recompute == "full":
-        working += block_activation_bytes(job.model, ctx.shard, moe, "none")
+    rebuilt = [block_activation_bytes(job.model, ctx.shard, g.moe, "none")
+               for g in groups if g.recompute == "full"]
+    working = max(rebuilt, default=0.0)
     if layout.zero_stage == 3:
         layers = sum(job.stage_layers[c] for c in range(rank, len(job.stage_layers), layout.pp))
         blocks = params.dense - params.embedding - params.lm_head + params.expert / layout.ep

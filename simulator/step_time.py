@@ -18,10 +18,10 @@ from simulator.cost.compute import ComputeModel
 from simulator.cost.profile import AnalyticProfile
 from simulator.cost.sourced import Sourced, total
 from simulator.job import Job
-from simulator.layout import Layout
+from simulator.layout import Layout, Recompute
 from simulator.moe_balance import ExpertLoad, expert_load
 from simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
-from simulator.params import StageParams, block_kinds
+from simulator.params import BlockGroup, StageParams, block_groups
 from simulator.placement import axis_signature
 from simulator.profile import ProfileDB, Timed
 from simulator.results import TimeBreakdown
@@ -129,17 +129,18 @@ def step_context(job: Job, analytic: AnalyticProfile, measured: ProfileDB | None
 # Per-stage costs ------------------------------------------------------------------------------
 
 
-def chunk_blocks(job: Job, stage: int) -> tuple[int, int]:
-    """(dense, MoE) blocks of virtual stage `stage`."""
-    split = job.stage_layers
+def chunk_blocks(job: Job, stage: int) -> tuple[BlockGroup, ...]:
+    """The blocks of virtual stage `stage`, grouped by kind (dense, MoE) and recompute mode."""
+    split, layout = job.stage_layers, job.layout
     start = sum(split[:stage])
-    return block_kinds(job.model, start, start + split[stage])
+    full = layout.full_recompute_layers[stage] if layout.full_recompute_layers else 0
+    return block_groups(job.model, start, start + split[stage], layout.recompute, start + full)
 
 
-def rank_block_kinds(job: Job, rank: int) -> tuple[int, int]:
-    """(dense, MoE) blocks held by pipeline rank `rank` over its virtual stages."""
-    counts = [chunk_blocks(job, s) for s in range(rank, len(job.stage_layers), job.layout.pp)]
-    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+def rank_block_groups(job: Job, rank: int) -> list[BlockGroup]:
+    """The block groups held by pipeline rank `rank` over its virtual stages."""
+    return [group for s in range(rank, len(job.stage_layers), job.layout.pp)
+            for group in chunk_blocks(job, s)]
 
 
 def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
@@ -148,10 +149,10 @@ def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
     compute = ctx.compute(device)
     stages = len(job.stage_layers)
     forward, backward, weight = Pass(), Pass(), Pass()
-    for count, moe in zip(chunk_blocks(job, stage), (False, True)):
-        if count:
-            f, b, w = _block_passes(ctx, compute, moe)
-            forward, backward, weight = forward + f * count, backward + b * count, weight + w * count
+    for group in chunk_blocks(job, stage):
+        f, b, w = _block_passes(ctx, compute, group.moe, group.recompute)
+        forward, backward, weight = (forward + f * group.count, backward + b * group.count,
+                                     weight + w * group.count)
     extra = list(embedding_ops(job.model, shard)) if stage == 0 else []
     if stage == stages - 1:
         extra += head_ops(job.model, shard)
@@ -165,27 +166,28 @@ def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
 _BLOCKS: dict[tuple, tuple[Pass, Pass, Pass]] = {}
 
 
-def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool) -> tuple[Pass, Pass, Pass]:
+def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute: Recompute
+                  ) -> tuple[Pass, Pass, Pass]:
     """A block's passes, shared between layouts that cost a block alike (the planner scores
     thousands): same model, shard, device, recompute, overlaps and tp/cp/ep placement. A
     measured profile is not cached (its misses are flagged per prediction)."""
     if ctx.measured is not None:
-        return _block_passes_uncached(ctx, compute, moe)
+        return _block_passes_uncached(ctx, compute, moe, recompute)
     layout = ctx.layout
     key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
-           layout.recompute, layout.schedule == "zero-bubble", layout.tp_comm_overlap,
+           recompute, layout.schedule == "zero-bubble", layout.tp_comm_overlap,
            layout.cp_comm_overlap, layout.ep_comm_overlap, layout.ep, ctx.job.cluster,
            *(axis_signature(layout, axis) for axis in AXES))
     passes = _BLOCKS.get(key)
     if passes is None:
         if len(_BLOCKS) > 4096:
             _BLOCKS.clear()
-        passes = _BLOCKS[key] = _block_passes_uncached(ctx, compute, moe)
+        passes = _BLOCKS[key] = _block_passes_uncached(ctx, compute, moe, recompute)
     return passes
 
 
-def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool
-                           ) -> tuple[Pass, Pass, Pass]:
+def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
+                           recompute: Recompute) -> tuple[Pass, Pass, Pass]:
     """Forward, backward (input gradient only under ZB-H1) and weight-gradient passes."""
     layout = ctx.layout
     ops = _paced(ctx, block_ops(ctx.job.model, ctx.shard, moe, layout.ep))
@@ -194,13 +196,13 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool
     if layout.schedule == "zero-bubble":
         w = compute.weight_gradient([op.op if isinstance(op, _Paced) else op for op in ops])
         weight, b_compute = Pass(w), b_compute + w * -1
-    if layout.recompute != "none":  # Korthikanti et al. 2022 §5
-        repeated = ops if layout.recompute == "full" else core_attention_ops(
+    if recompute != "none":  # Korthikanti et al. 2022 §5
+        repeated = ops if recompute == "full" else core_attention_ops(
             [op for op in ops if isinstance(op, Op)])
         b_compute = b_compute + _ops(compute, repeated)
     gemms = _ops(compute, [op for op in ops if _kind(op) == "gemm"])
     tp_f = ctx.overlap(gemms, _tp_collective(ctx) * 2, layout.tp_comm_overlap)
-    tp_b = ctx.overlap(gemms, _tp_collective(ctx) * (4 if layout.recompute == "full" else 2),
+    tp_b = ctx.overlap(gemms, _tp_collective(ctx) * (4 if recompute == "full" else 2),
                        layout.tp_comm_overlap)
     cp_f, cp_b = _cp_passes(ctx, compute, ops)
     ep_f = ep_b = Sourced()
@@ -349,14 +351,15 @@ def closed_form_step_s(ctx: StepContext, devices: list, params: list[StageParams
     return ctx.microbatches * slowest + (sum(rank_s) - slowest) / layout.vpp + max(tails.values())
 
 
-def block_time_s(ctx: StepContext, device) -> float:
-    """One transformer block, one micro-batch, all passes with exposed communication: the
-    mean over the model's dense and MoE blocks."""
+def block_time_s(ctx: StepContext, device, recompute: Recompute | None = None) -> float:
+    """One transformer block, one micro-batch, all passes with exposed communication, under
+    `recompute` (default: the layout's): the mean over the model's dense and MoE blocks."""
     compute = ctx.compute(device)
     model = ctx.job.model
-    kinds = block_kinds(model, 0, model.num_layers)
-    total_s = sum(count * sum(p.total.total_s for p in _block_passes(ctx, compute, moe))
-                  for count, moe in zip(kinds, (False, True)) if count)
+    groups = block_groups(model, 0, model.num_layers, recompute or ctx.layout.recompute)
+    total_s = sum(g.count * sum(p.total.total_s for p in _block_passes(ctx, compute, g.moe,
+                                                                       g.recompute))
+                  for g in groups)
     return total_s / model.num_layers
 
 

@@ -130,6 +130,24 @@ def test_megatron_uneven_ends_use_first_and_last_stage_flags():
     assert "--num-layers-per-virtual-pipeline-stage" not in args
 
 
+def test_per_stage_full_recompute_is_megatrons_block_method():
+    """Megatron-LM recomputes the first --recompute-num-layers blocks of every chunk; per-stage
+    counts that differ take the largest, and say so; torchtitan recomputes every block."""
+    cluster = {"base": "dgx-h100", "num_nodes": 2}
+    even = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "full_recompute_layers": [5, 5]},
+                global_batch_size=64)
+    args = _megatron_args(export_layout(even, "megatron"))
+    assert (args["--recompute-granularity"], args["--recompute-method"],
+            args["--recompute-num-layers"]) == ("full", "block", "5")
+    uneven = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "recompute": "selective",
+                                          "full_recompute_layers": [6, 2]}, global_batch_size=64)
+    text = export_layout(uneven, "megatron")
+    assert _megatron_args(text)["--recompute-num-layers"] == "6"
+    assert "[6, 2] blocks per virtual stage" in text and "selective recompute of the other" in text
+    config = tomllib.loads(export_layout(uneven, "torchtitan"))
+    assert config["activation_checkpoint"] == {"mode": "full"}
+
+
 def test_megatron_two_stages_name_only_the_first():
     job = _job("llama3-70b", {"base": "dgx-h100", "num_nodes": 2},
                {"tp": 8, "pp": 2, "stages": [38, 42]}, global_batch_size=64)

@@ -119,3 +119,61 @@ def test_fixed_flags_and_mixed_clusters():
                                 "tp": 2})
     best = result.ranked[0].layout
     assert best.sequence_parallel and best.overlap_grad_reduce and best.tp == 2
+
+
+def _mixed(first: str, second: str) -> dict:
+    return {"model": "llama3-8b", "training": {"seq_length": 4096, "global_batch_size": 64},
+            "cluster": {"node_groups": [{"base": first, "num_nodes": 1},
+                                        {"base": second, "num_nodes": 1}]}}
+
+
+def test_mixed_cluster_plan_does_not_depend_on_the_listed_order():
+    """The ILP chooses which node group serves which stages (one stage per node here):
+    listing the groups the other way round gives the same plan, and the H100s get more
+    layers than the A100s."""
+    fixed = {"tp": 8, "pp": 2, "vpp": 1, "zero_stage": 1}
+    best = [search(_job(_mixed(*order)), fixed).ranked[0]
+            for order in (("dgx-a100", "dgx-h100"), ("dgx-h100", "dgx-a100"))]
+    assert best[0].prediction.step_time_s == pytest.approx(best[1].prediction.step_time_s)
+    names = [[g.gpu.name for g in b.cluster.node_groups] for b in best]
+    assert names[0] == names[1]
+    stages = dict(zip(names[0], best[0].layout.stages))
+    assert stages["h100-sxm"] > stages["a100-80gb"]
+
+
+def test_plan_file_lists_the_node_groups_in_the_chosen_order(tmp_path):
+    raw = {**_mixed("dgx-h100", "dgx-a100"),
+           "parallel": {"tp": 8, "pp": 2, "vpp": 1, "zero_stage": 1}}
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "plan.json"
+    result = _cli(job_path, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "node groups take the ranks in this order: 1 x a100-80gb, 1 x h100-sxm" in result.stdout
+    plan = json.loads(out.read_text())
+    assert [g["base"] for g in plan["job"]["cluster"]["node_groups"]] == ["dgx-a100", "dgx-h100"]
+    replay = tmp_path / "replay.yaml"
+    replay.write_text(yaml.safe_dump(plan["job"]))
+    estimate = subprocess.run([sys.executable, "-m", "planner.cli", "estimate", replay, "--json"],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert json.loads(estimate.stdout)["step_time_s"] == pytest.approx(
+        plan["prediction"]["step_time_s"])
+
+
+def test_plan_recomputes_only_the_blocks_that_must_be():
+    """Llama-3-8B, 8k sequences, micro-batch 8 on tp 2 x pp 2: without recompute the stages
+    do not fit 80 GB, with full recompute of every block they do; the ILP recomputes a
+    part of the blocks, per stage, and is faster than recomputing all."""
+    raw = {"model": "llama3-8b", "cluster": {"base": "dgx-h100", "num_nodes": 1},
+           "training": {"seq_length": 8192, "global_batch_size": 32}}
+    job = _job(raw)
+    fixed = {"tp": 2, "pp": 2, "vpp": 1, "cp": 1, "micro_batch_size": 8, "zero_stage": 1}
+    none = [predict(replace(job, layout=layout))
+            for layout in enumerate_space(job, {**fixed, "recompute": "none"}).layouts]
+    assert not any(p.fits for p in none)
+    best = search(job, fixed).ranked[0]
+    assert best.layout.recompute != "full" and best.prediction.fits
+    recomputed = sum(best.layout.full_recompute_layers)
+    assert 0 < recomputed < job.model.num_layers
+    full = search(job, {**fixed, "recompute": "full"}).ranked[0]
+    assert best.prediction.step_time_s < full.prediction.step_time_s

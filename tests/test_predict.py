@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from simulator.errors import SpecError
 from simulator.jobfile import job_from_mapping
 from simulator.predict import predict
 
@@ -124,3 +125,31 @@ def test_moe_expert_parallel_splits_expert_memory_and_adds_all_to_all():
     assert ep4.breakdown.ep_comm_s > 0 == ep1.breakdown.ep_comm_s
     assert ep4.peak_stage.weights_bytes < ep1.peak_stage.weights_bytes / 2
     assert ep1.params_active < ep1.params_total
+
+
+def test_full_recompute_of_half_the_blocks_lies_halfway():
+    """16 of 32 blocks recomputed in full (the first 8 of each stage, Megatron-LM's block
+    method): the recomputed FLOPs are half of full recompute's, and time and stored
+    activations lie between none and full."""
+    base = {"tp": 2, "pp": 2}
+    none = predict(job({**base, "recompute": "none"}))
+    full = predict(job({**base, "recompute": "full"}))
+    half = predict(job({**base, "full_recompute_layers": [8, 8]}))
+    model_flop = none.model_flop_per_step
+    assert half.hardware_flop_per_step - model_flop == pytest.approx(
+        (full.hardware_flop_per_step - model_flop) / 2)
+    assert none.step_time_s < half.step_time_s < full.step_time_s
+    for r in range(2):
+        assert (full.stages[r].activations_bytes < half.stages[r].activations_bytes
+                < none.stages[r].activations_bytes)
+
+
+@pytest.mark.parametrize("parallel, message", [
+    ({"pp": 2, "full_recompute_layers": [1]}, "has 1 entries for pp·vpp=2"),
+    ({"pp": 2, "full_recompute_layers": [17, 0]}, "more than the 16 blocks of virtual stage 0"),
+    ({"pp": 2, "recompute": "full", "full_recompute_layers": [1, 1]}, "already full"),
+    ({"pp": 2, "full_recompute_layers": [-1, 0]}, "at least 0"),
+])
+def test_bad_full_recompute_layers_are_spec_errors(parallel, message):
+    with pytest.raises(SpecError, match=message):
+        job(parallel)
