@@ -23,6 +23,7 @@ import json
 import shlex
 from collections.abc import Callable
 
+from planner.report import recompute_text
 from simulator.errors import SpecError
 from simulator.job import Job, num_microbatches
 from simulator.layout import Layout
@@ -48,7 +49,7 @@ def _summary(job: Job) -> str:
     return (f"{job.model.name} on {job.cluster.name}: {job.cluster.world_size} GPUs, "
             f"tp={layout.tp} pp={layout.pp} dp={layout.dp} cp={layout.cp} ep={layout.ep} "
             f"vpp={layout.vpp} schedule={layout.schedule} micro_batch={layout.micro_batch_size} "
-            f"zero={layout.zero_stage} recompute={layout.recompute}")
+            f"zero={layout.zero_stage} recompute={recompute_text(layout)}")
 
 
 # Megatron-LM ---------------------------------------------------------------------------------

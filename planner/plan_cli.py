@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from planner.plan import layout_mapping, plan_document, write_plan
-from planner.report import duration, format_estimate
+from planner.report import duration, format_estimate, recompute_text
 from planner.search import Scored, SearchResult, search, smallest_fix
 from planner.space import fixed_fields
 from simulator.errors import Infeasible, SpecError
@@ -120,10 +120,8 @@ def layout_text(layout) -> str:
     if m["vpp"] > 1:
         parts.append(f"vpp {m['vpp']}")
     return ", ".join(parts) + f", mbs {m['micro_batch_size']}, {m['schedule']}, " \
-        f"recompute {m['recompute']}, ZeRO-{m['zero_stage']}" + (
-            ", ILP stage split" if m["stages"] else "") + (
-            f", full recompute of {m['full_recompute_layers']} blocks per stage"
-            if m["full_recompute_layers"] else "")
+        f"recompute {recompute_text(layout)}, ZeRO-{m['zero_stage']}" + (
+            ", ILP stage split" if m["stages"] else "")
 
 
 def format_plan(job: Job, result: SearchResult, objective: str) -> str:

@@ -37,6 +37,13 @@ def duration(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
+def recompute_text(layout) -> str:
+    """`selective`, or `none + full for [11, 9] blocks per stage` (the block method)."""
+    if not layout.full_recompute_layers:
+        return layout.recompute
+    return f"{layout.recompute} + full for {list(layout.full_recompute_layers)} blocks per stage"
+
+
 def _layout_line(job: Job) -> str:
     lay = job.layout
     assert lay is not None
@@ -44,9 +51,11 @@ def _layout_line(job: Job) -> str:
     if lay.vpp > 1:
         parts.append(f"vpp {lay.vpp}")
     extras = [f"micro-batch {lay.micro_batch_size}", lay.schedule,
-              f"recompute {lay.recompute}", f"ZeRO-{lay.zero_stage}"]
+              f"recompute {recompute_text(lay)}", f"ZeRO-{lay.zero_stage}"]
     if lay.sequence_parallel:
         extras.append("sequence-parallel")
+    if lay.stages:
+        extras.append(f"layers per stage {list(lay.stages)}")
     return ", ".join(parts) + " | " + ", ".join(extras)
 
 
