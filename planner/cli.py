@@ -14,6 +14,7 @@ from types import ModuleType
 from planner import topo
 from planner.plan_cli import plan_command
 from planner.report import duration, format_estimate, format_listing
+from planner.run_cli import add_run_parser, run_command
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--export", choices=("megatron", "torchtitan"),
                       help="print the chosen layout as Megatron-LM flags or torchtitan config")
+    add_run_parser(commands)
     listing = commands.add_parser("list", help="list catalog entries")
     listing.add_argument("kind", choices=("models", "gpus", "clusters"))
     return parser
@@ -109,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _topo(args.job, args.overrides, args.png)
     if args.command == "profile":
         return _profile(args)
+    if args.command == "run":
+        return run_command(args)
     if args.trace and len(args.jobs) > 1:
         return _fail(SpecError("--trace", args.trace, "writes the timeline of one job",
                                "one JOB with --trace"))

@@ -14,16 +14,13 @@ half of a send/recv ping-pong of `bytes` between ranks 0 and 1 (one direction).
 
 Rank 0 sends rows to the parent through a queue as it measures them (the progress bar moves);
 any rank sends its error. The parent stops every process on error, on a dead process and at
-the deadline (terminate, then kill): no process outlives `run_group`.
+the deadline (`runtime.processes`: terminate, then kill): no process outlives `run_group`.
 """
 
 from __future__ import annotations
 
-import queue as queue_module
-import signal
 import statistics
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,14 +30,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from runtime import processes
+from runtime.errors import MeasurementError  # noqa: F401  (raised by run_group)
 from runtime.tasks import Rates, Task, TaskResult, Tick, size_text
 from runtime.timing import Timing, run_time_s
-from simulator.errors import ParasimError
 
 COLUMNS = ("collective", "group_size", "bytes", "time_s")
-HOST = "127.0.0.1"
-STOP_GRACE_S = 5.0  # after terminate(), before kill()
-POLL_S = 0.5  # how often the parent checks for dead processes while waiting
+HOST = processes.HOST
+STOP_GRACE_S = processes.STOP_GRACE_S
 MIN_REPEATS = 40  # small messages on a shared host time bimodally: a median needs many runs
 MIN_WARMUP = 2
 SPAWN_ESTIMATE_S = 4.0  # starting the processes and the process group (work estimate only)
@@ -48,14 +45,6 @@ LOOPBACK_FACTOR = {"cpu": 4.0, "cuda": 0.1}  # transport vs memory rate (work es
 EMULATED_REDUCE_SCATTER = ("reduce_scatter: the {backend} backend has no reduce_scatter here; "
                            "timed as all_reduce of the full buffer plus a local slice copy "
                            "(an upper bound)")
-
-
-class MeasurementError(ParasimError):
-    """A benchmark process failed, died or ran past its deadline; `detail` holds its traceback."""
-
-    def __init__(self, message: str, detail: str = ""):
-        self.detail = detail
-        super().__init__(message)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,13 +74,9 @@ class GroupJob:
 
 
 def _worker(rank: int, job: GroupJob, results: Any) -> None:
-    """Entry point of one rank: measure, report rows (rank 0) or the error (any rank)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        _run_rank(rank, job, results)
-    except Exception as err:  # forwarded to the parent, which raises MeasurementError
-        results.put(("error", rank, f"{type(err).__name__}: {err}", traceback.format_exc()))
-        raise SystemExit(1) from None
+    """Entry point of one rank: measure, report rows (rank 0), then its result or its error."""
+    processes.detach_from_parent()
+    processes.report_outcome(rank, results, lambda: _run_rank(rank, job, results))
 
 
 def _run_rank(rank: int, job: GroupJob, results: Any) -> None:
@@ -116,8 +101,6 @@ def _run_rank(rank: int, job: GroupJob, results: Any) -> None:
                     results.put(("row", row))
     finally:
         dist.destroy_process_group()
-    if rank == 0:
-        results.put(("done",))
 
 
 def _reduce_scatter_function() -> Callable[..., Any]:
@@ -198,23 +181,18 @@ def run_group(group_size: int, sizes_bytes: tuple[int, ...], collectives: tuple[
     """Spawn `group_size` processes, collect their rows, stop them all whatever happens."""
     timing = collective_timing(timing)
     context = mp.get_context("spawn")
-    store = dist.TCPStore(HOST, 0, group_size, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout_s))
+    store = processes.host_store(group_size, timeout_s)
     job = GroupJob(group_size=group_size, sizes_bytes=tuple(sizes_bytes),
                    collectives=tuple(collectives), device=device, dtype=dtype, timing=timing,
                    port=store.port, timeout_s=timeout_s)
     results = context.Queue()
-    processes = [context.Process(target=_worker, args=(rank, job, results), daemon=True,
-                                 name=f"parasim-collectives-{group_size}-rank{rank}")
-                 for rank in range(group_size)]
+    ranks = [context.Process(target=_worker, args=(rank, job, results), daemon=True,
+                             name=f"parasim-collectives-{group_size}-rank{rank}")
+             for rank in range(group_size)]
     try:
-        for process in processes:
-            process.start()
-        return _collect(job, processes, results, time.monotonic() + timeout_s, tick)
+        with processes.running(ranks, results):
+            return _collect(job, ranks, results, time.monotonic() + timeout_s, tick)
     finally:
-        _stop(processes)
-        results.close()
-        results.join_thread()
         del store  # the store outlives every process that talks to it
 
 
@@ -223,21 +201,20 @@ def collective_timing(timing: Timing) -> Timing:
     return Timing(warmup=max(timing.warmup, MIN_WARMUP), repeats=max(timing.repeats, MIN_REPEATS))
 
 
-def _collect(job: GroupJob, processes: list, results: Any, deadline_s: float,
+def _collect(job: GroupJob, ranks: list, results: Any, deadline_s: float,
              tick: Tick | None) -> TaskResult:
     """Read the queue until rank 0 is done; raise on an error, a dead rank or the deadline."""
     rows = []
     notes = [f"collectives: {job.timing.warmup} warm-up and {job.timing.repeats} timed runs per "
              f"entry (at least {MIN_REPEATS}: small messages time bimodally on a shared host)"]
+    label = f"collectives, group of {job.group_size}"
     while True:
-        message = _next_message(job, processes, results, deadline_s)
+        message = processes.next_message(label, ranks, results, deadline_s, job.timeout_s)
         if message is None:
             continue
         kind = message[0]
         if kind == "error":
-            _, rank, line, detail = message
-            raise MeasurementError(f"collectives: rank {rank} of a group of {job.group_size} "
-                                   f"failed: {line}", detail)
+            processes.raise_failure(label, ranks, results, first=message)
         if kind == "note":
             notes.append(message[1])
         elif kind == "row":
@@ -246,48 +223,10 @@ def _collect(job: GroupJob, processes: list, results: Any, deadline_s: float,
                 row = message[1]
                 tick(len(rows) / max(job.expected_rows, 1),
                      f"{row['collective']} n={row['group_size']} {size_text(row['bytes'])} B")
-        else:
-            assert kind == "done", message
-            _join(processes, deadline_s)
+        elif message[1] == 0:  # ("result", rank, payload): rank 0 has sent every row
+            assert kind == "result", message
+            processes.join(ranks, deadline_s)
             return TaskResult(rows, notes)
-
-
-def _next_message(job: GroupJob, processes: list, results: Any,
-                  deadline_s: float) -> tuple | None:
-    """The next queued message, or None after POLL_S; raises if a rank died or time is up."""
-    left_s = deadline_s - time.monotonic()
-    if left_s <= 0:
-        raise MeasurementError(f"collectives: a group of {job.group_size} processes did not "
-                               f"finish within {job.timeout_s:g} s; stopped them")
-    try:
-        return results.get(timeout=min(POLL_S, left_s))
-    except queue_module.Empty:
-        pass
-    for rank, process in enumerate(processes):
-        if process.exitcode not in (None, 0):
-            raise MeasurementError(f"collectives: rank {rank} of a group of {job.group_size} "
-                                   f"exited with code {process.exitcode}")
-    return None
-
-
-def _join(processes: list, deadline_s: float) -> None:
-    """Wait for finished ranks to exit by themselves (until the deadline)."""
-    for process in processes:
-        process.join(max(0.0, deadline_s - time.monotonic()))
-
-
-def _stop(processes: list) -> None:
-    """Terminate every live process, kill what survives STOP_GRACE_S, reap them all."""
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        if process.pid is None:
-            continue  # never started
-        process.join(STOP_GRACE_S)
-        if process.is_alive():
-            process.kill()
-            process.join()
 
 
 def collective_tasks(group_sizes: tuple[int, ...], sizes_bytes: tuple[int, ...],

@@ -159,7 +159,7 @@ def profile(device: str = "cpu", dtype: str | None = None, quick: bool = False,
 
     `progress`: draw the bar on stderr (None: when stderr is a terminal). `grids` and `timing`
     default to those of `device` and `quick`. Raises SpecError on bad input (before measuring)
-    and collectives_bench.MeasurementError when a benchmark process fails.
+    and runtime.errors.MeasurementError when a benchmark process fails.
     """
     check_device(device)
     dtype = dtype or default_dtype(device)

@@ -1,0 +1,142 @@
+"""`parasim run PLAN.json`: execute a plan in local ranks and write MEASUREMENT.json.
+
+The plan file and the options are checked here, torch-free; the runtime (torch) is imported
+only to run, so that `import planner` never needs it. Exit status: 0 measured, 2 bad input
+(one line, before any process starts), 1 the run failed (a rank raised, died or hung: the line
+names it), 130 interrupted. Every rank and emulated namespace is gone in every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+from planner.plan import read_plan
+from planner.report import GiB, duration
+from simulator.errors import ParasimError, SpecError
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def add_run_parser(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser("run", help="execute a plan in local processes (torch.distributed, "
+                              "gloo) and measure its step time and memory (needs PyTorch)")
+    run.add_argument("plan", metavar="PLAN.json", help="a plan file from `parasim plan --out`")
+    run.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps (10)")
+    run.add_argument("--warmup", type=int, default=2, metavar="N",
+                     help="untimed steps before them (2)")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="processes (default: the plan's tp·pp·dp·cp)")
+    run.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                     help="stop every rank after S seconds, start-up included (600)")
+    run.add_argument("--emulate-nodes", type=int, metavar="K",
+                     help="split the ranks over K emulated nodes: network namespaces joined by "
+                     "rate-limited links (root; Linux)")
+    run.add_argument("--inter-node-Gbps", type=float, metavar="X",
+                     help="line rate of each emulated node's link, each direction")
+    run.add_argument("--inter-node-latency-us", type=float, default=0.0, metavar="US",
+                     help="one-way latency added between emulated nodes (needs sch_netem)")
+    run.add_argument("--out", default="MEASUREMENT.json", metavar="MEASUREMENT.json",
+                     help="where to write the measurement (MEASUREMENT.json)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Exit status of `parasim run`; every message is one line on stderr."""
+    try:
+        raw_job, job = read_plan(args.plan)
+        _check_options(args)
+        run = _load_runtime(args)
+    except ParasimError as err:
+        return _fail(err, EXIT_USER_ERROR)
+    try:
+        with _sigterm_as_exit():
+            measured = _execute(run, args, raw_job, job)
+    except KeyboardInterrupt:
+        print("parasim: interrupted; no measurement written, every rank stopped",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except run.MeasurementError as err:
+        return _fail(err, EXIT_RUN_FAILED)
+    except ParasimError as err:
+        return _fail(err, EXIT_USER_ERROR)
+    print(_summary(measured, args.out), flush=True)
+    return 0
+
+
+def _execute(run: ModuleType, args: argparse.Namespace, raw_job: dict, job):
+    emulation = None
+    if args.emulate_nodes is not None:
+        emulation = run.netns.Emulation(nodes=args.emulate_nodes,
+                                        inter_node_bits_per_s=args.inter_node_Gbps * 1e9,
+                                        latency_s=args.inter_node_latency_us * 1e-6)
+    nproc = args.nproc if args.nproc is not None else job.layout.world_size
+    measured = run.run_plan(args.plan, raw_job, job, steps=args.steps,
+                            warmup_steps=args.warmup, nproc=nproc, timeout_s=args.timeout,
+                            emulation=emulation)
+    run.write_measurement(args.out, measured)
+    return measured
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        raise SpecError("--steps", args.steps, "must time at least one step", "1 or more")
+    if args.warmup < 0:
+        raise SpecError("--warmup", args.warmup, "must not be negative", "0 or more")
+    if (args.emulate_nodes is None) != (args.inter_node_Gbps is None):
+        given = "--emulate-nodes" if args.emulate_nodes is not None else "--inter-node-Gbps"
+        raise SpecError(given, args.emulate_nodes or args.inter_node_Gbps,
+                        "emulating nodes needs both the node count and the link rate",
+                        "--emulate-nodes K --inter-node-Gbps X together")
+
+
+def _load_runtime(args: argparse.Namespace) -> ModuleType:
+    """runtime.run (imports torch), or a SpecError naming the missing PyTorch."""
+    if args.emulate_nodes is not None:
+        # The namespaces' addresses have no host names: without this every rank's store client
+        # warns once that it cannot look its own up (harmless). Set before torch loads.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    try:
+        from runtime import run
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "torch":
+            raise
+        raise SpecError("plan", args.plan, "parasim run needs PyTorch",
+                        "pip install '.[runtime]'") from None
+    return run
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that the ranks and namespaces are removed."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _summary(measured, out: str) -> str:
+    spread = measured.step_time
+    return (f"measured {len(measured.step_times_s)} steps on {len(measured.ranks)} ranks: "
+            f"step time {duration(spread.median_s)} (p10 {duration(spread.p10_s)}, p90 "
+            f"{duration(spread.p90_s)}), peak memory {_size(measured.peak_bytes)} per rank "
+            f"at most; wrote {out}")
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / GiB:.2f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _fail(err: ParasimError, status: int) -> int:
+    print(f"parasim: error: {err}", file=sys.stderr, flush=True)
+    return status

@@ -1,0 +1,144 @@
+"""What a run measured: step times and peak memory per rank, summarised into MEASUREMENT.json.
+
+The trainer returns one `RankMeasurement` per rank; `measurement` checks them and
+`Measurement.to_json` writes the file that `simulator.validation` diffs against the plan's
+prediction. The step time of a step is the slowest rank's (the next step starts after every
+rank's optimizer step, so the slowest rank is the step), and the run's step time is the
+median over the timed steps, with p10/p90 as its spread: medians and deciles are robust to
+the odd slow step a shared host produces, where a mean is not.
+
+No torch here: reading and summarising a measurement needs none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import MeasurementError
+from simulator.errors import SpecError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RankMeasurement:
+    """One rank's measurement (built by the trainer inside the rank, pickled to the parent)."""
+
+    step_times_s: tuple[float, ...]  # wall time of each timed step, in order (no warm-up)
+    peak_bytes: float  # peak memory: CUDA max allocated, or on CPU the trainer's byte counter
+    phase_s: dict[str, float]  # seconds per named phase (forward, backward, ...), mean per step
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spread:
+    """Median and spread of the step time over the timed steps."""
+
+    median_s: float
+    p10_s: float
+    p90_s: float
+    min_s: float
+    max_s: float
+
+    @classmethod
+    def of(cls, times_s: tuple[float, ...]) -> Spread:
+        """Deciles interpolated between the samples (`statistics.quantiles`, inclusive)."""
+        deciles = statistics.quantiles(times_s, n=10, method="inclusive") \
+            if len(times_s) > 1 else [times_s[0]] * 9
+        return cls(median_s=statistics.median(times_s), p10_s=deciles[0], p90_s=deciles[8],
+                   min_s=min(times_s), max_s=max(times_s))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """A run of a plan: every rank's measurement and what the run was."""
+
+    plan_path: str
+    plan_sha256: str  # of the plan file's bytes: which plan this measures
+    warmup_steps: int  # run before the timed steps, not in any time here
+    ranks: tuple[RankMeasurement, ...]  # by rank
+    emulation: dict[str, float] | None = None  # emulated network, measured rate included
+    created: str = ""  # UTC, ISO 8601
+
+    @property
+    def step_times_s(self) -> tuple[float, ...]:
+        """Per timed step, the slowest rank's time."""
+        return tuple(max(step) for step in zip(*(r.step_times_s for r in self.ranks)))
+
+    @property
+    def step_time(self) -> Spread:
+        return Spread.of(self.step_times_s)
+
+    @property
+    def peak_bytes(self) -> float:
+        return max(r.peak_bytes for r in self.ranks)
+
+    def to_json(self) -> dict[str, Any]:
+        spread = self.step_time
+        return {
+            "schema_version": SCHEMA_VERSION, "created": self.created,
+            "plan": self.plan_path, "plan_sha256": self.plan_sha256,
+            "world_size": len(self.ranks), "steps": len(self.step_times_s),
+            "warmup_steps": self.warmup_steps,
+            "step_time_s": spread.median_s,
+            "step_time_spread_s": {"p10": spread.p10_s, "p90": spread.p90_s,
+                                   "min": spread.min_s, "max": spread.max_s},
+            "step_times_s": list(self.step_times_s),
+            "peak_bytes": self.peak_bytes,
+            "ranks": [{"rank": rank, "step_times_s": list(r.step_times_s),
+                       "peak_bytes": r.peak_bytes, "phase_s": dict(r.phase_s)}
+                      for rank, r in enumerate(self.ranks)],
+            "emulation": self.emulation,
+            "host": host_facts(),
+        }
+
+
+def measurement(results: list[Any], *, plan_path: str | Path, steps: int, warmup_steps: int,
+                emulation: dict[str, float] | None = None) -> Measurement:
+    """The run's Measurement from the ranks' results; MeasurementError if a rank returned
+    something else than a RankMeasurement of `steps` positive step times."""
+    for rank, result in enumerate(results):
+        _check_rank(rank, result, steps)
+    return Measurement(plan_path=str(plan_path), plan_sha256=file_sha256(plan_path),
+                       warmup_steps=warmup_steps, ranks=tuple(results), emulation=emulation,
+                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _check_rank(rank: int, result: Any, steps: int) -> None:
+    if not isinstance(result, RankMeasurement):
+        raise MeasurementError(f"rank {rank} returned a {type(result).__name__}, not a "
+                               "RankMeasurement")
+    times = result.step_times_s
+    if len(times) != steps or not all(t > 0 for t in times):
+        raise MeasurementError(f"rank {rank} measured {len(times)} step times "
+                               f"(min {min(times, default=0):g} s), not {steps} positive ones")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def host_facts() -> dict[str, Any]:
+    """Where the run ran (torch's version read from its metadata: no torch import)."""
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    return {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch_version,
+            "python": platform.python_version()}
+
+
+def write_measurement(path: str | Path, measured: Measurement) -> None:
+    try:
+        Path(path).write_text(json.dumps(measured.to_json(), indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise SpecError("--out", str(path), f"cannot write: {err.strerror}",
+                        "a writable file path") from None

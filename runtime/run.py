@@ -1,0 +1,92 @@
+"""`parasim run PLAN.json`: run a plan's training steps in local ranks and measure them.
+
+The trainer (`runtime.train:train_worker`, written with the model and its parallelisms) runs in
+every rank as a `runtime.launch` worker: it gets `RunArgs`, runs `warmup_steps` untimed steps
+then `steps` timed ones, and returns a `runtime.measure.RankMeasurement`. This module finds
+the trainer, checks everything before a process starts, launches the ranks (inside an emulated
+multi-node network if asked, whose inter-node rate it measures first) and summarises.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import netns
+from runtime.errors import MeasurementError
+from runtime.launch import Worker, check_launch, launch_on
+from runtime.measure import Measurement, measurement, write_measurement
+from simulator.errors import ParasimError
+from simulator.job import Job
+
+# What `parasim run` (planner/run_cli.py, which imports this module lazily) uses.
+__all__ = ["MeasurementError", "RunArgs", "find_trainer", "netns", "run_plan",
+           "write_measurement"]
+
+TRAINER_MODULE = "runtime.train"
+TRAINER_FUNCTION = "train_worker"
+PROBE_S = 0.25  # the inter-node rate check sends about this long at the configured rate
+PROBE_BYTES = (1 << 20, 64 << 20)  # at least, at most
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunArgs:
+    """What the trainer of every rank gets (pickled to the ranks)."""
+
+    job: Job  # the plan's job, its layout included
+    raw_job: dict  # the same, as the plan file holds it
+    plan_path: str
+    steps: int  # timed steps, one RankMeasurement.step_times_s entry each
+    warmup_steps: int  # untimed steps before them
+
+
+def find_trainer() -> Worker:
+    """`runtime.train:train_worker`, or a one-line error while it does not exist."""
+    if importlib.util.find_spec(TRAINER_MODULE) is None:
+        raise ParasimError("parasim run needs the runtime trainer (runtime/train.py), "
+                           "not built yet")
+    worker = getattr(importlib.import_module(TRAINER_MODULE), TRAINER_FUNCTION, None)
+    if worker is None:
+        raise ParasimError(f"parasim run needs {TRAINER_MODULE}.{TRAINER_FUNCTION}"
+                           "(rank, world_size, args); runtime/train.py has none")
+    return worker
+
+
+def run_plan(plan_path: str | Path, raw_job: dict, job: Job, *, steps: int, warmup_steps: int,
+             nproc: int, timeout_s: float, emulation: netns.Emulation | None = None
+             ) -> Measurement:
+    """Run and measure the plan; SpecError before any process starts if it cannot run here,
+    MeasurementError if a rank fails, dies or runs past `timeout_s`."""
+    check_launch(nproc, timeout_s, emulation)
+    worker = find_trainer()
+    args = RunArgs(job=job, raw_job=raw_job, plan_path=str(plan_path), steps=steps,
+                   warmup_steps=warmup_steps)
+    if emulation is None:
+        results = launch_on(None, worker, nproc, args, timeout_s)
+        facts = None
+    else:
+        with netns.emulated_network(emulation) as network:
+            facts = emulation_facts(network, emulation, nproc)
+            results = launch_on(network, worker, nproc, args, timeout_s)
+    return measurement(results, plan_path=plan_path, steps=steps, warmup_steps=warmup_steps,
+                       emulation=facts)
+
+
+def emulation_facts(network: netns.Network, emulation: netns.Emulation,
+                    nproc: int) -> dict[str, Any]:
+    """The emulated network as configured, and its inter-node rate as measured (node 0 to 1):
+    the rate the prediction should be given is the one the links deliver (TCP/IP headers
+    included, about 5 % below the line rate)."""
+    facts: dict[str, Any] = {"nodes": emulation.nodes, "ranks_per_node": nproc // emulation.nodes,
+                             "inter_node_Gbps": emulation.inter_node_bits_per_s / 1e9,
+                             "inter_node_latency_us": emulation.latency_s * 1e6}
+    if emulation.nodes > 1:
+        probe = int(emulation.inter_node_bits_per_s / 8 * PROBE_S)
+        probe = min(max(probe, PROBE_BYTES[0]), PROBE_BYTES[1])
+        rate = netns.transfer_rate_bits_per_s(network.nodes[0], network.nodes[1],
+                                              network.addresses[1], probe)
+        facts["measured_inter_node_Gbps"] = rate / 1e9
+    return facts

@@ -1,0 +1,29 @@
+"""planner.plan.read_plan: what `parasim plan --out` writes reads back as the same job.
+
+(The one-line errors of bad plan files are checked through `parasim run` in
+tests/runtime/test_launch.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.plan import read_plan
+from simulator.errors import SpecError
+from tests.test_cli_errors import job_with, run_cli, write_job
+
+
+def test_a_written_plan_reads_back(tmp_path):
+    job_path = write_job(tmp_path, job_with())
+    plan_path = tmp_path / "PLAN.json"
+    result = run_cli("plan", job_path, "--out", plan_path)
+    assert result.returncode == 0, result.stderr
+    raw, job = read_plan(plan_path)
+    assert raw["model"] == job_with()["model"] and raw["parallel"]["tp"] == job.layout.tp
+    assert job.layout.world_size == job.cluster.world_size == 16
+    assert job.source == str(plan_path)
+
+
+def test_a_missing_plan_file(tmp_path):
+    with pytest.raises(SpecError, match="plan=.*cannot read"):
+        read_plan(tmp_path / "nothing.json")
