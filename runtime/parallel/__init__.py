@@ -1,0 +1,4 @@
+"""Parallelisms of the runtime other than the pipeline schedules: process groups, tensor and
+sequence parallelism, data parallelism with ZeRO-1, expert parallelism, context parallelism
+(ring attention) and activation recomputation, applied to a model chunk by
+`runtime.parallel.apply.parallelize`."""

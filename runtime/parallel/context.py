@@ -1,0 +1,193 @@
+"""Context parallelism: the sequence split over the cp group, attention by ring attention
+(Liu et al. 2023, "Ring Attention with Blockwise Transformers"; Megatron-Core's
+`AttnFuncWithCPAndKVP2P`).
+
+Load balance (Megatron-Core): the sequence is cut into 2·cp equal chunks and rank i holds
+chunks i and 2·cp-1-i, so every rank has the same amount of causal work. Everything but
+attention is per token, so only attention communicates.
+
+Ring forward: each rank keeps its queries; the key/value blocks travel around the ring (send
+to the next rank, receive from the previous, the next transfer started before the current
+block is computed). At step t rank i holds the keys/values of rank j = i - t (mod cp):
+- j = i: both query chunks against both key chunks, causal (the two chunks are in order);
+- j < i: both query chunks against key chunk j only (chunk 2cp-1-j is later than both), full;
+- j > i: only query chunk 2cp-1-i against both key chunks (chunk i is earlier than both), full.
+Block results merge by the online softmax (Milakov & Gimelshein 2018): with block output o_b
+and log-sum-exp l_b, l = log(e^l + e^l_b), o = o·e^(l_old-l) + o_b·e^(l_b-l).
+
+Backward (choice: a custom autograd function with a ring backward, not an all-gather of K/V):
+the keys/values go around the ring again, each travelling with the gradient accumulated for
+it; every rank adds its queries' contribution to the block it holds (the FlashAttention
+backward of one block, Dao et al. 2022, using the final output and log-sum-exp), and after cp
+passes each block's gradient is back on its owner. Memory stays at two key/value blocks per
+rank, as in the forward. Blocks are computed with plain matmuls (the s_local² scores of one
+block at a time), which is what a CPU run needs; a fused kernel returning the log-sum-exp
+would replace `block_attention` on GPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd import Function
+
+from runtime.model import Attention, Chunk
+from runtime.parallel.groups import Axis
+
+
+def chunk_indices(rank: int, size: int) -> tuple[int, int]:
+    """The two of 2·size sequence chunks that rank `rank` holds (Megatron-Core)."""
+    return rank, 2 * size - 1 - rank
+
+
+def split_sequence(x: torch.Tensor, axis: Axis, dim: int = 1) -> torch.Tensor:
+    """This rank's part of a full-sequence tensor: chunks i and 2cp-1-i along `dim`."""
+    if axis.size == 1:
+        return x
+    pieces = x.chunk(2 * axis.size, dim=dim)
+    first, second = chunk_indices(axis.rank, axis.size)
+    return torch.cat((pieces[first], pieces[second]), dim=dim)
+
+
+def local_positions(seq_length: int, axis: Axis, batch: int = 1) -> torch.Tensor:
+    """Absolute positions (batch, seq/cp) of the tokens this rank holds."""
+    positions = torch.arange(seq_length)[None].expand(batch, seq_length)
+    return split_sequence(positions, axis).contiguous()
+
+
+def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, log-sum-exp) of q (b, h, sq, d) against k, v (b, hkv, sk, d)."""
+    k, v = _expand(k, q.shape[1]), _expand(v, q.shape[1])
+    scores = _scores(q, k, causal)
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse[..., None]) @ v, lse
+
+
+def block_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                             causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of one block given the final output and log-sum-exp of its query rows
+    (the FlashAttention backward, Dao et al. 2022, Appendix B)."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    k_full, v_full = _expand(k, heads), _expand(v, heads)
+    probs = torch.exp(_scores(q, k_full, causal) - lse[..., None])
+    dv = probs.transpose(-1, -2) @ grad
+    delta = (grad * out).sum(dim=-1, keepdim=True)
+    dscores = probs * (grad @ v_full.transpose(-1, -2) - delta) * q.shape[-1] ** -0.5
+    dq, dk = dscores @ k_full, dscores.transpose(-1, -2) @ q
+    return dq, _fold(dk, kv_heads), _fold(dv, kv_heads)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if causal:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(mask, float("-inf"))
+    return scores
+
+
+def _expand(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Key/value heads repeated for the query heads of their group (GQA)."""
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+def _fold(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Gradient of _expand: sum over each group's query heads."""
+    b, heads, s, d = x.shape
+    return x if heads == kv_heads else x.view(b, kv_heads, heads // kv_heads, s, d).sum(2)
+
+
+def ring_blocks(rank: int, source: int, seq: int) -> tuple[slice, slice, bool]:
+    """(query rows, key rows, causal) of the work at a step holding `source`'s keys."""
+    half = seq // 2
+    if source == rank:
+        return slice(0, seq), slice(0, seq), True
+    if source < rank:
+        return slice(0, seq), slice(0, half), False
+    return slice(half, seq), slice(0, seq), False
+
+
+def _merge(out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.Tensor,
+           block_lse: torch.Tensor) -> None:
+    """Online-softmax merge of a block's result into rows `rows` of (out, lse), in place."""
+    old = lse[:, :, rows]
+    new = torch.logaddexp(old, block_lse)
+    out[:, :, rows] = (out[:, :, rows] * torch.exp(old - new)[..., None]
+                       + block_out * torch.exp(block_lse - new)[..., None])
+    lse[:, :, rows] = new
+
+
+class _RingAttention(Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                axis: Axis) -> torch.Tensor:
+        out = torch.zeros_like(q)
+        lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+        held = torch.stack((k, v))
+        for step in range(axis.size):
+            if step + 1 < axis.size:
+                incoming, requests = axis.ring_shift(held)
+            rows, cols, causal = ring_blocks(axis.rank, (axis.rank - step) % axis.size,
+                                             q.shape[2])
+            block_out, block_lse = block_attention(q[:, :, rows], held[0][:, :, cols],
+                                                   held[1][:, :, cols], causal)
+            _merge(out, lse, rows, block_out, block_lse)
+            if step + 1 < axis.size:
+                for request in requests:
+                    request.wait()
+                held = incoming
+        ctx.axis = axis
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        axis = ctx.axis
+        dq = torch.zeros_like(q)
+        held = torch.stack((k, v, torch.zeros_like(k), torch.zeros_like(v)))
+        for step in range(axis.size):
+            rows, cols, causal = ring_blocks(axis.rank, (axis.rank - step) % axis.size,
+                                             q.shape[2])
+            dq_b, dk_b, dv_b = block_attention_backward(
+                grad[:, :, rows], q[:, :, rows], held[0][:, :, cols], held[1][:, :, cols],
+                out[:, :, rows], lse[:, :, rows], causal)
+            dq[:, :, rows] += dq_b
+            held[2][:, :, cols] += dk_b
+            held[3][:, :, cols] += dv_b
+            held = _pass_on(held, axis, last=step + 1 == axis.size)
+        return dq, held[2], held[3], None
+
+
+def _pass_on(held: torch.Tensor, axis: Axis, last: bool) -> torch.Tensor:
+    """Send (k, v, dk, dv) to the next rank, receive the previous rank's; at the last step
+    only the gradients travel (they return to their owner)."""
+    payload = held[2:] if last else held
+    incoming, requests = axis.ring_shift(payload)
+    for request in requests:
+        request.wait()
+    if last:
+        return torch.cat((held[:2], incoming))
+    return incoming
+
+
+class RingAttention(nn.Module):
+    """Causal attention over a sequence split across the cp group (drop-in for
+    `runtime.model.CoreAttention`)."""
+
+    def __init__(self, axis: Axis) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _RingAttention.apply(q, k, v, self.axis)
+
+
+def apply_context_parallel(chunk: Chunk, axis: Axis) -> None:
+    """Swap every block's core attention for ring attention over `axis` (in place)."""
+    if axis.size == 1:
+        return
+    for module in chunk.modules():
+        if isinstance(module, Attention):
+            module.core = RingAttention(axis)

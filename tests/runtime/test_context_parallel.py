@@ -1,0 +1,99 @@
+"""Context parallelism (runtime.parallel.context): ring attention with the load-balanced
+causal split against the single-process oracle (tests.runtime.oracle states the tolerances),
+and its pieces in one process: the chunk assignment, the block attention and its backward
+against autograd, and the ring's block schedule replayed for every rank and step, merged by
+the online softmax, against SDPA on the whole sequence (cp = 2 and 4).
+
+Tolerance of the one-process checks: fp32, rtol 1e-5 / atol 1e-6 (the same sums in another
+order: blockwise log-sum-exp merges instead of one softmax).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other processes
+
+import torch.nn.functional as F  # noqa: E402
+
+from runtime.parallel.context import (  # noqa: E402
+    _merge, block_attention, block_attention_backward, local_positions, ring_blocks,
+    split_sequence)
+from runtime.parallel.groups import Axis  # noqa: E402
+from simulator.layout import Layout  # noqa: E402
+from tests.runtime.harness import run_ranks  # noqa: E402
+from tests.runtime.oracle import (  # noqa: E402
+    Scenario, check_scenario, gpt, llama, results_of, run_scenarios)
+
+CLOSE = {"rtol": 1e-5, "atol": 1e-6}
+SCENARIOS = [
+    Scenario(name="cp2-llama-gqa", spec=llama(),
+             layout=Layout(dp=1, cp=2, overlap_grad_reduce=True)),
+    Scenario(name="cp2-gpt-selective-recompute", spec=gpt(),
+             layout=Layout(dp=1, cp=2, recompute="selective")),
+]
+
+
+@pytest.fixture(scope="module")
+def outputs():
+    return run_ranks(run_scenarios, 2, SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_context_parallel_matches_single_process(outputs, scenario):
+    check_scenario(scenario, results_of(outputs, scenario.name))
+
+
+def axis(rank: int, size: int) -> Axis:
+    return Axis(name="cp", size=size, rank=rank, ranks=tuple(range(size)), group=None)
+
+
+def test_load_balanced_chunks():
+    """cp = 2, 8 tokens in 4 chunks of 2: rank 0 holds chunks 0 and 3, rank 1 chunks 1 and 2."""
+    assert local_positions(8, axis(0, 2)).tolist() == [[0, 1, 6, 7]]
+    assert local_positions(8, axis(1, 2)).tolist() == [[2, 3, 4, 5]]
+    x = torch.arange(8)[None]
+    assert split_sequence(x, axis(1, 2)).tolist() == [[2, 3, 4, 5]]
+
+
+def qkv(seq: int, heads: int = 4, kv_heads: int = 2, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    def make(h):
+        return torch.randn(2, h, seq, 8, generator=generator)
+    return make(heads), make(kv_heads), make(kv_heads)
+
+
+def test_block_attention_and_its_backward_equal_autograd_of_sdpa():
+    q, k, v = (t.requires_grad_() for t in qkv(12))
+    out, lse = block_attention(q, k, v, causal=True)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(out, expected, **CLOSE)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    dq, dk, dv = block_attention_backward(grad, q.detach(), k.detach(), v.detach(),
+                                          out.detach(), lse.detach(), causal=True)
+    for mine, reference in ((dq, q.grad), (dk, k.grad), (dv, v.grad)):
+        torch.testing.assert_close(mine, reference, **CLOSE)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_ring_schedule_replayed_in_one_process_equals_full_attention(size):
+    """Every rank's steps (which query rows meet which key rows, causal or not), merged by the
+    online softmax, give that rank's rows of causal attention over the whole sequence."""
+    seq = 4 * size
+    q, k, v = qkv(seq, seed=size)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    for rank in range(size):
+        mine = [split_sequence(t, axis(rank, size), dim=2) for t in (q, k, v)]
+        out = torch.zeros_like(mine[0])
+        lse = torch.full(out.shape[:-1], float("-inf"))
+        for step in range(size):
+            source = (rank - step) % size
+            theirs = [split_sequence(t, axis(source, size), dim=2) for t in (k, v)]
+            rows, cols, causal = ring_blocks(rank, source, mine[0].shape[2])
+            block = block_attention(mine[0][:, :, rows], theirs[0][:, :, cols],
+                                    theirs[1][:, :, cols], causal)
+            _merge(out, lse, rows, *block)
+        torch.testing.assert_close(out, split_sequence(expected, axis(rank, size), dim=2),
+                                   **CLOSE)
