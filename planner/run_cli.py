@@ -18,6 +18,7 @@ from types import ModuleType
 
 from planner.plan import read_plan
 from planner.report import GiB, duration
+from runtime.shrink import shrink_job
 from simulator.errors import ParasimError, SpecError
 
 EXIT_USER_ERROR = 2
@@ -43,6 +44,9 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
                      help="line rate of each emulated node's link, each direction")
     run.add_argument("--inter-node-latency-us", type=float, default=0.0, metavar="US",
                      help="one-way latency added between emulated nodes (needs sch_netem)")
+    run.add_argument("--shrink", action="store_true",
+                     help="run the plan's layout on a small model of the same family "
+                     "(runtime/shrink.py): for plans of models this machine cannot hold")
     run.add_argument("--out", default="MEASUREMENT.json", metavar="MEASUREMENT.json",
                      help="where to write the measurement (MEASUREMENT.json)")
 
@@ -52,6 +56,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         raw_job, job = read_plan(args.plan)
         _check_options(args)
+        job = shrink_job(job) if args.shrink else job
         run = _load_runtime(args)
     except ParasimError as err:
         return _fail(err, EXIT_USER_ERROR)

@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +36,7 @@ class RankMeasurement:
     step_times_s: tuple[float, ...]  # wall time of each timed step, in order (no warm-up)
     peak_bytes: float  # peak memory: CUDA max allocated, or on CPU the trainer's byte counter
     phase_s: dict[str, float]  # seconds per named phase (forward, backward, ...), mean per step
+    memory_bytes: dict[str, float] = field(default_factory=dict)  # the peak's parts, by name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +95,8 @@ class Measurement:
             "step_times_s": list(self.step_times_s),
             "peak_bytes": self.peak_bytes,
             "ranks": [{"rank": rank, "step_times_s": list(r.step_times_s),
-                       "peak_bytes": r.peak_bytes, "phase_s": dict(r.phase_s)}
+                       "peak_bytes": r.peak_bytes, "memory_bytes": dict(r.memory_bytes),
+                       "phase_s": dict(r.phase_s)}
                       for rank, r in enumerate(self.ranks)],
             "emulation": self.emulation,
             "host": host_facts(),

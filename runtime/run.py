@@ -10,6 +10,7 @@ multi-node network if asked, whose inter-node rate it measures first) and summar
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from runtime import netns
 from runtime.errors import MeasurementError
 from runtime.launch import Worker, check_launch, launch_on
 from runtime.measure import Measurement, measurement, write_measurement
-from simulator.errors import ParasimError
+from simulator.errors import ParasimError, SpecError
 from simulator.job import Job
+from simulator.params import total_params
 
 # What `parasim run` (planner/run_cli.py, which imports this module lazily) uses.
 __all__ = ["MeasurementError", "RunArgs", "find_trainer", "netns", "run_plan",
@@ -61,7 +63,14 @@ def run_plan(plan_path: str | Path, raw_job: dict, job: Job, *, steps: int, warm
     """Run and measure the plan; SpecError before any process starts if it cannot run here,
     MeasurementError if a rank fails, dies or runs past `timeout_s`."""
     check_launch(nproc, timeout_s, emulation)
+    if nproc != job.layout.world_size:
+        raise SpecError("--nproc", nproc, f"the plan's layout runs tp·cp·dp·pp = "
+                        f"{job.layout.world_size} ranks", str(job.layout.world_size))
+    check_host_memory(job)
     worker = find_trainer()
+    check = getattr(importlib.import_module(TRAINER_MODULE), "check_trainable", None)
+    if check is not None:  # what the trainer cannot run, before any process starts
+        check(job)
     args = RunArgs(job=job, raw_job=raw_job, plan_path=str(plan_path), steps=steps,
                    warmup_steps=warmup_steps)
     if emulation is None:
@@ -73,6 +82,20 @@ def run_plan(plan_path: str | Path, raw_job: dict, job: Job, *, steps: int, warm
             results = launch_on(network, worker, nproc, args, timeout_s)
     return measurement(results, plan_path=plan_path, steps=steps, warmup_steps=warmup_steps,
                        emulation=facts)
+
+
+def check_host_memory(job: Job) -> None:
+    """The ranks' model states alone (fp32 weights, gradients and two Adam moments: 16 bytes a
+    parameter, split over tp·pp·ep at best) must fit in half this host's memory."""
+    layout = job.layout
+    states_bytes = 16 * total_params(job.model) / (layout.tp * layout.pp * layout.ep)
+    need_bytes = states_bytes * layout.world_size
+    host_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need_bytes > host_bytes / 2:
+        raise SpecError("plan", job.source, f"{job.model.name}'s model states need at least "
+                        f"{need_bytes / 2**30:.1f} GiB on this host's {layout.world_size} "
+                        f"ranks, more than half its {host_bytes / 2**30:.0f} GiB",
+                        "--shrink (the same layout on a small model of the family)")
 
 
 def emulation_facts(network: netns.Network, emulation: netns.Emulation,

@@ -18,7 +18,8 @@ Model (`shrink_model`)
   experts min(n, 1); leading dense layers min(n, 1) (and fewer than the layers);
 - layers: one per virtual stage (pp·vpp), at least 2 (at least one MoE layer after the dense
   one); with explicit `stages`, each stage keeps its size relative to the smallest stage
-  (rounded, at least 1), so an uneven split stays uneven;
+  (rounded, at least 1), so an uneven split stays uneven; per-stage full recompute keeps each
+  stage's fraction of fully recomputed blocks (rounded);
 - vocabulary min(V, 256) rounded up to a multiple of tp (the runtime splits it evenly); learned
   position tables as long as the shrunk sequence; MLA ranks and widths 16/8/4 (kept as MLA;
   the runtime itself rejects MLA);
@@ -129,8 +130,19 @@ def shrink_sequence(layout: Layout) -> int:
 
 
 def shrink_layout(layout: Layout) -> Layout:
+    """Micro-batch and stage sizes at test size; per-stage full recompute is set by
+    `shrink_job`, which knows the stages' sizes before and after."""
     return replace(layout, micro_batch_size=min(layout.micro_batch_size, MAX_MICRO_BATCH),
-                   stages=shrink_stages(layout))
+                   stages=shrink_stages(layout), full_recompute_layers=None)
+
+
+def shrink_full_recompute(job: Job, small: Job) -> tuple[int, ...] | None:
+    """Each stage's fully recomputed blocks, the same fraction of its (shrunk) blocks."""
+    counts = job.layout.full_recompute_layers
+    if counts is None:
+        return None
+    return tuple(round(n / old * new) for n, old, new in
+                 zip(counts, job.stage_layers, small.stage_layers))
 
 
 def _microbatches(training: TrainingSpec, layout: Layout) -> int:
@@ -155,4 +167,6 @@ def shrink_job(job: Job) -> Job:
     training = shrink_training(job.training, job.layout)
     model = shrink_model(job.model, job.layout, training.seq_length)
     layout = resolve_layout(model, job.cluster, training, shrink_layout(job.layout))
-    return replace(job, model=model, training=training, layout=layout)
+    small = replace(job, model=model, training=training, layout=layout)
+    return replace(small, layout=replace(layout, full_recompute_layers=shrink_full_recompute(
+        job, small)))

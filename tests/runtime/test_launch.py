@@ -48,11 +48,21 @@ sys.exit(main(sys.argv[2:]))
 STOP_SLACK_S = processes.STOP_GRACE_S + processes.SETTLE_S + 3.0  # stopping, reaping, polling
 
 
+TWO_RANKS = {"model.hidden_size": 256, "model.num_attention_heads": 4, "model.num_kv_heads": 2,
+             "model.ffn_hidden_size": 512, "model.vocab_size": 1024, "cluster.num_nodes": 1,
+             "cluster.gpus_per_node": 2, "parallel": {"tp": 2}}
+
+
 def plan_document(**job_changes) -> dict:
     """A plan file's object, as `parasim plan --out` writes it, for a 2 x 8 GPU job."""
     return {"schema_version": 1, "created": "2025-01-01T00:00:00+00:00", "objective": "time",
             "job": job_with(job_changes), "prediction": {"step_time_s": 1.0},
             "inputs": {"job_sha256": "0" * 64}}
+
+
+def small_plan_document() -> dict:
+    """The same for a small model on 2 ranks (tp 2), which any host holds."""
+    return plan_document(**TWO_RANKS)
 
 
 def write_plan(tmp_path: Path, document, name: str = "plan.json") -> Path:
@@ -330,7 +340,7 @@ def test_cli_bad_options(tmp_path, capsys, tripwires, options, fragments):
 
 def test_cli_without_the_trainer(tmp_path, capsys, tripwires, monkeypatch):
     monkeypatch.setattr(run_module, "TRAINER_MODULE", "runtime.no_such_trainer")
-    status, err = run_in_process(capsys, write_plan(tmp_path, plan_document()), "--nproc", 2)
+    status, err = run_in_process(capsys, write_plan(tmp_path, small_plan_document()), "--nproc", 2)
     assert status == 2
     assert_one_line(err, "parasim run needs the runtime trainer (runtime/train.py), "
                     "not built yet")
@@ -348,7 +358,7 @@ def stand_in_trainer(monkeypatch):
 
 
 def test_cli_run_writes_the_measurement(tmp_path, capsys, stand_in_trainer):
-    plan = write_plan(tmp_path, plan_document())
+    plan = write_plan(tmp_path, small_plan_document())
     out = tmp_path / "MEASUREMENT.json"
     status = main(["run", str(plan), "--nproc", "2", "--steps", "4", "--warmup", "1",
                    "--out", str(out)])
@@ -372,7 +382,7 @@ def test_cli_run_writes_the_measurement(tmp_path, capsys, stand_in_trainer):
 def test_cli_run_of_a_failing_trainer(tmp_path, capsys, monkeypatch, stand_in_trainer):
     monkeypatch.setattr(run_module, "TRAINER_FUNCTION", "raise_on_rank_1")
     out = tmp_path / "MEASUREMENT.json"
-    status, err = run_in_process(capsys, write_plan(tmp_path, plan_document()), "--nproc", 2,
+    status, err = run_in_process(capsys, write_plan(tmp_path, small_plan_document()), "--nproc", 2,
                                  "--out", out)
     assert status == 1
     assert err[0].startswith("parasim: error: run of 2 ranks: rank 1 failed: ValueError: "
@@ -383,7 +393,7 @@ def test_cli_run_of_a_failing_trainer(tmp_path, capsys, monkeypatch, stand_in_tr
 
 def test_cli_sigterm_stops_every_rank(tmp_path):
     out = tmp_path / "MEASUREMENT.json"
-    cli = start_cli("hang_on_rank_1", write_plan(tmp_path, plan_document()), "--nproc", 2,
+    cli = start_cli("hang_on_rank_1", write_plan(tmp_path, small_plan_document()), "--nproc", 2,
                     "--timeout", 120, "--out", out)
     ranks, err = interrupt_cli(cli, signal.SIGTERM, lambda: len(rank_pids(cli.pid)) == 2)
     assert cli.returncode == 130, err

@@ -72,3 +72,19 @@ def test_shrunk_job_resolves_small_and_same_family(original):
 def test_uneven_stages_stay_uneven():
     small = shrink_job(job("llama3-8b", {"tp": 2, "pp": 2, "stages": [10, 22]}))
     assert small.layout.stages == (1, 2) and small.model.num_layers == 3
+
+
+def test_per_stage_full_recompute_keeps_its_fraction():
+    """Llama-3-70B (80 blocks) on pp 2, stages of 38 and 42: 30 and 0 blocks recomputed in
+    full become round(30/38 · n) and 0 of the shrunk stages' blocks."""
+    from pathlib import Path
+
+    from runtime.shrink import shrink_job
+    from simulator.jobfile import job_from_mapping
+
+    raw = {"model": "llama3-70b", "cluster": {"base": "dgx-h100", "num_nodes": 2},
+           "training": {"seq_length": 4096, "global_batch_size": 64},
+           "parallel": {"tp": 8, "pp": 2, "stages": [38, 42], "full_recompute_layers": [30, 0]}}
+    job = job_from_mapping(raw, base_dir=Path("."), source="t")
+    small = shrink_job(job)
+    assert small.layout.full_recompute_layers == (round(30 / 38 * small.stage_layers[0]), 0)
