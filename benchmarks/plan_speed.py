@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from planner.report import recompute_text  # noqa: E402
 from planner.search import search  # noqa: E402
 from simulator.jobfile import job_from_mapping  # noqa: E402
 
@@ -40,7 +41,7 @@ def main() -> None:
         print(f"{name}: {elapsed:.1f} s (target < 10 s: {'met' if elapsed < 10 else 'MISSED'}); "
               f"{result.considered} layouts, {result.ilp_solves} ILP splits; best tp {lay.tp} "
               f"pp {lay.pp} vpp {lay.vpp} dp {lay.dp} cp {lay.cp} ep {lay.ep} mbs "
-              f"{lay.micro_batch_size} {lay.schedule} {lay.recompute} ZeRO-{lay.zero_stage}: "
+              f"{lay.micro_batch_size} {lay.schedule} {recompute_text(lay)} ZeRO-{lay.zero_stage}: "
               f"{best.prediction.step_time_s:.2f} s/step, MFU {best.prediction.mfu:.1%}")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory {peak_mib:.0f} MiB (target < 2048)")

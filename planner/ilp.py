@@ -16,7 +16,7 @@ cluster's node groups on the pipeline ranks (one placement on a homogeneous clus
     (placement)     Σ_o y_o = 1
     (layers)        Σ_{o,v,k} x_{o,v,k} = L
     (used_{o,v})    min_layers · y_o ≤ Σ_k x_{o,v,k} ≤ L · y_o
-    (rebuilt_{o,r}) Σ_{v ≡ r} x_{o,v,full} ≤ L · u_{o,r}
+    (rebuilt_{o,r}) Σ_{v ≡ r} x_{o,v,full} ≤ k_{o,r} · u_{o,r}      (k: most blocks r can hold)
     (memory_{o,r})  Σ_{v ≡ r} (Σ_k x_{o,v,k} · (state + in_flight[r] · act_k) + y_o · stage_bytes[v])
                       + u_{o,r} · rebuild_bytes ≤ capacity_bytes[o][r]
     (bottleneck_r)  T ≥ t_r
@@ -44,6 +44,12 @@ vpp chunks that differ by at most one, largest first, with the full blocks fille
 chunks in order (non-increasing). They break the vpp!-fold symmetry of each rank's chunks,
 without which CBC cannot close the gap for P = 16, vpp = 2 within 10 s.
 
+The bound first. Replacing a block's mode by the fastest one never slows a rank, and dropping
+the memory rows only enlarges the feasible set, so the program with every block in the fastest
+mode and unlimited memory bounds the optimum from below; when its answer fits in memory it is
+optimal, and the full program (slower to prove: the recompute modes make many ties) is solved
+only when memory binds.
+
 Memory rows are written in GiB so that CBC's absolute tolerances see numbers near 1. The
 solution is decoded (rounded, integrality and Σ = L asserted), checked with `fits`, and its
 time is recomputed with `pipeline_time_s`, not read from the solver.
@@ -53,7 +59,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulp
 
@@ -280,15 +286,18 @@ def _build(problem: SplitProblem) -> _Program:
 def _add_memory_rows(problem: SplitProblem, prob: pulp.LpProblem, o: int, y_o: pulp.LpVariable,
                      x_o: list[list[pulp.LpVariable]]) -> None:
     """(rebuilt_{o,r}) and (memory_{o,r}), in GiB."""
-    full, L = problem.full_mode, problem.layers
+    full = problem.full_mode
     capacity = problem.placements[o].capacity_bytes
     for r in range(problem.ranks):
+        if math.isinf(capacity[r]):
+            continue  # no limit (the bound of `solve_split`)
         used = pulp.lpSum(x_o[v][k] * (problem.block_bytes(r, k) / GiB)
                           for v in problem.stages_on(r) for k in range(len(problem.modes)))
         used += y_o * (sum(problem.stage_bytes[v] for v in problem.stages_on(r)) / GiB)
         if full is not None and problem.rebuild_bytes > 0:
             u = pulp.LpVariable(f"u_{o}_{r}", cat=pulp.LpBinary)
-            prob += pulp.lpSum(x_o[v][full] for v in problem.stages_on(r)) <= L * u, \
+            most = max(0, max_blocks(problem, o, r))  # a tighter big-M than L (same optimum)
+            prob += pulp.lpSum(x_o[v][full] for v in problem.stages_on(r)) <= most * u, \
                 f"rebuilt_o{o}_r{r}"
             used += u * (problem.rebuild_bytes / GiB)
         prob += used <= capacity[r] / GiB, f"memory_o{o}_r{r}"
@@ -310,18 +319,50 @@ def _add_chunk_symmetry_breaking(problem: SplitProblem, prob: pulp.LpProblem, o:
 
 
 def solve_split(problem: SplitProblem, time_limit_s: float = 10.0) -> SplitSolution:
-    """The split of least `pipeline_time_s` that `fits`; `Infeasible` (with the reason) if none."""
+    """The split of least `pipeline_time_s` that `fits`; `Infeasible` (with the reason) if
+    none. First the bound: the same program with every block in the fastest mode and memory
+    unlimited; if its split fits, it is optimal (module docstring, "The bound first")."""
     start = time.perf_counter()
+    bound = _fastest_unlimited(problem)
+    if bound is not None:
+        split = _widened(problem, _solve(bound, time_limit_s)[0])
+        if fits(problem, split):
+            return SplitSolution(split, pipeline_time_s(problem, split),
+                                 time.perf_counter() - start, "optimal")
+    split, status = _solve(problem, time_limit_s)
+    return SplitSolution(split, pipeline_time_s(problem, split), time.perf_counter() - start,
+                         status)
+
+
+def _solve(problem: SplitProblem, time_limit_s: float) -> tuple[Split, str]:
+    """Build, solve, check the status, decode, verify."""
     program = _build(problem)
     program.prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s))
-    solve_time_s = time.perf_counter() - start
     status = _checked_status(problem, program.prob, time_limit_s)
     split = _decode(problem, program)
     assert fits(problem, split), f"decoded split {split} breaks a memory constraint"
     objective_s = pipeline_time_s(problem, split)
     solver_objective_s = pulp.value(program.prob.objective)
     assert objective_s <= solver_objective_s * (1 + 1e-6) + 1e-12, (objective_s, solver_objective_s)
-    return SplitSolution(split, objective_s, solve_time_s, status)
+    return split, status
+
+
+def _fastest_unlimited(problem: SplitProblem) -> SplitProblem | None:
+    """The problem with one mode, the first, and no memory limit, if the first mode is the
+    fastest on every rank of every placement (else None: no bound this simple)."""
+    if not all(row[0] == min(row) for p in problem.placements for row in p.layer_time_s):
+        return None
+    unlimited = tuple(replace(p, layer_time_s=tuple(row[:1] for row in p.layer_time_s),
+                              capacity_bytes=(math.inf,) * problem.ranks)
+                      for p in problem.placements)
+    return replace(problem, modes=problem.modes[:1],
+                   layer_activation_bytes=problem.layer_activation_bytes[:1],
+                   placements=unlimited)
+
+
+def _widened(problem: SplitProblem, split: Split) -> Split:
+    """A one-mode split as a split of `problem` (every block in its first mode)."""
+    return Split.of_layers(split.layers, placement=split.placement, modes=len(problem.modes))
 
 
 def _checked_status(problem: SplitProblem, prob: pulp.LpProblem, time_limit_s: float) -> str:

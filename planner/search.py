@@ -21,10 +21,10 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
-from planner.ilp import FULL, Placement, Split, SplitProblem, solve_split
+from planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
 from planner.space import Space, enumerate_space
 from simulator.cost.profile import analytic_profile
 from simulator.errors import Infeasible
@@ -170,8 +170,12 @@ def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, 
     choice = layout.pp > 1 or layout.recompute != "full" or not job.cluster.is_homogeneous
     if choice and not split_fixed:
         try:
-            problem, orders = split_problem(replace(job, layout=layout))
-            options.append(apply_split(job, layout, problem, orders, solve_split(problem).split))
+            default = replace(job, layout=layout)
+            problem, orders = split_problem(default)
+            chosen = apply_split(job, layout, problem, orders, _solved(problem).split)
+            if (chosen.stage_layers, chosen.layout.full_recompute_layers, chosen.cluster) != \
+                    (default.stage_layers, None, default.cluster):
+                options.append(chosen)  # not the default split again
             used_ilp = 1
         except Infeasible:
             pass
@@ -185,6 +189,31 @@ def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, 
         if best is None or scored.prediction.step_time_s < best.prediction.step_time_s:
             best = scored
     return best, used_ilp
+
+
+_SOLVED: dict[tuple, SplitSolution] = {}
+
+
+def _solved(problem: SplitProblem) -> SplitSolution:
+    """`solve_split`, once per problem: layouts that differ only where the split does not
+    see it (1F1B and ZB-H1 cost a block alike, up to the order of a sum) share a program; a
+    key rounds the costs to 12 digits."""
+    key = _rounded(problem)
+    if key not in _SOLVED:
+        if len(_SOLVED) > 4096:
+            _SOLVED.clear()
+        _SOLVED[key] = solve_split(problem)
+    return _SOLVED[key]
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, (tuple, list)):
+        return tuple(_rounded(v) for v in value)
+    if is_dataclass(value):
+        return tuple(_rounded(getattr(value, f.name)) for f in fields(value))
+    return value
 
 
 def node_group_orders(job: Job) -> list[tuple[int, ...]]:
