@@ -21,6 +21,7 @@ import math
 import shlex
 import statistics
 import sys
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,15 +31,17 @@ from typing import Any, Callable, Iterable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from simulator.datasets import vtrain  # noqa: E402
+from simulator.datasets.vtrain import vtrain_job  # noqa: E402
 from simulator.errors import SpecError  # noqa: E402
 from simulator.jobfile import job_from_mapping  # noqa: E402
 from simulator.predict import predict  # noqa: E402
 from simulator.results import StepPrediction  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-VTRAIN_FILES = {"single": "vtrain/ground_truth_single.csv", "multi": "vtrain/ground_truth_multi.csv"}
+VTRAIN_FILES = vtrain.FILES
 HAGEMANN_FILE = "hagemann2023/layouts.csv"
-VTRAIN_PUBLISHED_MAPE = {"single": 8.37, "multi": 14.73}  # vTrain's own simulator, data README
+VTRAIN_PUBLISHED_MAPE = vtrain.PUBLISHED_MAPE_PCT  # vTrain's own simulator, data README
 GiB = 2**30
 
 # Hagemann: micro-batches per step for the memory check. 1F1B's peak holds min(pp - rank, m)
@@ -50,21 +53,15 @@ ASSUMED_BATCH_TOKENS = 4 * 2**20
 
 HAGEMANN_RECOMPUTE = {"none": "none", "full (checkpoint every layer)": "full"}
 
-ASSUMPTIONS = """\
-assumptions (stated, not fitted):
-  vTrain   GPT: gelu, layernorm, learned positions (max(seq, 2048) rows), tied embeddings,
-           linear biases, dropout, ffn 4h, vocab 50257; fp16 (Megatron-DeepSpeed mixed
-           precision); flash_attention false (vTrain's Megatron-DeepSpeed predates FlashAttention);
-           recompute full, 1f1b, no sequence parallelism, ZeRO-0; cluster dgx-a100 preset
-           (a100-80gb, NVLink 300 GB/s, 8 x 200 Gb/s NICs), ceil(gpus/8) nodes; single-node rows
-           with < 8 GPUs: one node of that many GPUs. vTrain's own simulator used 150 GB/s
-           intra-node and 800 Gb/s per node: the preset is 2x faster on both.
+HAGEMANN_ASSUMPTIONS = """\
   Hagemann LLaMA-1: swiglu, rmsnorm, rope, untied, vocab 32000, ffn from the row; bf16, ZeRO-1,
            1f1b; dgx-a100 preset with a100-80gb, num_gpus/8 nodes; recompute 'none' -> none,
            'full (checkpoint every layer)' -> full; sequence_parallel 'yes' -> true, 'no*' ->
            false; flash_attention 'FlashAttention*' -> true, 'no (...)' -> false.
            Memory: global batch = micro_batch·dp·2·pp (m = 2·pp micro-batches; m >= pp gives
            1F1B's peak). Usable memory = 80 GiB·0.95 - 1 GiB = 75.0 GiB (profiles/analytic.yaml)."""
+ASSUMPTIONS = "assumptions (stated, not fitted):\n" + textwrap.indent(vtrain.ASSUMPTIONS, "  ") \
+    + "\n" + HAGEMANN_ASSUMPTIONS
 
 
 # Reading -------------------------------------------------------------------------------------
@@ -86,30 +83,6 @@ def check_data_dir(data_dir: Path) -> str | None:
 
 
 # Jobs ----------------------------------------------------------------------------------------
-
-
-def vtrain_job(row: dict[str, str], single_node: bool) -> dict[str, Any]:
-    """A vTrain row as a job mapping (module docstring and ASSUMPTIONS)."""
-    gpus, seq, hidden = int(row["# GPUs"]), int(row["sequence length"]), int(row["hidden size"])
-    model = {"name": f"gpt-{row['# layers']}x{hidden}", "num_layers": int(row["# layers"]),
-             "hidden_size": hidden, "num_attention_heads": int(row["attention heads"]),
-             "ffn_hidden_size": 4 * hidden, "vocab_size": 50257, "activation": "gelu",
-             "norm": "layernorm", "position_embedding": "learned",
-             "max_position_embeddings": max(seq, 2048), "tied_embeddings": True,
-             "linear_bias": True, "dropout": True}
-    cluster: dict[str, Any] = {"base": "dgx-a100", "num_nodes": math.ceil(gpus / 8)}
-    if single_node and gpus < 8:
-        cluster = {"base": "dgx-a100", "num_nodes": 1, "gpus_per_node": gpus}
-    return {
-        "model": model,
-        "cluster": cluster,
-        "training": {"seq_length": seq, "global_batch_size": int(row["global batch"]),
-                     "precision": "fp16", "flash_attention": False},
-        "parallel": {"tp": int(row["tensor parallelism"]), "pp": int(row["pipeline parallelism"]),
-                     "dp": int(row["data parallelism"]), "micro_batch_size": int(row["micro batch"]),
-                     "recompute": "full", "schedule": "1f1b", "sequence_parallel": False,
-                     "zero_stage": 0},
-    }
 
 
 def hagemann_flags(row: dict[str, str]) -> tuple[str, bool, bool]:
@@ -208,7 +181,7 @@ def relative_error(predicted: float, measured: float) -> float:
 
 def vtrain_error(o: Outcome) -> float:
     assert o.prediction is not None
-    return relative_error(o.prediction.step_time_s, float(o.row["iteration time (ms)"]) / 1e3)
+    return relative_error(o.prediction.step_time_s, vtrain.measured_step_s(o.row))
 
 
 # vTrain report -------------------------------------------------------------------------------
@@ -267,7 +240,7 @@ def vtrain_report(data_dir: Path) -> list[str]:
     lines.append(STATS_HEADER + f"{'vTrain':>8} |" + "".join(f"{name:>8}" for name, _ in SHARE_KEYS)
                  + "  <- share of predicted time")
     for kind, rel in VTRAIN_FILES.items():
-        outcomes = run_rows(read_rows(data_dir / rel), lambda r, s=(kind == "single"): vtrain_job(r, s))
+        outcomes = run_rows(read_rows(data_dir / rel), vtrain_job)
         label = "single-node (2-8 GPUs)" if kind == "single" else "multi-node (64-512 GPUs)"
         groups = [(label, outcomes)] + vtrain_groups(kind, outcomes)
         for i, (name, group) in enumerate(groups):

@@ -15,6 +15,8 @@ from planner import topo
 from planner.plan_cli import plan_command
 from planner.report import duration, format_estimate, format_listing
 from planner.run_cli import add_run_parser, run_command
+from planner.validate_cli import add_validate_parser, validate_command
+from simulator.economics import with_monte_carlo
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--trace", metavar="FILE",
                           help="write the simulated step as a Chrome trace (opens in Perfetto; "
                           "one job only)")
+    estimate.add_argument("--monte-carlo", type=int, metavar="N",
+                          help="also simulate N runs with random failures (seeded): the spread "
+                          "of the whole run's days (needs training.tokens)")
     estimate.add_argument("--strict", action="store_true",
                           help="a profile of another device or precision is an error, not a "
                           "warning")
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--export", choices=("megatron", "torchtitan"),
                       help="print the chosen layout as Megatron-LM flags or torchtitan config")
     add_run_parser(commands)
+    add_validate_parser(commands)
     listing = commands.add_parser("list", help="list catalog entries")
     listing.add_argument("kind", choices=("models", "gpus", "clusters"))
     return parser
@@ -87,6 +93,10 @@ def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
                          help="small grids: about two minutes on a small CPU")
     profile.add_argument("--out", metavar="DIR", default=None,
                          help="output folder (default: profiles/measured/DEVICE-DTYPE[-quick])")
+    profile.add_argument("--threads", type=int, metavar="N",
+                         help="torch threads while timing the ops (default: torch's); a run's "
+                         "ranks each use cores / ranks, so profile at that count to predict "
+                         "them")
     profile.add_argument("--force", action="store_true",
                          help="write into an --out folder that is not empty")
     profile.add_argument("--progress", action="store_true",
@@ -113,10 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.command == "run":
         return run_command(args)
+    if args.command == "validate":
+        return validate_command(args, list(sys.argv[1:] if argv is None else argv))
     if args.trace and len(args.jobs) > 1:
         return _fail(SpecError("--trace", args.trace, "writes the timeline of one job",
                                "one JOB with --trace"))
-    return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict, args.trace)
+    return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict, args.trace,
+                     args.monte_carlo)
 
 
 def _topo(path: str, overrides: list[str], png: str | None) -> int:
@@ -138,7 +151,8 @@ def _profile(args: argparse.Namespace) -> int:
     try:
         profiler = _load_profiler(args.device)
         result = profiler.profile(args.device, args.dtype, args.quick, args.out,
-                                  True if args.progress else None, force=args.force)
+                                  True if args.progress else None, force=args.force,
+                                  threads=args.threads)
     except ParasimError as err:
         return _fail(err)
     except KeyboardInterrupt:
@@ -164,7 +178,7 @@ def _load_profiler(device: str) -> ModuleType:
 
 
 def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: str | None,
-              strict: bool, trace: str | None = None) -> int:
+              strict: bool, trace: str | None = None, runs: int | None = None) -> int:
     try:
         measured = profile_db(profile) if profile else None
     except ParasimError as err:
@@ -178,6 +192,8 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: st
                                 "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
             _check_profile(measured, job, strict)
             prediction = predict(job, measured=measured, record=trace is not None)
+            if runs is not None:
+                prediction = with_monte_carlo(prediction, job, runs)
             if trace:
                 write_chrome_trace(trace, prediction.intervals,
                                    title=f"{job.model.name}: {job.source}")

@@ -127,8 +127,8 @@ def layout_text(layout) -> str:
 def format_plan(job: Job, result: SearchResult, objective: str) -> str:
     best = result.ranked[0]
     lines = [f"plan ({objective}): " + format_estimate(job, best.prediction),
-             f"  cost        ${best.dollars_per_step:.2f} and {best.joules_per_step / 3.6e6:.2f} "
-             "kWh per step (catalog price, TDP)"]
+             f"  per step    ${best.dollars_per_step:.2f} and {best.joules_per_step / 3.6e6:.2f} "
+             "kWh (GPU-hour price; phase power model, hosts, fabric, PUE)"]
     if not job.cluster.is_homogeneous:
         lines.append("  placement   node groups take the ranks in this order: " + ", ".join(
             f"{g.num_nodes} x {g.gpu.name}" for g in job.cluster.node_groups))

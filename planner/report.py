@@ -5,7 +5,7 @@ from __future__ import annotations
 from simulator import catalog
 from simulator.job import Job
 from simulator.params import active_params, total_params
-from simulator.results import StepPrediction
+from simulator.results import RunPrediction, StepPrediction
 
 GiB = 2**30
 
@@ -88,9 +88,44 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
     lines.append(f"  sources     {shares} of the step time")
     lines += [f"  profile     {flag}" for flag in p.profile_flags]
     if p.run is not None:
-        lines.append(f"  whole run   {_si(p.run.tokens)} tokens = {p.run.steps} steps: "
-                     f"{duration(p.run.time_s)}, {_si(p.run.gpu_hours)} GPU-hours")
+        lines += run_lines(p.run, job.training.checkpoint_interval_steps is not None)
     return "\n".join(lines)
+
+
+def _tonnes(kg: float) -> str:
+    tonnes = kg / 1000
+    return f"{tonnes:,.0f}" if tonnes >= 1000 else f"{tonnes:.3g}"
+
+
+def run_lines(run: RunPrediction, interval_set: bool = False) -> list[str]:
+    """The whole-run section of the estimate: time under failures, money, energy, risk."""
+    r, m = run.reliability, run.reliability.model
+    chosen = "training.checkpoint_interval_steps" if interval_set else "Young/Daly"
+    lines = [
+        f"  whole run   {_si(run.tokens)} tokens = {run.steps} steps: {duration(run.time_s)} "
+        f"of training; expected {duration(run.wall_time_s)} with checkpoints and failures",
+        f"  failures    job MTBF {duration(m.mtbf_s)}: {r.interruptions:.0f} interruptions "
+        f"expected, {r.lost_s / 3600:.0f} h lost (rework {duration(r.rework_s)}, restarts "
+        f"{duration(r.restarts_s)}); goodput {r.goodput:.1%}",
+        f"  checkpoint  {run.checkpoint_bytes / GiB:.0f} GiB written in {duration(m.checkpoint_s)} "
+        f"every {r.interval_steps} steps ({duration(r.interval_s)}, {chosen}); restart "
+        f"{duration(m.restart_s)}",
+        f"  cost        {_si(run.gpu_hours)} GPU-hours: ${_si(run.cost_on_demand_usd)} on demand, "
+        f"${_si(run.cost_reserved_usd)} reserved ({run.pricing} counted)",
+        f"  energy      {_si(run.energy_j / 3600, 'Wh')} at PUE {run.pue:.3g} (IT "
+        f"{_si(run.energy.it_j / 3600, 'Wh')}), {_tonnes(run.co2_kg)} t CO2 at "
+        f"{run.grid_kg_co2_per_j * 3.6e9:.0f} g/kWh",
+        f"  power       per GPU: compute {run.power.compute_w:.0f} W, memory-bound "
+        f"{run.power.memory_w:.0f} W, waiting {run.power.waiting_w:.0f} W, idle "
+        f"{run.power.idle_w:.0f} W",
+    ]
+    mc = run.monte_carlo
+    if mc is not None:
+        day = 86400
+        lines.append(f"  monte carlo {mc.runs} runs (seed {mc.seed}): mean {mc.mean_s / day:.2f} "
+                     f"± {mc.std_err_s / day:.2f} days; p10 {mc.p10_s / day:.2f}, p50 "
+                     f"{mc.p50_s / day:.2f}, p90 {mc.p90_s / day:.2f} days")
+    return lines
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

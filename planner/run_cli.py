@@ -61,7 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ParasimError as err:
         return _fail(err, EXIT_USER_ERROR)
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             measured = _execute(run, args, raw_job, job)
     except KeyboardInterrupt:
         print("parasim: interrupted; no measurement written, every rank stopped",
@@ -118,7 +118,7 @@ def _load_runtime(args: argparse.Namespace) -> ModuleType:
 
 
 @contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
+def sigterm_as_exit() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so that the ranks and namespaces are removed."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt

@@ -12,8 +12,9 @@
    and on mixed clusters the order in which the node groups take the pipeline ranks; both the
    ILP's answer and the default split are scored by the full simulator (`simulator.predict`);
    the better counts.
-4. The objective (step time, dollars per step or joules per step) orders the results; the
-   top K and the Pareto front of time against dollars are kept.
+4. The objective orders the results: step time, or dollars or joules of the whole run with
+   its failures when the job sets training.tokens (else of one step); the top K and the
+   Pareto front of time against dollars per step are kept.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Literal
 from planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
 from planner.space import Space, enumerate_space
 from simulator.cost.profile import analytic_profile
+from simulator.economics import step_economics
 from simulator.errors import Infeasible
 from simulator.hardware import ClusterSpec
 from simulator.job import Job
@@ -71,8 +73,15 @@ class Scored:
     cluster: ClusterSpec  # the job's cluster, its node groups in the order that takes the ranks
 
     def value(self, objective: Objective) -> float:
-        return {"time": self.prediction.step_time_s, "cost": self.dollars_per_step,
-                "energy": self.joules_per_step}[objective]
+        """Step time; dollars or facility joules of the whole run with its failures when the
+        job sets training.tokens (goodput depends on the layout's checkpoint size and the
+        cluster), else of one step."""
+        run = self.prediction.run
+        if objective == "cost":
+            return run.cost_usd if run is not None else self.dollars_per_step
+        if objective == "energy":
+            return run.energy_j if run is not None else self.joules_per_step
+        return self.prediction.step_time_s
 
 
 @dataclass(frozen=True)
@@ -88,13 +97,11 @@ class SearchResult:
 
 
 def economics(job: Job, prediction: StepPrediction) -> tuple[float, float]:
-    """(dollars, joules) of one step: every GPU at its catalog price and at its TDP (a power
-    upper bound until the energy model of the economics issue)."""
-    groups = job.cluster.node_groups
-    price = sum(g.num_gpus * (job.cluster.price_per_gpu_hour_usd or g.gpu.price_per_hour_usd)
-                for g in groups)
-    watts = sum(g.num_gpus * (job.cluster.power_watts_per_gpu or g.gpu.tdp_watts) for g in groups)
-    return prediction.step_time_s * price / 3600, prediction.step_time_s * watts
+    """(dollars, facility joules) of one step without failures: the job's GPU-hour price
+    (catalog or cluster.price_per_gpu_hour; on-demand or reserved per cluster.pricing) and the
+    power model of `simulator.energy` (power × time over the step's phases, hosts, fabric,
+    PUE). The whole run's cost is `prediction.run` (closed forms; no Monte Carlo here)."""
+    return step_economics(job, prediction)
 
 
 def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,

@@ -5,7 +5,15 @@ one, no race) and spawns n processes (`torch.multiprocessing`, spawn) that join 
 group (gloo on the CPU, NCCL on CUDA, rank r on GPU r). Each collective and size is timed as
 `runtime.timing` times kernels, after a barrier per run and with at least MIN_REPEATS runs
 (small messages on a shared host time bimodally), the runs of all sizes interleaved; a row is
-the mean over ranks of each rank's median, as nccl-tests reports by default.
+the mean over ranks (as nccl-tests reports by default) of each rank's mean over its runs.
+
+The mean, not the median that the kernel tables keep: a training step pays every one of its
+collectives, so what predicts it is the sum of their expected times, and a median
+underestimates that when the times are skewed. They are, in kind: gloo's all_reduce on a
+2-core VM takes either about 0.4 ms or about 4 ms (1 KiB to 1 MiB, 40 runs: medians 0.4 to
+3.7 ms, means 1.0 to 3.0 ms), and in a tensor-parallel run its calls cost 3 ms on average
+against a 0.8 ms median in the profile (`parasim validate`, reports/local). Kernel times are
+tight, so their medians stay.
 
 `bytes` is the full buffer, as `simulator/cost/comm.py` counts it: all_reduce of `bytes`;
 all_gather into an output of `bytes` (bytes/n per rank in); reduce_scatter of an input of
@@ -38,7 +46,7 @@ from runtime.timing import Timing, run_time_s
 COLUMNS = ("collective", "group_size", "bytes", "time_s")
 HOST = processes.HOST
 STOP_GRACE_S = processes.STOP_GRACE_S
-MIN_REPEATS = 40  # small messages on a shared host time bimodally: a median needs many runs
+MIN_REPEATS = 40  # small messages on a shared host time bimodally: a mean needs many runs
 MIN_WARMUP = 2
 SPAWN_ESTIMATE_S = 4.0  # starting the processes and the process group (work estimate only)
 LOOPBACK_FACTOR = {"cpu": 4.0, "cuda": 0.1}  # transport vs memory rate (work estimate only)
@@ -149,7 +157,7 @@ def _operation(name: str, elements: int, rank: int, job: GroupJob,
 
 
 def _measure(name: str, rank: int, job: GroupJob, emulate: bool) -> list[dict]:
-    """Rows of one collective over every size: the mean over ranks of each rank's median.
+    """Rows of one collective over every size: the mean over ranks of each rank's mean.
 
     Runs are interleaved over the sizes (round r times every size once, after a barrier each),
     so that a burst of host noise spreads over all sizes instead of filling one entry."""
@@ -164,12 +172,12 @@ def _measure(name: str, rank: int, job: GroupJob, emulate: bool) -> list[dict]:
             elapsed_s = run_time_s(call, (), job.device)
             if round_index >= job.timing.warmup:
                 series.append(elapsed_s / 2 if name == "p2p" else elapsed_s)  # ping-pong: 2 ways
-    medians = torch.tensor([statistics.median(t) for t in times_s], dtype=torch.float64,
-                           device=job.device)
-    dist.all_reduce(medians)  # the mean over ranks, as nccl-tests reports by default (-a 1)
+    means = torch.tensor([statistics.fmean(t) for t in times_s], dtype=torch.float64,
+                         device=job.device)
+    dist.all_reduce(means)  # the mean over ranks, as nccl-tests reports by default (-a 1)
     return [{"collective": name, "group_size": n, "bytes": elements * element_bytes,
              "time_s": float(total_s) / n}
-            for elements, total_s in zip(counts, medians.tolist())]
+            for elements, total_s in zip(counts, means.tolist())]
 
 
 # The parent ---------------------------------------------------------------------------------

@@ -15,8 +15,11 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +75,28 @@ def prepare_out_dir(out_dir: str | Path, force: bool = False) -> Path:
         raise SpecError("--out", str(path), f"cannot create the folder: {err.strerror}",
                         "a writable folder") from None
     return path
+
+
+def check_threads(threads: int | None) -> None:
+    """SpecError unless `threads` is None or a thread count this machine has cores for."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores:
+        raise SpecError("--threads", threads, f"is not a thread count for this machine's "
+                        f"{cores} cores", f"1 to {cores}")
+
+
+@contextmanager
+def thread_count(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside, restored after (None: kept)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_tasks(grids: Grids, device: str, dtype: torch.dtype, timing: Timing,
@@ -154,14 +179,19 @@ def run_tasks(tasks: list[Task], out_dir: Path, bar: Progress) -> tuple[dict[str
 def profile(device: str = "cpu", dtype: str | None = None, quick: bool = False,
             out_dir: str | Path | None = None, progress: bool | None = None, *,
             force: bool = False, grids: Grids | None = None, timing: Timing | None = None,
-            collective_timeout_s: float | None = None) -> ProfileResult:
+            collective_timeout_s: float | None = None, threads: int | None = None
+            ) -> ProfileResult:
     """Measure every table on `device` in `dtype` and write them with meta.json to `out_dir`.
 
     `progress`: draw the bar on stderr (None: when stderr is a terminal). `grids` and `timing`
-    default to those of `device` and `quick`. Raises SpecError on bad input (before measuring)
-    and runtime.errors.MeasurementError when a benchmark process fails.
+    default to those of `device` and `quick`. `threads`: torch's intra-op threads while timing
+    the ops (None: torch's default), recorded in meta.json; a run's ranks each compute with
+    cores / ranks threads (`runtime.train.threads_per_rank`), so a profile that predicts them
+    must be measured at that count. Raises SpecError on bad input (before measuring) and
+    runtime.errors.MeasurementError when a benchmark process fails.
     """
     check_device(device)
+    check_threads(threads)
     dtype = dtype or default_dtype(device)
     resolved = torch_dtype(dtype)
     path = prepare_out_dir(out_dir or default_out_dir(device, dtype, quick), force)
@@ -172,12 +202,14 @@ def profile(device: str = "cpu", dtype: str | None = None, quick: bool = False,
     bar = Progress(sum(task.weight_s for task in tasks), enabled)
     start_s = time.monotonic()
     try:
-        counts, notes = run_tasks(tasks, path, bar)
+        with thread_count(threads):
+            counts, notes = run_tasks(tasks, path, bar)
+            info = meta(device, dtype, quick, timing.warmup, timing.repeats, [])
     except BaseException:
         bar.stop()
         raise
     notes = list(dict.fromkeys(grid_notes(grids, device, dtype) + notes))  # once each
     bar.close("profile written")
-    info = meta(device, dtype, quick, timing.warmup, timing.repeats, notes)
+    info["notes"] = notes
     (path / META_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return ProfileResult(path, counts, time.monotonic() - start_s, notes)

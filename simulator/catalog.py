@@ -17,6 +17,7 @@ from simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
 
 GiB = 2**30
 KINDS = {"gpus": "gpu", "clusters": "cluster", "models": "model"}
+OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None}  # value when left out
 _NOT_SPEC_FIELDS = {"aliases", "description", "source", "sources", "published_params",
                     "published_active_params", "published_params_source", "price_date"}
 
@@ -73,6 +74,7 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
         "nvlink_GBps": ("nvlink_bytes_per_s", 1e9),
         "tdp_watts": ("tdp_watts", 1),
         "price_per_hour_usd": ("price_per_hour_usd", 1),
+        "idle_watts": ("idle_watts", 1),
     }
     unknown = set(data) - set(units) - _NOT_SPEC_FIELDS - {"name"}
     if unknown:
@@ -81,15 +83,16 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
     kwargs = {}
     for key, (spec_field, scale) in units.items():
         if key not in data:
-            if key == "peak_fp8_tflops":
-                kwargs[spec_field] = 0.0
+            if key in OPTIONAL_GPU_FIELDS:
+                kwargs[spec_field] = OPTIONAL_GPU_FIELDS[key]
                 continue
             raise SpecError(f"{field}.{key}", None, "missing", "a number")
         value = data[key]
-        smallest = 0 if key == "peak_fp8_tflops" else None
+        smallest = 0 if key in ("peak_fp8_tflops", "idle_watts") else None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 value > 0 or value == smallest):
-            valid = "a number >= 0 (0 = no fp8)" if smallest == 0 else "a number > 0"
+            valid = ("a number >= 0 (0 = no fp8)" if key == "peak_fp8_tflops" else
+                     "a number >= 0" if smallest == 0 else "a number > 0")
             raise SpecError(f"{field}.{key}", value, "must be a positive number", valid)
         kwargs[spec_field] = float(value) * scale
     return DeviceSpec(name=name, **kwargs)

@@ -6,11 +6,12 @@ A100/H100 pools). Ranks are numbered over the groups in the order they are liste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from simulator.checks import require_choice, require_int, require_positive
 from simulator.errors import SpecError
+from simulator.facility import FacilitySpec, default_facility
 
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
@@ -32,12 +33,17 @@ class DeviceSpec:
     nvlink_bytes_per_s: float  # per GPU, one direction, to its node's other GPUs
     tdp_watts: float  # board power limit
     price_per_hour_usd: float  # typical on-demand price of one GPU-hour (see catalog date)
+    idle_watts: float | None = None  # board power idle; None: a share of TDP (economics.yaml)
 
     def __post_init__(self) -> None:
         for name in ("peak_bf16_flop_per_s", "peak_fp16_flop_per_s", "peak_fp32_flop_per_s",
                      "memory_bytes", "memory_bytes_per_s", "nvlink_bytes_per_s", "tdp_watts",
                      "price_per_hour_usd"):
             require_positive(f"gpu.{name}", getattr(self, name))
+        if self.idle_watts is not None and (isinstance(self.idle_watts, bool) or not isinstance(
+                self.idle_watts, (int, float)) or not 0 <= self.idle_watts <= self.tdp_watts):
+            raise SpecError("gpu.idle_watts", self.idle_watts, "is the idle board power",
+                            f"a number from 0 to the TDP ({self.tdp_watts:g} W)")
         if self.peak_fp8_flop_per_s < 0:
             raise SpecError("gpu.peak_fp8_flop_per_s", self.peak_fp8_flop_per_s,
                             "must not be negative", "a number >= 0 (0 = no fp8)")
@@ -103,6 +109,7 @@ class ClusterSpec:
     straggler_slowdown: float = 1.0  # one GPU this many times slower than its datasheet
     price_per_gpu_hour_usd: float | None = None  # override of the catalog price
     power_watts_per_gpu: float | None = None  # override of the catalog TDP
+    facility: FacilitySpec = field(default_factory=default_facility)  # power, prices, failures
 
     def __post_init__(self) -> None:
         assert self.node_groups, "a cluster has at least one node group"

@@ -8,12 +8,13 @@ may start from a catalog entry with `base:`.
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 from simulator import catalog
 from simulator.errors import SpecError
+from simulator.facility import HOUR_S, KWH_J, FacilitySpec, default_facility
 from simulator.hardware import ClusterSpec, LinkSpec, NodeGroup
 from simulator.hf_config import load_hf_config
 from simulator.job import Job, resolve_layout
@@ -27,6 +28,25 @@ NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter
 CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription", "switch_radix",
                                 "graph", "price_per_gpu_hour", "power_watts",
                                 "straggler_slowdown")
+# Facility fields of `cluster:` (simulator/facility.py): job-file name -> (spec field, to SI).
+FACILITY_FIELDS = {
+    "pue": ("pue", 1.0),
+    "grid_gco2_per_kwh": ("grid_kg_co2_per_j", 1e-3 / KWH_J),
+    "pricing": ("pricing", None),
+    "reserved_discount": ("reserved_discount", None),
+    "reserved_price_per_gpu_hour": ("reserved_price_per_gpu_hour_usd", 1.0),
+    "node_mtbf_hours": ("node_mtbf_s", HOUR_S),
+    "gpu_mtbf_hours": ("gpu_mtbf_s", HOUR_S),
+    "checkpoint_write_GBps_per_node": ("checkpoint_write_bytes_per_s_per_node", 1e9),
+    "restart_minutes": ("restart_s", 60.0),
+    "spare_nodes": ("spare_nodes", None),
+    "repair_hours": ("repair_s", HOUR_S),
+    "host_power_watts_per_gpu": ("host_power_w_per_gpu", 1.0),
+    "network_power_watts_per_nic": ("network_power_w_per_nic", 1.0),
+}
+ZERO_ALLOWED = ("grid_gco2_per_kwh", "restart_minutes", "host_power_watts_per_gpu",
+                "network_power_watts_per_nic")  # may be 0; every other number must be > 0
+CLUSTER_FIELDS += tuple(FACILITY_FIELDS)
 CATALOG_ONLY = ("description", "sources", "aliases")  # documentation keys of presets
 
 
@@ -195,7 +215,22 @@ def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) 
         price_per_gpu_hour_usd=_optional_number("cluster.price_per_gpu_hour",
                                                 merged.get("price_per_gpu_hour")),
         power_watts_per_gpu=_optional_number("cluster.power_watts", merged.get("power_watts")),
+        facility=facility_spec(merged),
     )
+
+
+def facility_spec(merged: dict[str, Any]) -> FacilitySpec:
+    """The catalog defaults with the job's facility fields, converted to SI; numbers are
+    checked here so that a message shows the value as written."""
+    changes = {}
+    for key, (spec_field, scale) in FACILITY_FIELDS.items():
+        value = merged.get(key)
+        if value is None:
+            continue
+        if scale is not None:
+            value = _number(f"cluster.{key}", value, allow_zero=key in ZERO_ALLOWED) * scale
+        changes[spec_field] = value
+    return replace(default_facility(), **changes)
 
 
 def _ratios(value: Any) -> tuple[float, ...]:

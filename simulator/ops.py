@@ -16,7 +16,7 @@ timed by its memory traffic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -34,7 +34,8 @@ class Op:
     flop: float  # forward FLOPs of all `count` instances
     bytes: float  # forward bytes read + written of all instances
     shape: tuple[int, ...] = ()  # gemm: (m, n, k) of one instance;
-    #                              attention: (batch, heads, s_q, s_kv, qk head dim, v head dim)
+    #                              attention: (batch, heads, s_q, s_kv, qk head dim, v head dim);
+    #                              embedding: (table rows on this rank, hidden)
     count: int = 1  # identical instances in one launch (batched or grouped GEMM)
     core_attention: bool = False  # part of softmax(Q·K^T)·V: what selective recompute repeats
     kernel: str = ""  # memory ops: which elementwise kernel (a measured profile's key)
@@ -184,9 +185,13 @@ def head_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
 
 @lru_cache(maxsize=1024)
 def embedding_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
-    """Token (and learned position) lookup: memory only."""
-    return (memory("embedding", "embedding", shard.tokens * model.hidden_size, 2,
-                   shard.bytes_per_value),)
+    """Token (and learned position) lookup: memory only. Its shape is this rank's table (rows
+    of the vocabulary-parallel split, hidden): the backward writes the table's dense gradient,
+    whatever the number of tokens (`simulator.profile.ProfileDB.op_time`)."""
+    rows = -(-model.vocab_size // shard.tp)
+    lookup = memory("embedding", "embedding", shard.tokens * model.hidden_size, 2,
+                    shard.bytes_per_value)
+    return (replace(lookup, shape=(rows, model.hidden_size)),)
 
 
 def forward_flop(ops: tuple[Op, ...] | list[Op]) -> float:

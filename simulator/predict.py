@@ -9,10 +9,10 @@ embedding or LM head, its slowest GPU in mixed clusters); the slowest sets the p
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from simulator.cost.profile import AnalyticProfile, analytic_profile
+from simulator.economics import run_prediction
 from simulator.flops import hardware_flop_per_step, model_flop_per_step
 from simulator.hardware import DeviceSpec, NodeGroup
 from simulator.job import Job
@@ -25,7 +25,7 @@ from simulator.memory import (
 from simulator.params import BlockGroup, StageParams, active_params, stage_params, total_params
 from simulator.placement import axis_groups
 from simulator.profile import ProfileDB
-from simulator.results import RankMemory, RunPrediction, StepPrediction
+from simulator.results import RankMemory, StepPrediction
 from simulator.step_time import (
     StepContext,
     chunk_blocks,
@@ -33,6 +33,7 @@ from simulator.step_time import (
     simulate_step,
     step_context,
 )
+from simulator.uncertainty import step_band
 
 
 def predict(job: Job, profile: AnalyticProfile | None = None,
@@ -64,6 +65,7 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
         microbatches=ctx.microbatches,
         dropped_token_fraction=load.dropped_fraction if load else 0.0,
         intervals=step.timeline.intervals,
+        step_band=step_band(ctx.analytic.band, step.sources.shares()["analytic"]),
     )
     return _with_run(prediction, job)
 
@@ -154,11 +156,7 @@ def _working_bytes(ctx: StepContext, rank: int, groups: list[BlockGroup], params
 
 
 def _with_run(prediction: StepPrediction, job: Job) -> StepPrediction:
-    tokens = job.training.tokens
-    if tokens is None:
+    """The whole run (days, dollars, energy, failures) when the job sets training.tokens."""
+    if job.training.tokens is None:
         return prediction
-    steps = math.ceil(tokens / prediction.tokens_per_step)
-    time_s = steps * prediction.step_time_s
-    run = RunPrediction(tokens=tokens, steps=steps, time_s=time_s,
-                        gpu_hours=time_s / 3600 * prediction.num_gpus)
-    return replace(prediction, run=run)
+    return replace(prediction, run=run_prediction(job, prediction))

@@ -86,13 +86,16 @@ class StepContext:
         """A collective on every group of `axis`: from the profile's measured table when the
         groups sit inside one host (what `parasim profile` measures), else on the graph."""
         net = self.net(axis)
+        if size_bytes <= 0:  # nothing to send (e.g. the expert gradients of a dense model)
+            return Sourced()
         if self.measured is not None and net.size > 1 and net.within_host:
             found: Timed | None = self.measured.collective_time(kind, net.size, size_bytes)
             if found is not None:
                 return Sourced.of(found.seconds, found.source)
             self.flags.add(f"{kind} over {net.size} ranks ({axis}) at {size_bytes:.3g} B is "
                            "outside the profile's collectives: analytic")
-        return Sourced.of(net.time_s(kind, size_bytes), "analytic")
+        fixed_s = self.analytic.collective_overhead_s if net.size > 1 or kind == "p2p" else 0.0
+        return Sourced.of(net.time_s(kind, size_bytes) + fixed_s, "analytic")
 
     def compute(self, device) -> ComputeModel:
         return ComputeModel(device, self.job.training.precision, self.analytic, self.measured)
@@ -268,11 +271,18 @@ def message_bytes(ctx: StepContext, axis: str) -> float:
 
 
 def _tp_collective(ctx: StepContext) -> Sourced:
-    """One all-reduce (or reduce-scatter + all-gather with sequence parallelism: the same
-    bytes) of a micro-batch's activations b·s/cp·h over the tp group. Megatron-LM runs two per
-    block forward and two backward (Shoeybi et al. 2019, Figure 4); full recompute repeats the
-    forward two in the backward pass."""
-    return ctx.collective("tp", "all_reduce", message_bytes(ctx, "tp"))
+    """One all-reduce of a micro-batch's activations b·s/cp·h over the tp group, or with
+    sequence parallelism the reduce-scatter and the all-gather that replace it (Korthikanti et
+    al. 2022, §4.2.2). Megatron-LM runs two per block forward and two backward (Shoeybi et al.
+    2019, Figure 4); full recompute repeats the forward two in the backward pass. On the
+    topology a ring reduce-scatter plus all-gather is the ring all-reduce, bytes and steps;
+    from a measured profile they are two calls, each with its own fixed cost (on gloo
+    1.3-1.6 ms each at 512 KiB against 1.8 ms for the all-reduce)."""
+    size = message_bytes(ctx, "tp")
+    if ctx.layout.sequence_parallel:
+        return ctx.collective("tp", "reduce_scatter", size) + \
+            ctx.collective("tp", "all_gather", size)
+    return ctx.collective("tp", "all_reduce", size)
 
 
 def _cp_passes(ctx: StepContext, compute: ComputeModel, ops) -> tuple[Sourced, Sourced]:
@@ -328,6 +338,7 @@ def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
         timeline = replace(timeline, intervals=timeline.intervals + _tail_intervals(timeline, tails))
     parts = _components(ctx, critical, costs, timeline, tails[critical], max(ends))
     parts["straggler_s"] = Sourced.of(_straggler_s(ctx, costs, ends, tails), "analytic")
+    parts["overhead_s"] = Sourced.of(ctx.analytic.step_overhead_s, "analytic")
     return StepResult(TimeBreakdown(**{k: v.total_s for k, v in parts.items()}),
                       total(parts.values()), timeline, critical)
 
@@ -348,7 +359,8 @@ def closed_form_step_s(ctx: StepContext, devices: list, params: list[StageParams
         key = (params[r], devices[r], tuple(id(c) for c in costs[r::layout.pp]))
         if key not in tails:
             tails[key] = sum(x.total_s for x in _tail(ctx, r, costs, params[r], devices[r]))
-    return ctx.microbatches * slowest + (sum(rank_s) - slowest) / layout.vpp + max(tails.values())
+    return ctx.microbatches * slowest + (sum(rank_s) - slowest) / layout.vpp \
+        + max(tails.values()) + ctx.analytic.step_overhead_s
 
 
 def block_time_s(ctx: StepContext, device, recompute: Recompute | None = None) -> float:

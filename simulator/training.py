@@ -20,6 +20,7 @@ class TrainingSpec:
     tokens: float | None = None  # tokens of the whole run, for its wall time
     flash_attention: bool = True  # fused attention: no s^2 score matrix is stored
     grad_precision: Precision | None = None  # gradient buffer; None = Megatron-LM's default
+    checkpoint_interval_steps: int | None = None  # steps between checkpoints; None: Young's
 
     def __post_init__(self) -> None:
         require_int("training.seq_length", self.seq_length)
@@ -30,6 +31,8 @@ class TrainingSpec:
         require_bool("training.flash_attention", self.flash_attention)
         if self.grad_precision is not None:
             require_choice("training.grad_precision", self.grad_precision, ("bf16", "fp16", "fp32"))
+        if self.checkpoint_interval_steps is not None:
+            require_int("training.checkpoint_interval_steps", self.checkpoint_interval_steps)
 
     @property
     def weight_bytes_per_param(self) -> int:
@@ -55,6 +58,13 @@ class TrainingSpec:
     def activation_bytes_per_value(self) -> int:
         """Stored activations are in the 16-bit working precision (fp32 for fp32 runs)."""
         return 4 if self.precision == "fp32" else 2
+
+    @property
+    def checkpoint_bytes_per_param(self) -> int:
+        """What a checkpoint saves per parameter: the working weights and the optimizer states
+        (fp32 master copy, Adam moments); gradients are not saved (Megatron-LM's
+        distributed checkpoint: model and optimizer state dicts)."""
+        return self.weight_bytes_per_param + self.optimizer_bytes_per_param
 
     @property
     def tokens_per_step(self) -> int:

@@ -99,7 +99,8 @@ def test_whole_run_time():
     p = predict(job({"tp": 4}, tokens=1e9))
     assert p.run.steps == -(-1_000_000_000 // (4096 * 256))
     assert p.run.time_s == pytest.approx(p.run.steps * p.step_time_s)
-    assert p.run.gpu_hours == pytest.approx(p.run.time_s / 3600 * 32)
+    assert p.run.gpu_hours == pytest.approx(p.run.wall_time_s / 3600 * 32)  # paid: with failures
+    assert p.run.time_s < p.run.wall_time_s
 
 
 def test_mixed_cluster_paces_on_the_slower_gpu():

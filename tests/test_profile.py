@@ -15,7 +15,7 @@ from simulator.cost.compute import ComputeModel
 from simulator.cost.profile import analytic_profile
 from simulator.errors import SpecError
 from simulator.jobfile import job_from_mapping
-from simulator.ops import Op, gemm, memory
+from simulator.ops import Op, Shard, embedding_ops, gemm, memory
 from simulator.predict import predict
 from simulator.profile import LogGrid, load_profile
 from tests.profile_fixtures import attention_time, gemm_time, write_profile
@@ -160,3 +160,62 @@ def test_estimate_with_a_profile_reports_sources(tmp_path):
     assert set(out["sources"]) == {"measured", "interpolated", "analytic"}
     missing = _estimate("--profile", tmp_path / "nope")
     assert missing.returncode == 2 and "no such profile" in missing.stderr
+
+
+# Below the grid, the embedding's table, sequence-parallel collectives, empty collectives ------
+
+
+def test_below_the_grid_takes_the_smallest_size(db):
+    """A GEMM narrower than the grid (a 4-wide MoE router) is bounded by the grid's smallest
+    width, not left to the roofline; a size of 0 is still no lookup."""
+    found = db.op_time(gemm("router", 1024, 4, 1024, 2), backward=False)
+    assert found.source == "interpolated"
+    assert found.seconds == pytest.approx(gemm_time(1024, 256, 1024))
+    assert LogGrid([[1.0, 10.0]], [1.0, 2.0]).lookup((0.0,)) is None
+    assert LogGrid([[1.0, 10.0]], [1.0, 2.0]).lookup((100.0,)) is None  # above: analytic
+
+
+def _with_rows(folder: Path, table: str, rows: list[list]) -> None:
+    with (folder / table).open("a", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_embedding_backward_is_a_pass_over_the_jobs_table(tmp_path):
+    """Backward = the copy of the rank's (vocab/tp, hidden) table + the gather's bytes; the
+    profile's own embedding backward (here a huge 1 s) is not used."""
+    folder = write_profile(tmp_path / "p")
+    _with_rows(folder, "elementwise.csv",
+               [[kernel, e, e / 1e10, 1.0] for kernel in ("copy", "embedding")
+                for e in (2**16, 2**20, 2**24)])
+    db = load_profile(folder)
+    model = catalog.model_from_mapping({"num_layers": 2, "hidden_size": 1024,
+                                        "num_attention_heads": 8, "ffn_hidden_size": 4096,
+                                        "vocab_size": 4096}, name="m")
+    (op,) = embedding_ops(model, Shard(micro_batch=1, seq_length=2048, tp=2))
+    assert op.shape == (2048, 1024)
+    found = db.op_time(op, backward=True)
+    assert found.seconds == pytest.approx((2048 * 1024 + 2048 * 1024) / 1e10)
+    assert db.op_time(op, backward=False).seconds == pytest.approx(2048 * 1024 / 1e10)
+
+
+def test_sequence_parallel_pays_a_reduce_scatter_and_an_all_gather(tmp_path):
+    """From a measured profile the two collectives that replace an all-reduce are two calls:
+    with all three timed alike, sequence parallelism doubles the exposed tp communication."""
+    folder = write_profile(tmp_path / "p")
+    with (folder / "collectives.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["collective", "group_size", "bytes", "time_s"])
+        writer.writerows([[kind, 2, b, 1e-4 + b / 1e10] for kind in
+                          ("all_reduce", "reduce_scatter", "all_gather")
+                          for b in (2**10, 2**20, 2**30)])
+    db = load_profile(folder)
+    plain = predict(_job({"tp": 2, "pp": 4}), measured=db).breakdown.tp_comm_s
+    sp = predict(_job({"tp": 2, "pp": 4, "sequence_parallel": True}), measured=db)
+    assert sp.breakdown.tp_comm_s == pytest.approx(2 * plain)
+
+
+def test_empty_collectives_cost_nothing_and_are_not_flagged(tmp_path):
+    """A dense model has no expert gradients to reduce: no 0-byte collective is flagged."""
+    db = load_profile(write_profile(tmp_path / "p", collective_sizes=(2, 4)))
+    p = predict(_job({"tp": 2}), measured=db)
+    assert not [flag for flag in p.profile_flags if " 0 B " in flag]

@@ -228,6 +228,22 @@ def test_cli_unknown_dtype():
     assert_user_error(run_cli("profile", "--dtype", "fp8"), "--dtype", "fp8", "bf16")
 
 
+@pytest.mark.parametrize("threads", ["0", str((os.cpu_count() or 1) + 1)])
+def test_cli_threads_this_machine_has_no_cores_for(tmp_path, threads):
+    assert_user_error(run_cli("profile", "--threads", threads, "--out", tmp_path / "p"),
+                      f"--threads={threads}", "cores")
+    assert not (tmp_path / "p").exists()  # refused before anything is written
+
+
+def test_thread_count_is_set_inside_and_restored():
+    from runtime.profiler import thread_count
+
+    before = torch.get_num_threads()
+    with thread_count(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
 def test_cli_without_torch(tmp_path):
     script = ("import sys; sys.modules['torch'] = None; from planner.cli import main; "
               f"sys.exit(main(['profile', '--out', {str(tmp_path / 'p')!r}]))")

@@ -61,7 +61,7 @@ def test_missing_data_dir_is_one_line_and_exit_2(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["single", "multi"])
 def test_vtrain_rows_predict(data_dir, kind):
     rows = _some(pb.read_rows(data_dir / pb.VTRAIN_FILES[kind]))
-    outcomes = pb.run_rows(rows, lambda r: pb.vtrain_job(r, kind == "single"))
+    outcomes = pb.run_rows(rows, pb.vtrain_job)
     assert not pb.spec_error_counts(outcomes)
     for o in outcomes:
         assert o.prediction.step_time_s > 0
@@ -75,7 +75,7 @@ def test_vtrain_rows_predict(data_dir, kind):
 
 def test_vtrain_small_node_uses_its_gpu_count(data_dir):
     row = next(r for r in pb.read_rows(data_dir / pb.VTRAIN_FILES["single"]) if r["# GPUs"] == "2")
-    job = pb.vtrain_job(row, single_node=True)
+    job = pb.vtrain_job(row)
     assert job["cluster"] == {"base": "dgx-a100", "num_nodes": 1, "gpus_per_node": 2}
 
 

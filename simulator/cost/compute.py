@@ -1,8 +1,13 @@
 """Roofline time of an op on a device: the slower of its arithmetic and its memory traffic.
 
-t = max(flop / (peak · efficiency(flop)), bytes / (HBM bandwidth · efficiency))
-(Williams et al. 2009, "Roofline: an insightful visual performance model"). Efficiencies come
-from the analytic profile; a measured profile (issue 4) will replace them per op.
+t = max(flop / (peak · efficiency(flop)), bytes / (HBM bandwidth · efficiency)) + t_op
+(Williams et al. 2009, "Roofline: an insightful visual performance model"), where t_op is a
+fixed time per op: kernel launch, tail and framework dispatch, which the roofline ignores and
+which dominates small ops. It has no published value: 0 in analytic.yaml, fitted to measured
+runs by `parasim calibrate`. The backward pass costs the forward's time, t_op included, times
+the op's backward factor (its kernels: input and weight gradient for a GEMM).
+Efficiencies and t_op come from the analytic or a fitted profile; a measured profile (issue 4)
+replaces the whole time per op.
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ def op_time_s(op: Op, device: DeviceSpec, precision: Precision, profile: Analyti
     """Forward (or backward) time of `op` on `device`."""
     memory_s = op.bytes / (device.memory_bytes_per_s * profile.memory_bandwidth_efficiency)
     if op.kind == "memory":
-        return memory_s * (profile.memory_backward_factor if backward else 1.0)
+        return max(memory_s, profile.op_overhead_s) * \
+            (profile.memory_backward_factor if backward else 1.0)
     if op.kind == "gemm":  # one launch, batched or grouped over op.count instances
         kernel, flop = profile.gemm, op.flop
     else:  # fused attention: causal kernels skip the masked half of the square
         kernel, flop = profile.attention, op.flop * profile.causal_work_fraction
     compute_s = flop / (device.peak_flop_per_s(precision) * kernel.efficiency(flop))
     factor = kernel.backward_factor if backward else 1.0
-    return max(compute_s, memory_s) * factor
+    return max(compute_s, memory_s, profile.op_overhead_s) * factor
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,19 @@
 """The analytic cost profile: efficiency constants of the roofline time model.
 
 Read from `profiles/analytic.yaml`, where each constant cites the public measurement it comes
-from. A measured profile (issue 4) will override these per op.
+from; a measured profile (issue 4) overrides op times, a fitted profile (`parasim calibrate`,
+`simulator.calibration`) replaces the constants with values fitted to measured runs. Both files
+have the layout of analytic.yaml (`profile_from_mapping` / `profile_mapping`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import profiles
+from simulator.uncertainty import NO_BAND, ResidualBand
 from simulator.yamlfile import load_data
 
 GiB = 2**30
@@ -42,6 +46,10 @@ class AnalyticProfile:
     reserve_fixed_bytes: float  # device memory unusable for tensors
     reserve_fraction: float  # ... plus this share of the device memory
     optimizer_bytes_per_param: float  # HBM traffic of one Adam update per parameter
+    op_overhead_s: float = 0.0  # fixed time of every op's kernel(s): launch and tail
+    collective_overhead_s: float = 0.0  # fixed time of every collective call: launch, sync
+    step_overhead_s: float = 0.0  # fixed host time of every step (Python, data, launches)
+    band: ResidualBand = NO_BAND  # calibration residuals: the prediction interval
 
     def overlapped_s(self, compute_s: float, comm_s: float) -> float:
         """Compute with communication running beside it: the longer of the two, plus the
@@ -55,9 +63,16 @@ class AnalyticProfile:
 @lru_cache(maxsize=1)
 def analytic_profile() -> AnalyticProfile:
     with profiles.path("analytic.yaml").open("r", encoding="utf-8") as f:
-        raw = load_data(f)
+        return profile_from_mapping(load_data(f))
+
+
+def profile_from_mapping(raw: dict[str, Any]) -> AnalyticProfile:
+    """An AnalyticProfile from analytic.yaml's layout (SI units except `fixed_GiB`); the
+    `overhead` and `prediction_interval` sections are optional (0 and no band)."""
     attention = dict(raw["attention"])
     causal = attention.pop("causal_work_fraction")
+    overhead = raw.get("overhead", {})
+    band = raw.get("prediction_interval")
     return AnalyticProfile(
         gemm=KernelEfficiency(**raw["gemm"]),
         attention=KernelEfficiency(**attention),
@@ -70,4 +85,35 @@ def analytic_profile() -> AnalyticProfile:
         reserve_fixed_bytes=raw["memory_reserve"]["fixed_GiB"] * GiB,
         reserve_fraction=raw["memory_reserve"]["fraction"],
         optimizer_bytes_per_param=raw["optimizer"]["bytes_per_param"],
+        op_overhead_s=overhead.get("op_s", 0.0),
+        collective_overhead_s=overhead.get("collective_s", 0.0),
+        step_overhead_s=overhead.get("step_s", 0.0),
+        band=ResidualBand(**band) if band else NO_BAND,
     )
+
+
+def profile_mapping(profile: AnalyticProfile) -> dict[str, Any]:
+    """`profile_from_mapping`'s inverse: analytic.yaml's layout."""
+    def kernel(k: KernelEfficiency) -> dict[str, float]:
+        return {"max_efficiency": k.max_efficiency,
+                "half_efficiency_flop": k.half_efficiency_flop,
+                "backward_factor": k.backward_factor}
+    b = profile.band
+    return {
+        "gemm": kernel(profile.gemm),
+        "attention": {**kernel(profile.attention),
+                      "causal_work_fraction": profile.causal_work_fraction},
+        "memory": {"bandwidth_efficiency": profile.memory_bandwidth_efficiency,
+                   "backward_factor": profile.memory_backward_factor},
+        "communication": {"intra_node_efficiency": profile.intra_node_efficiency,
+                          "inter_node_efficiency": profile.inter_node_efficiency},
+        "overlap": {"slowdown": profile.overlap_slowdown},
+        "memory_reserve": {"fixed_GiB": profile.reserve_fixed_bytes / GiB,
+                           "fraction": profile.reserve_fraction},
+        "optimizer": {"bytes_per_param": profile.optimizer_bytes_per_param},
+        "overhead": {"op_s": profile.op_overhead_s,
+                     "collective_s": profile.collective_overhead_s,
+                     "step_s": profile.step_overhead_s},
+        "prediction_interval": {"log_low": b.log_low, "log_high": b.log_high,
+                                "runs": b.runs, "source": b.source},
+    }

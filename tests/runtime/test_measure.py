@@ -39,7 +39,8 @@ def test_the_step_time_is_the_slowest_rank_per_step(tmp_path):
     assert data["step_time_s"] == 3.0 and data["step_times_s"] == [3.0, 4.0, 2.5]
     assert data["plan_sha256"] == hashlib.sha256(b"{}").hexdigest()
     assert data["ranks"][1] == {"rank": 1, "step_times_s": [3.0, 1.0, 2.5],
-                                "peak_bytes": 30.0, "phase_s": {"forward": 0.7}}
+                                "peak_bytes": 30.0, "memory_bytes": {},
+                                "phase_s": {"forward": 0.7}}
     assert (data["schema_version"], data["world_size"], data["steps"],
             data["warmup_steps"]) == (1, 2, 3, 2)
     out = tmp_path / "MEASUREMENT.json"

@@ -1,0 +1,380 @@
+"""`parasim validate`: predict a suite of jobs, run each on this machine, report the errors.
+
+    parasim validate --suite local [--profile DIR] [--steps N] [--out reports/local]
+
+Profiles this machine (quick grids, at the thread count each rank will compute with) unless
+given a profile, then for each job of the suite: builds the job on this machine's cluster
+(`planner.suite.local_cluster`), predicts it (`simulator.predict`, with the profile), writes its
+plan file (the one `parasim run` reads) and runs it (`runtime.run.run_plan`), and compares
+(`simulator.validation`). A job that cannot be planned or run is reported as failed with its
+one-line reason, and the suite goes on. The report folder (`simulator.validation_report`)
+holds README.md, results.csv, facts.json, scatter.png, the plans and the measurements.
+`--render DIR` rebuilds a report's README.md and scatter.png from its data (no torch).
+
+Exit status: 0 report written, 2 bad input (one line, before anything runs), 130 interrupted.
+The runtime (torch) is imported only to run, so that `import planner` never needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import socket
+import sys
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+
+from planner.host_load import cpu_sample, other_load_cores
+from planner.plan import plan_document, read_plan, write_plan
+from planner.run_cli import sigterm_as_exit
+from planner.search import Scored, economics
+from planner.suite import Suite, SuiteJob, load_suite, local_cluster
+from simulator.errors import ParasimError, SpecError
+from simulator.job import Job
+from simulator.jobfile import job_from_mapping
+from simulator.layout import Layout
+from simulator.predict import predict
+from simulator.profile import ProfileDB, load_profile, mismatches, resolve_profile
+from simulator.results import StepPrediction
+from simulator.validation import JobResult, summarize
+from simulator.validation_report import (
+    RunFacts,
+    mebibytes,
+    percent,
+    render_report,
+    summary_lines,
+    write_report,
+)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+PLANS, MEASUREMENTS, PROFILE = "plans", "measurements", "profile"
+
+
+def add_validate_parser(commands: argparse._SubParsersAction) -> None:
+    validate = commands.add_parser("validate", help="predict, run and compare a suite of jobs "
+                                   "on this machine; write a report (needs PyTorch)")
+    validate.add_argument("--suite", default="local", metavar="NAME|FILE",
+                          help="local (profiles/suites/local.yaml) or a suite file")
+    validate.add_argument("--profile", metavar="DIR", help="use this measured profile instead "
+                          "of profiling first (it should be measured at cores / ranks threads)")
+    validate.add_argument("--steps", type=int, default=10, metavar="N",
+                          help="timed steps per job (10)")
+    validate.add_argument("--warmup", type=int, default=2, metavar="N",
+                          help="untimed steps before them (2)")
+    validate.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                          help="stop a job's ranks after S seconds (600)")
+    validate.add_argument("--out", metavar="DIR", help="report folder (reports/SUITE)")
+    validate.add_argument("--force", action="store_true",
+                          help="write into an --out folder that is not empty")
+    validate.add_argument("--render", metavar="DIR", help="only rebuild DIR's README.md and "
+                          "scatter.png from its results.csv and facts.json (no torch)")
+
+
+def validate_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Exit status of `parasim validate`; every error is one line on stderr."""
+    if args.render:
+        try:
+            summary = render_report(Path(args.render))
+        except ParasimError as err:
+            return _fail(err)
+        print("\n".join(summary_lines(summary) + [f"rendered {args.render}"]), flush=True)
+        return 0
+    try:
+        _check_options(args)
+        suite = load_suite(args.suite)
+        out = _out_dir(args, suite)
+        runtime = _load_runtime(emulates=any(job.nodes > 1 for job in suite.jobs))
+    except ParasimError as err:
+        return _fail(err)
+    command = "parasim " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        with sigterm_as_exit():
+            _validate(args, suite, out, runtime, command)
+    except KeyboardInterrupt:
+        print("parasim: interrupted; every rank stopped, no report written", file=sys.stderr,
+              flush=True)
+        return EXIT_INTERRUPTED
+    except ParasimError as err:  # the profile could not be measured or read
+        return _fail(err)
+    return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        raise SpecError("--steps", args.steps, "must time at least one step", "1 or more")
+    if args.warmup < 0:
+        raise SpecError("--warmup", args.warmup, "must not be negative", "0 or more")
+    if not args.timeout > 0:
+        raise SpecError("--timeout", args.timeout, "must be positive", "seconds, e.g. 600")
+    if args.profile is not None:
+        resolve_profile(args.profile)
+
+
+def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
+    """--out, or reports/<suite>; refused when it holds files, unless --force."""
+    out = Path(args.out) if args.out else Path("reports") / Path(suite.name).stem
+    if out.exists() and not out.is_dir():
+        raise SpecError("--out", str(out), "exists and is not a folder", "a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
+                        "a new or empty folder, or --force")
+    try:
+        for sub in (PLANS, MEASUREMENTS):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecError("--out", str(out), f"cannot create the folder: {err.strerror}",
+                        "a writable folder") from None
+    return out
+
+
+def _load_runtime(emulates: bool) -> SimpleNamespace:
+    """runtime.run, runtime.profiler, runtime.train, or a SpecError naming the missing torch."""
+    if emulates:  # as `parasim run --emulate-nodes` (planner/run_cli.py), before torch loads
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    try:
+        from runtime import profiler, run, train
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "torch":
+            raise
+        raise SpecError("validate", None, "parasim validate runs the jobs: it needs PyTorch",
+                        "pip install '.[runtime]'") from None
+    return SimpleNamespace(profiler=profiler, run=run, train=train)
+
+
+# The suite ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What every job of one validation shares."""
+
+    args: argparse.Namespace
+    out: Path
+    db: ProfileDB
+    runtime: SimpleNamespace
+    threads: int  # torch threads per rank the profile describes
+    notes: list[str]  # facts for the report, appended as jobs run
+
+
+def _validate(args: argparse.Namespace, suite: Suite, out: Path, runtime: SimpleNamespace,
+              command: str) -> None:
+    load_before, created = os.getloadavg(), _now()
+    threads = _threads(suite, runtime)
+    db = _profile(args, out, runtime, threads)
+    ctx = Context(args=args, out=out, db=db, runtime=runtime, threads=threads, notes=[])
+    results = []
+    for index, job in enumerate(suite.jobs, start=1):
+        result = _one_job(ctx, job)
+        print(f"[{index}/{len(suite.jobs)}] {job_line(result)}", flush=True)
+        results.append(result)
+    facts = _facts(ctx, suite, command, created, threads, load_before)
+    write_report(out, results, facts)
+    print("\n".join(summary_lines(summarize(results)) + [f"wrote {out}/README.md"]),
+          flush=True)
+
+
+def _threads(suite: Suite, runtime: SimpleNamespace) -> int:
+    """Threads per rank of the suite's widest job: what the profile must be measured at."""
+    return runtime.train.threads_per_rank(max(job.world_size for job in suite.jobs))
+
+
+def _profile(args: argparse.Namespace, out: Path, runtime: SimpleNamespace,
+             threads: int) -> ProfileDB:
+    """The given profile (warning when measured at another thread count or precision), or a
+    quick profile of this machine at `threads` threads, written into the report folder."""
+    if args.profile is not None:
+        db = load_profile(resolve_profile(args.profile))
+        if db.meta.get("threads") != threads:
+            _warn(f"profile {db.path} was measured at {db.meta.get('threads')} thread(s), the "
+                  f"ranks compute with {threads}; its times are used as measured")
+        for why in mismatches(db, {db.gpu}, "fp32"):
+            _warn(f"{why}; its times are used as measured")
+        return db
+    print(f"profiling this machine (quick grids, {threads} thread(s)) into {out / PROFILE}",
+          flush=True)
+    result = runtime.profiler.profile("cpu", "fp32", True, out / PROFILE, None,
+                                      force=args.force, threads=threads)
+    return load_profile(result.out_dir)
+
+
+def _one_job(ctx: Context, job: SuiteJob) -> JobResult:
+    """Plan, predict, run and compare one job; a failure is the row's reason, not an exit."""
+    try:
+        plan_path = _write_plan(ctx, job)
+        raw, planned = read_plan(plan_path)  # exactly what `parasim run` would execute
+        prediction = predict(planned, measured=ctx.db)
+    except ParasimError as err:
+        return _failed(job, None, None, str(err))
+    try:
+        _check_runnable(ctx, job)
+        before = cpu_sample()
+        measured = _measure(ctx, job, plan_path, raw, planned)
+        load = other_load_cores(before, cpu_sample())
+    except ParasimError as err:
+        return _failed(job, planned, prediction, str(err))
+    if job.nodes > 1:
+        prediction = _with_measured_link(ctx, job, measured.emulation)
+    return replace(_result(job, planned, prediction, measured), other_load_cores=load)
+
+
+def suite_job(db: ProfileDB, job: SuiteJob, inter_node_bits_per_s: float | None = None
+              ) -> tuple[dict, Job]:
+    """(job mapping, Job) of the suite job on this machine's cluster (`inter_node_bits_per_s`:
+    the emulated link's rate, default the suite's line rate)."""
+    rate = inter_node_bits_per_s or job.inter_node_bits_per_s
+    raw = {**job.raw, "cluster": local_cluster(db, job.world_size // job.nodes, job.nodes, rate)}
+    return raw, job_from_mapping(raw, base_dir=Path("."), source=job.name)
+
+
+def _write_plan(ctx: Context, job: SuiteJob) -> Path:
+    """The plan file of the job's fixed layout, as `parasim plan --out` writes it."""
+    raw, built = suite_job(ctx.db, job)
+    prediction = predict(built, measured=ctx.db)
+    dollars, joules = economics(built, prediction)
+    scored = Scored(layout=built.layout, prediction=prediction, dollars_per_step=dollars,
+                    joules_per_step=joules, cluster=built.cluster)
+    path = ctx.out / PLANS / f"{job.name}.json"
+    write_plan(path, plan_document(raw, scored, "time"))
+    return path
+
+
+def _check_runnable(ctx: Context, job: SuiteJob) -> None:
+    """SpecError for a job the profile cannot describe (ranks sharing cores, another thread
+    count) or an emulated network this machine cannot build."""
+    cores = os.cpu_count() or 1
+    if job.world_size > cores:
+        raise SpecError(f"{job.name}: world size", job.world_size, f"exceeds this machine's "
+                        f"{cores} cores: ranks would share cores, which no profile describes",
+                        f"jobs of at most {cores} ranks here")
+    threads = ctx.runtime.train.threads_per_rank(job.world_size)
+    if threads != ctx.threads:
+        raise SpecError(f"{job.name}: world size", job.world_size, f"its ranks compute with "
+                        f"{threads} threads, the profile describes {ctx.threads}",
+                        "jobs of the suite's widest world size")
+    if job.nodes > 1:
+        emulation = _emulation(ctx, job)
+        ctx.runtime.run.netns.check_can_emulate(emulation, job.world_size)
+
+
+def _emulation(ctx: Context, job: SuiteJob):
+    return ctx.runtime.run.netns.Emulation(nodes=job.nodes,
+                                           inter_node_bits_per_s=job.inter_node_bits_per_s)
+
+
+def _measure(ctx: Context, job: SuiteJob, plan_path: Path, raw: dict, planned: Job):
+    run = ctx.runtime.run
+    emulation = _emulation(ctx, job) if job.nodes > 1 else None
+    measured = run.run_plan(plan_path, raw, planned, steps=ctx.args.steps,
+                            warmup_steps=ctx.args.warmup, nproc=job.world_size,
+                            timeout_s=ctx.args.timeout, emulation=emulation)
+    run.write_measurement(ctx.out / MEASUREMENTS / f"{job.name}.json", measured)
+    return measured
+
+
+def _with_measured_link(ctx: Context, job: SuiteJob, emulation: dict) -> StepPrediction:
+    """The emulated job predicted again with the link rate the emulated network delivered
+    (measured before the ranks started), not its configured line rate."""
+    rate_bits = emulation["measured_inter_node_Gbps"] * 1e9
+    ctx.notes.append(f"{job.name}: {job.nodes} emulated nodes, link {emulation['inter_node_Gbps']:g}"
+                     f" Gbit/s line rate, {rate_bits / 1e9:.3f} Gbit/s measured; predicted with "
+                     "the measured rate")
+    return predict(suite_job(ctx.db, job, rate_bits)[1], measured=ctx.db)
+
+
+# Rows and lines ------------------------------------------------------------------------------
+
+
+def layout_words(layout: Layout, microbatches: int) -> str:
+    """The layout's non-default choices: `tp 2, sequence-parallel, 8 micro-batches`."""
+    parts = [f"{axis} {getattr(layout, axis)}" for axis in ("tp", "pp", "vpp", "cp", "dp", "ep")
+             if getattr(layout, axis) > 1]
+    if layout.pp > 1:
+        parts.append(layout.schedule)
+    if layout.sequence_parallel:
+        parts.append("sequence-parallel")
+    if layout.recompute != "none":
+        parts.append(f"recompute {layout.recompute}")
+    if layout.zero_stage:
+        parts.append(f"ZeRO-{layout.zero_stage}")
+    return ", ".join(parts + [f"{microbatches} micro-batches"])
+
+
+def _failed(job: SuiteJob, planned: Job | None, prediction: StepPrediction | None,
+            reason: str) -> JobResult:
+    return JobResult(
+        name=job.name,
+        layout=layout_words(planned.layout, prediction.microbatches) if prediction else "",
+        predicted_step_s=prediction.step_time_s if prediction else None,
+        predicted_peak_bytes=prediction.peak_stage.peak_bytes if prediction else None,
+        analytic_share=prediction.sources.get("analytic", 0.0) if prediction else 0.0,
+        predicted_parts_s=prediction.breakdown.as_dict() if prediction else None,
+        failure=" ".join(reason.split()) or "failed")
+
+
+def _result(job: SuiteJob, planned: Job, prediction: StepPrediction, measured) -> JobResult:
+    """The row of a measured job; each phase the longest over the ranks (a pipeline's busiest
+    stage computes longest, its first waits longest: the prediction's compute is the busiest
+    stage's, its bubble what the critical path waits)."""
+    spread = measured.step_time
+    phases = {name.removesuffix("_s"): max(rank.phase_s[name] for rank in measured.ranks)
+              for name in measured.ranks[0].phase_s}
+    base = _failed(job, planned, prediction, "-")
+    return replace(base, failure="", measured_step_s=spread.median_s,
+                   measured_p10_s=spread.p10_s, measured_p90_s=spread.p90_s,
+                   measured_peak_bytes=measured.peak_bytes, measured_phases_s=phases)
+
+
+def job_line(r: JobResult) -> str:
+    """One printed line per job."""
+    predicted = "no prediction" if r.predicted_step_s is None else \
+        f"predicted {r.predicted_step_s:.3f} s"
+    if not r.measured:
+        return f"{r.name}: {predicted}; failed: {r.failure}"
+    return (f"{r.name}: {predicted}, measured {r.measured_step_s:.3f} s (p10 "
+            f"{r.measured_p10_s:.3f}, p90 {r.measured_p90_s:.3f}): {percent(r.step_error)}; "
+            f"memory {mebibytes(r.predicted_peak_bytes)} vs {mebibytes(r.measured_peak_bytes)} "
+            f"MiB: {percent(r.memory_error)}; other load {_load(r.other_load_cores)} cores")
+
+
+def _load(cores: float | None) -> str:
+    return "?" if cores is None else f"{cores:.2f}"
+
+
+# Facts ----------------------------------------------------------------------------------------
+
+
+def _facts(ctx: Context, suite: Suite, command: str, created: str, threads: int,
+           load_before: tuple[float, float, float]) -> RunFacts:
+    meta = ctx.db.meta
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "?"
+    return RunFacts(
+        command=command, created=created, suite=suite.name,
+        suite_description=suite.description, host=socket.gethostname(),
+        cpu=str(meta.get("device_name", platform.processor())), cores=os.cpu_count() or 1,
+        torch=torch_version, python=platform.python_version(), profile=ctx.db.path,
+        profile_threads=meta.get("threads"), profile_quick=meta.get("quick"),
+        profile_date=str(meta.get("date", "?")), threads_per_rank=threads,
+        steps=ctx.args.steps, warmup_steps=ctx.args.warmup, load_before=tuple(load_before),
+        load_after=tuple(os.getloadavg()), notes=tuple(ctx.notes))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _warn(message: str) -> None:
+    print(f"parasim: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(err: ParasimError) -> int:
+    print(f"parasim: error: {err}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR

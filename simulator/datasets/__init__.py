@@ -1,0 +1,1 @@
+"""Public measured training runs as parasim jobs (the data lives in ../shared/data/)."""

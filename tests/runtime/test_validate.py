@@ -1,0 +1,71 @@
+"""`parasim validate` end to end on a 2-job suite of a tiny model (slow: it runs ranks).
+
+The profile is a tiny one made here (the quick profile takes minutes), so most costs are
+analytic and the numbers mean nothing; what is checked is the contract: one line per job and
+the summary printed, the report folder complete, every number finite, the plans readable by
+`parasim run`, and the report re-renderable from its data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from planner.plan import read_plan  # noqa: E402  (after the importorskip)
+from runtime.profiler import profile  # noqa: E402
+from simulator.validation import read_results  # noqa: E402
+from tests.test_cli_errors import REPO  # noqa: E402
+from tests.test_profiler import TINY, TINY_TIMING  # noqa: E402
+
+SUITE = {
+    "description": "two layouts of a tiny model",
+    "models": {"tiny": {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                        "num_kv_heads": 2, "ffn_hidden_size": 128, "vocab_size": 256}},
+    "training": {"seq_length": 64, "global_batch_size": 4, "precision": "fp32"},
+    "jobs": [{"name": "dp2", "model": "tiny", "parallel": {"dp": 2}},
+             {"name": "tp2", "model": "tiny", "parallel": {"tp": 2}}],
+}
+
+
+@pytest.mark.slow
+def test_a_two_job_suite_end_to_end(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(SUITE))
+    profile("cpu", None, False, tmp_path / "profile", False, grids=TINY, timing=TINY_TIMING,
+            threads=1)
+    assert json.loads((tmp_path / "profile" / "meta.json").read_text())["threads"] == 1
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "validate", "--suite", str(suite), "--profile",
+         str(tmp_path / "profile"), "--steps", "2", "--warmup", "1", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("[1/2] dp2: predicted ") and lines[1].startswith("[2/2] tp2: ")
+    assert any(line.startswith("step time: mean |error| ") for line in lines)
+    assert {"README.md", "results.csv", "facts.json", "scatter.png", "plans",
+            "measurements"} <= {p.name for p in out.iterdir()}
+    rows = read_results(out / "results.csv")
+    assert [r.name for r in rows] == ["dp2", "tp2"] and all(r.measured for r in rows)
+    for r in rows:
+        assert r.predicted_step_s > 0 and r.measured_step_s > 0 and r.measured_peak_bytes > 0
+        assert all(math.isfinite(v) for v in (r.predicted_step_s, r.measured_step_s,
+                                              r.step_error, r.predicted_peak_bytes,
+                                              r.measured_peak_bytes, r.memory_error))
+    raw, job = read_plan(out / "plans" / "tp2.json")
+    assert job.layout.tp == 2 and raw["cluster"]["gpu"]["name"] == "cpu"
+    (out / "README.md").unlink()
+    rendered = subprocess.run([sys.executable, "-m", "planner.cli", "validate", "--render",
+                               str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert rendered.returncode == 0 and (out / "README.md").is_file(), rendered.stderr

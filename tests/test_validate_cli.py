@@ -1,0 +1,139 @@
+"""`parasim validate` without running anything: the suite, the local cluster, bad options.
+
+Torch-free: the suite and its cluster are data and arithmetic; bad options end as one line and
+exit status 2 before the runtime is imported. The end-to-end run is in
+tests/runtime/test_validate.py (slow).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from planner.host_load import CpuSample, other_load_cores
+from planner.suite import load_suite, local_cluster, local_device, p2p_link
+from planner.validate_cli import layout_words, suite_job
+from simulator.errors import SpecError
+from simulator.layout import Layout
+from simulator.profile import load_profile, mismatches
+from tests.profile_fixtures import GEMM_FLOP_PER_S, write_profile
+from tests.test_cli_errors import assert_user_error, run_cli
+
+GiB = 2**30
+
+
+@pytest.fixture
+def cpu_profile(tmp_path):
+    """A profile of a fake `cpu`: GEMMs at 1 TFLOP/s, copies at 1e10 elements/s, p2p at 10 GB/s
+    after 100 us."""
+    folder = write_profile(tmp_path / "cpu", gpu="cpu", dtype="fp32")
+    with (folder / "elementwise.csv").open("a", newline="") as f:
+        csv.writer(f).writerows([["copy", e, e / 1e10, e / 1e10] for e in (2**16, 2**20)])
+    with (folder / "collectives.csv").open("a", newline="") as f:
+        csv.writer(f).writerows([["p2p", 2, b, 1e-4 + b / 1e10] for b in (2**10, 2**30)])
+    return load_profile(folder)
+
+
+def test_the_local_suite():
+    suite = load_suite("local")
+    names = [job.name for job in suite.jobs]
+    assert len(names) == len(set(names)) >= 10
+    assert {job.world_size for job in suite.jobs} == {2}
+    assert [job.name for job in suite.jobs if job.nodes > 1] == ["dp2-2nodes"]
+    parallel = [job.raw["parallel"] for job in suite.jobs]
+    for needed in ({"tp": 2}, {"pp": 2, "schedule": "gpipe"}, {"pp": 2, "schedule": "1f1b"},
+                   {"cp": 2}, {"dp": 2, "ep": 2}, {"dp": 2, "zero_stage": 1}):
+        assert any(needed.items() <= p.items() for p in parallel), needed
+    assert {p.get("recompute") for p in parallel} >= {"full", "selective"}
+    assert any(p.get("schedule") == "interleaved" and p.get("vpp") == 2 for p in parallel)
+    assert any(p.get("sequence_parallel") for p in parallel)
+
+
+def test_the_local_device_comes_from_the_profile(cpu_profile):
+    device = local_device(cpu_profile, ranks=2)
+    assert device["name"] == "cpu"
+    assert device["peak_fp32_tflops"] == pytest.approx(GEMM_FLOP_PER_S / 1e12)
+    assert device["memory_bandwidth_TBps"] == pytest.approx(2 * 4 * 1e10 / 1e12)  # r + w, fp32
+    rate, latency = p2p_link(cpu_profile)
+    assert rate == pytest.approx(2**30 / (1e-4 + 2**30 / 1e10))
+    assert latency == pytest.approx(1e-4 + 2**10 / 1e10)
+
+
+def test_every_suite_job_builds_on_the_local_cluster_without_a_mismatch(cpu_profile):
+    for job in load_suite("local").jobs:
+        raw, built = suite_job(cpu_profile, job)
+        assert built.cluster.world_size == job.world_size == built.layout.world_size
+        assert len(built.cluster.node_groups[0].gpu.name) and raw["cluster"]["num_nodes"] == \
+            job.nodes
+        gpus = {group.gpu.name for group in built.cluster.node_groups}
+        assert mismatches(cpu_profile, gpus, built.training.precision) == []
+
+
+def test_the_emulated_link_is_the_measured_rate(cpu_profile):
+    """The model's effective rate (line rate x its efficiency) is the rate that was measured."""
+    from simulator.cost.profile import analytic_profile
+
+    cluster = local_cluster(cpu_profile, 1, nodes=2, inter_node_bits_per_s=0.95e9)
+    effective = cluster["inter_node"]["bandwidth_Gbps"] * analytic_profile().inter_node_efficiency
+    assert effective == pytest.approx(0.95)
+    assert cluster["gpu"]["memory_GiB"] > 0
+
+
+def test_layout_words():
+    assert layout_words(Layout(tp=2, dp=1, sequence_parallel=True), 8) == \
+        "tp 2, sequence-parallel, 8 micro-batches"
+    assert layout_words(Layout(pp=2, vpp=2, dp=1, schedule="interleaved"), 8) == \
+        "pp 2, vpp 2, interleaved, 8 micro-batches"
+    assert layout_words(Layout(dp=2, zero_stage=1, recompute="full"), 4) == \
+        "dp 2, recompute full, ZeRO-1, 4 micro-batches"
+
+
+def test_other_load_is_host_busy_time_minus_ours():
+    before = CpuSample(wall_s=10.0, host_busy_s=100.0, ours_s=5.0)
+    after = CpuSample(wall_s=12.0, host_busy_s=104.5, ours_s=8.0)
+    assert other_load_cores(before, after) == pytest.approx(0.75)  # (4.5 - 3) / 2 s
+    assert other_load_cores(before, CpuSample(12.0, 102.0, 8.0)) == 0.0  # never negative
+    assert other_load_cores(None, after) is None
+
+
+def test_a_suite_file_with_a_bad_job(tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text("jobs:\n  - {name: a, model: m, parallel: {dp: 2}, nodes: 2}\n")
+    with pytest.raises(SpecError, match="inter_node_Gbps"):
+        load_suite(str(path))
+    path.write_text("jobs:\n  - {name: a, model: m, parallel: {dp: 2}, gpus: 2}\n")
+    with pytest.raises(SpecError, match="unknown suite job key"):
+        load_suite(str(path))
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--steps", "0"], ["--steps=0", "at least one step"]),
+    (["--warmup", "-1"], ["--warmup=-1"]),
+    (["--timeout", "0"], ["--timeout=0"]),
+    (["--suite", "vtrain"], ["--suite='vtrain'", "no such suite", "local"]),
+    (["--profile", "no/such/profile"], ["--profile='no/such/profile'", "no such profile"]),
+    (["--render", "no/such/report"], ["has no results.csv"]),
+    (["--suite"], ["expected one argument"]),
+])
+def test_bad_options_are_one_line_and_exit_2(args, fragments):
+    assert_user_error(run_cli("validate", *args), *fragments)
+
+
+def test_an_out_folder_that_is_not_empty_is_refused(tmp_path):
+    (tmp_path / "README.md").write_text("earlier report")
+    assert_user_error(run_cli("validate", "--out", tmp_path), "not empty", "--force")
+    assert (tmp_path / "README.md").read_text() == "earlier report"
+
+
+def test_render_rebuilds_a_report_from_its_data(tmp_path):
+    from tests.test_validation import FACTS, RESULTS
+    from simulator.validation_report import write_report
+
+    write_report(Path(tmp_path), RESULTS, FACTS)
+    (tmp_path / "README.md").unlink()
+    result = run_cli("validate", "--render", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Spearman 1.00" in result.stdout
+    assert (tmp_path / "README.md").is_file()
