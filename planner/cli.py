@@ -12,15 +12,17 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from planner import topo
+from planner.calibrate_cli import add_calibrate_parser, calibrate_command
 from planner.plan_cli import plan_command
 from planner.report import duration, format_estimate, format_listing
 from planner.run_cli import add_run_parser, run_command
 from planner.validate_cli import add_validate_parser, validate_command
+from simulator.calibration.fitted import load_profiles
 from simulator.economics import with_monte_carlo
 from simulator.errors import ParasimError, SpecError
 from simulator.jobfile import load_job
 from simulator.predict import predict
-from simulator.profile import mismatches, profile_db
+from simulator.profile import mismatches
 from simulator.trace import write_chrome_trace
 
 EXIT_USER_ERROR = 2
@@ -43,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
     estimate.add_argument("--json", action="store_true",
                           help="one JSON object per job, one per line")
-    estimate.add_argument("--profile", metavar="NAME",
-                          help="measured profile: a folder written by `parasim profile`, or a "
-                          "name under profiles/measured/ (default: the analytic model)")
+    estimate.add_argument("--profile", metavar="NAME", action="append",
+                          help="measured profile (a folder written by `parasim profile`, or a "
+                          "name under profiles/measured/) or fitted profile (written by "
+                          "`parasim calibrate`, or a name under profiles/fitted/); give one "
+                          "of each to combine them (default: the analytic model)")
     estimate.add_argument("--trace", metavar="FILE",
                           help="write the simulated step as a Chrome trace (opens in Perfetto; "
                           "one job only)")
@@ -75,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--export", choices=("megatron", "torchtitan"),
                       help="print the chosen layout as Megatron-LM flags or torchtitan config")
+    plan.add_argument("--profile", metavar="NAME", help="fitted profile (`parasim "
+                      "calibrate`): its constants, and its prediction interval to tell ties")
     add_run_parser(commands)
+    add_calibrate_parser(commands)
     add_validate_parser(commands)
     listing = commands.add_parser("list", help="list catalog entries")
     listing.add_argument("kind", choices=("models", "gpus", "clusters"))
@@ -125,6 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(args)
     if args.command == "validate":
         return validate_command(args, list(sys.argv[1:] if argv is None else argv))
+    if args.command == "calibrate":
+        try:
+            calibrate_command(args, list(sys.argv[1:] if argv is None else argv))
+        except ParasimError as err:
+            return _fail(err)
+        return 0
     if args.trace and len(args.jobs) > 1:
         return _fail(SpecError("--trace", args.trace, "writes the timeline of one job",
                                "one JOB with --trace"))
@@ -177,10 +190,10 @@ def _load_profiler(device: str) -> ModuleType:
     return profiler
 
 
-def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: str | None,
+def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: list[str] | None,
               strict: bool, trace: str | None = None, runs: int | None = None) -> int:
     try:
-        measured = profile_db(profile) if profile else None
+        fitted, measured = load_profiles(profile or [])
     except ParasimError as err:
         return _fail(err)
     status = 0
@@ -191,7 +204,8 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: st
                 raise SpecError("parallel", None, "missing: estimate predicts one layout",
                                 "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
             _check_profile(measured, job, strict)
-            prediction = predict(job, measured=measured, record=trace is not None)
+            prediction = predict(job, profile=fitted, measured=measured,
+                                 record=trace is not None)
             if runs is not None:
                 prediction = with_monte_carlo(prediction, job, runs)
             if trace:

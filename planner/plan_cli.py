@@ -9,8 +9,10 @@ from pathlib import Path
 
 from planner.plan import layout_mapping, plan_document, write_plan
 from planner.report import duration, format_estimate, recompute_text
-from planner.search import Scored, SearchResult, search, smallest_fix
+from planner.search import Scored, SearchResult, headroom, search, smallest_fix
 from planner.space import fixed_fields
+from simulator.calibration.fitted import base_profile
+from simulator.cost.profile import AnalyticProfile
 from simulator.errors import Infeasible, SpecError
 from simulator.job import Job
 from simulator.jobfile import job_from_mapping, load_raw
@@ -47,21 +49,22 @@ def with_max_gpus(job: Job, max_gpus: int | None) -> list[Job]:
         replace(groups[0], num_nodes=n),))) for n in counts]
 
 
-def run_plan(path: str, overrides: list[str], objective: str, max_gpus: int | None, top: int
-             ) -> tuple[dict, Job, SearchResult]:
+def run_plan(path: str, overrides: list[str], objective: str, max_gpus: int | None, top: int,
+             profile: AnalyticProfile | None = None) -> tuple[dict, Job, SearchResult]:
     raw, job, fixed = load_plan_job(path, overrides)
     results = []
     for variant in with_max_gpus(job, max_gpus):
         try:
-            results.append((variant, search(variant, fixed, objective, top, progress=_bar())))
+            results.append((variant, search(variant, fixed, objective, top, progress=_bar(),
+                                             profile=profile)))
         except Infeasible:
             continue
     _clear_bar()
     if not results:
         raise Infeasible(f"no layout of {job.model.name} fits on {job.cluster.world_size} GPUs; "
                          f"smallest change: {smallest_fix(job, fixed)}")
-    variant, result = min(results, key=lambda r: r[1].ranked[0].value(objective))
-    best = result.ranked[0]
+    variant, result = min(results, key=lambda r: r[1].chosen.value(objective))
+    best = result.chosen
     if variant is not job:
         raw = {**raw, "cluster": _cluster_with_nodes(raw["cluster"], variant)}
     if best.cluster != variant.cluster:
@@ -110,7 +113,7 @@ def why_lost(best: Scored, other: Scored, objective: str) -> str:
     gap = other.value(objective) / best.value(objective) - 1
     a, b = best.prediction.breakdown.as_dict(), other.prediction.breakdown.as_dict()
     name = max(a, key=lambda k: b[k] - a[k])
-    return (f"+{gap:.1%} {objective}: {name} {duration(b[name])} vs {duration(a[name])}"
+    return (f"{gap:+.1%} {objective}: {name} {duration(b[name])} vs {duration(a[name])}"
             + ("" if other.prediction.fits else ", does not fit"))
 
 
@@ -125,23 +128,37 @@ def layout_text(layout) -> str:
 
 
 def format_plan(job: Job, result: SearchResult, objective: str) -> str:
-    best = result.ranked[0]
+    best = result.chosen
     lines = [f"plan ({objective}): " + format_estimate(job, best.prediction),
              f"  per step    ${best.dollars_per_step:.2f} and {best.joules_per_step / 3.6e6:.2f} "
              "kWh (GPU-hour price; phase power model, hosts, fabric, PUE)"]
     if not job.cluster.is_homogeneous:
         lines.append("  placement   node groups take the ranks in this order: " + ", ".join(
             f"{g.num_nodes} x {g.gpu.name}" for g in job.cluster.node_groups))
-    for i, other in enumerate(result.ranked[1:], start=2):
-        lines.append(f"  runner-up {i} {layout_text(other.layout)}: {why_lost(best, other, objective)}")
+    lines.append(f"  ties        {result.ties_note}")
+    for i, other in enumerate(runners_up(result), start=2):
+        lines.append(f"  runner-up {i} {layout_text(other.layout)}: {why_lost(best, other, objective)}"
+                     + _tie_text(result, best, other))
     rejected = "; ".join(f"{n} {why}" for why, n in result.rejected.most_common())
     lines.append(f"  searched    {result.considered} layouts, {result.ilp_solves} ILP splits, "
                  f"{duration(result.solve_time_s)}; rejected: {rejected or 'none'}")
     return "\n".join(lines)
 
 
+def runners_up(result: SearchResult) -> list[Scored]:
+    """The top layouts other than the chosen one, in objective order."""
+    return [s for s in result.ranked if s is not result.chosen][:max(len(result.ranked) - 1, 0)]
+
+
+def _tie_text(result: SearchResult, best: Scored, other: Scored) -> str:
+    if other is not result.ranked[0] and not any(other is t for t in result.tied):
+        return ""
+    return (f" (tied: intervals overlap; {headroom(other):.0%} memory free vs "
+            f"{headroom(best):.0%})")
+
+
 def plan_json(job: Job, result: SearchResult, objective: str) -> dict:
-    best = result.ranked[0]
+    best = result.chosen
     return {
         "layout": layout_mapping(best.layout),
         "node_groups": [{"gpu": g.gpu.name, "num_nodes": g.num_nodes}
@@ -153,8 +170,10 @@ def plan_json(job: Job, result: SearchResult, objective: str) -> dict:
         "considered": result.considered,
         "rejected": dict(result.rejected),
         "ilp_solves": result.ilp_solves,
+        "ties": {"note": result.ties_note,
+                 "tied": [layout_mapping(o.layout) for o in result.tied]},
         "runners_up": [{"layout": layout_mapping(o.layout), "step_time_s": o.prediction.step_time_s,
-                        "why": why_lost(best, o, objective)} for o in result.ranked[1:]],
+                        "why": why_lost(best, o, objective)} for o in runners_up(result)],
         "pareto": [{"layout": layout_mapping(p.layout), "step_time_s": p.prediction.step_time_s,
                     "dollars_per_step": p.dollars_per_step} for p in result.pareto],
     }
@@ -162,9 +181,11 @@ def plan_json(job: Job, result: SearchResult, objective: str) -> dict:
 
 def plan_command(args) -> None:
     """Raises SpecError or Infeasible for the CLI to report."""
-    raw, job, result = run_plan(args.job, args.overrides, args.objective, args.max_gpus, args.top)
+    profile = base_profile(args.profile) if args.profile else None
+    raw, job, result = run_plan(args.job, args.overrides, args.objective, args.max_gpus, args.top,
+                                profile)
     if args.out:
-        write_plan(args.out, plan_document(raw, result.ranked[0], args.objective))
+        write_plan(args.out, plan_document(raw, result.chosen, args.objective))
     if args.json:
         print(json.dumps(plan_json(job, result, args.objective)))
     else:

@@ -74,6 +74,8 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"  layout      {_layout_line(job)}; {p.microbatches} micro-batches per step",
         f"  step time   {duration(p.step_time_s)}   {_si(p.tokens_per_s)} tokens/s   "
         f"MFU {p.mfu:.1%}   HFU {p.hfu:.1%}   {p.tflops_per_gpu:.0f} TFLOP/s per GPU",
+        f"  interval    {duration(p.step_time_s_low)} to {duration(p.step_time_s_high)} "
+        "(5th-95th percentile of measured/predicted on the profile's calibration runs)",
         f"  parameters  {_count(p.params_total)} total, {_count(p.params_active)} active per token",
         f"  memory      peak {mem.peak_bytes / GiB:.1f} GiB of {mem.capacity_bytes / GiB:.1f} GiB "
         f"usable per GPU: {verdict}",

@@ -15,6 +15,9 @@
 4. The objective orders the results: step time, or dollars or joules of the whole run with
    its failures when the job sets training.tokens (else of one step); the top K and the
    Pareto front of time against dollars per step are kept.
+5. Ties (`break_ties`): with a calibrated profile, the layouts whose prediction intervals
+   (simulator/uncertainty.py) overlap the best's are indistinguishable by the model; of those
+   the one with the most memory headroom is chosen. `ranked` stays in objective order.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Literal
 
 from planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
 from planner.space import Space, enumerate_space
-from simulator.cost.profile import analytic_profile
+from simulator.cost.profile import AnalyticProfile, analytic_profile
 from simulator.economics import step_economics
 from simulator.errors import Infeasible
 from simulator.hardware import ClusterSpec
@@ -94,6 +97,9 @@ class SearchResult:
     rejected: Counter
     ilp_solves: int
     solve_time_s: float
+    chosen: Scored  # the plan: ranked[0], or a tie with more memory headroom
+    tied: tuple[Scored, ...] = ()  # the layouts whose intervals overlap ranked[0]'s
+    ties_note: str = ""  # how ties were treated, in words
 
 
 def economics(job: Job, prediction: StepPrediction) -> tuple[float, float]:
@@ -105,18 +111,22 @@ def economics(job: Job, prediction: StepPrediction) -> tuple[float, float]:
 
 
 def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
-           full: int = FULLY_SCORED, progress=None) -> SearchResult:
-    """The best layouts of `job` for `objective`; `fixed` fields of `parallel:` held."""
+           full: int = FULLY_SCORED, progress=None,
+           profile: AnalyticProfile | None = None) -> SearchResult:
+    """The best layouts of `job` for `objective`; `fixed` fields of `parallel:` held; the
+    cost model's constants from `profile` (default profiles/analytic.yaml)."""
     start = time.perf_counter()
+    profile = profile or analytic_profile()
     space = enumerate_space(job, fixed)
     rejected = Counter(space.rejected)
-    estimates = _estimates(job, space, rejected, progress)
+    estimates = _estimates(job, space, rejected, progress, profile)
     if not estimates:
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
     scored, solves = [], 0
     for _estimate, layout in shortlist:
-        best, used_ilp = _score(job, layout, bool({"stages", "full_recompute_layers"} & set(fixed)))
+        best, used_ilp = _score(job, layout, bool({"stages", "full_recompute_layers"} & set(fixed)),
+                                profile)
         solves += used_ilp
         if best is not None:
             scored.append(best)
@@ -125,15 +135,47 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     if not scored:
         raise Infeasible(_no_fit_reason(space, rejected))
     ranked = tuple(sorted(scored, key=lambda s: s.value(objective)))
+    chosen, tied, note = break_ties(ranked, objective, profile)
     return SearchResult(ranked[:max(top, 1)], pareto_front(scored), space.considered, rejected,
-                        solves, time.perf_counter() - start)
+                        solves, time.perf_counter() - start, chosen, tied, note)
 
 
-def _estimates(job: Job, space: Space, rejected: Counter, progress) -> list[tuple[float, Layout]]:
+def interval(scored: Scored, objective: Objective) -> tuple[float, float]:
+    """The objective's prediction interval: its value times the step time's interval factors
+    (time, dollars and joules all scale with the step time)."""
+    low, high = scored.prediction.step_band
+    return scored.value(objective) * low, scored.value(objective) * high
+
+
+def headroom(scored: Scored) -> float:
+    """The least share of usable memory left free over the pipeline ranks."""
+    return min(1 - m.peak_bytes / m.capacity_bytes for m in scored.prediction.stages)
+
+
+def break_ties(ranked: tuple[Scored, ...], objective: Objective, profile: AnalyticProfile
+               ) -> tuple[Scored, tuple[Scored, ...], str]:
+    """(chosen, tied, note): the layouts whose interval overlaps the best's (its low end at
+    most the best's high end) tie with it; the most memory headroom wins. Only with a
+    calibrated profile: an uncalibrated interval is mostly the model's bias, which every
+    layout shares, and would tie layouts several times apart."""
+    best = ranked[0]
+    if not profile.band.calibrated:
+        return best, (), "not broken: the profile's interval is not calibrated"
+    high = interval(best, objective)[1]
+    tied = tuple(s for s in ranked[1:] if interval(s, objective)[0] <= high)
+    chosen = max((best, *tied), key=headroom)
+    if not tied:
+        return best, (), "none: no other layout's interval overlaps the best's"
+    return chosen, tied, (f"{len(tied)} layout(s) overlap the best's interval; chose the one "
+                          f"with the most memory headroom ({headroom(chosen):.0%} free)")
+
+
+def _estimates(job: Job, space: Space, rejected: Counter, progress,
+               profile: AnalyticProfile) -> list[tuple[float, Layout]]:
     """Closed-form step time of every layout whose default split fits in memory. One that
     fits only with every block recomputed in full stays, estimated at that (an upper bound):
     the ILP may recompute fewer blocks."""
-    profile, out, known = analytic_profile(), [], {}
+    out, known = [], {}
     for index, layout in enumerate(space.layouts):
         if progress is not None:
             progress(index + 1, len(space.layouts))
@@ -168,7 +210,8 @@ def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
                for rank, stage in enumerate(params))
 
 
-def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, int]:
+def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile
+           ) -> tuple[Scored | None, int]:
     """The full simulation of the default split and of the ILP's split, placement and
     recompute (when there is a choice: pp > 1, blocks that may be recomputed in full, or node
     groups to order)."""
@@ -178,7 +221,7 @@ def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, 
     if choice and not split_fixed:
         try:
             default = replace(job, layout=layout)
-            problem, orders = split_problem(default)
+            problem, orders = split_problem(default, profile)
             chosen = apply_split(job, layout, problem, orders, _solved(problem).split)
             if (chosen.stage_layers, chosen.layout.full_recompute_layers, chosen.cluster) != \
                     (default.stage_layers, None, default.cluster):
@@ -188,7 +231,7 @@ def _score(job: Job, layout: Layout, split_fixed: bool) -> tuple[Scored | None, 
             pass
     best = None
     for candidate in options:
-        prediction = predict(candidate)
+        prediction = predict(candidate, profile=profile)
         if not prediction.fits:
             continue
         dollars, joules = economics(candidate, prediction)
@@ -243,11 +286,12 @@ def reordered(job: Job, order: tuple[int, ...]) -> Job:
     return replace(job, cluster=replace(job.cluster, node_groups=tuple(groups[i] for i in order)))
 
 
-def split_problem(job: Job) -> tuple[SplitProblem, list[tuple[int, ...]]]:
+def split_problem(job: Job, profile: AnalyticProfile | None = None
+                  ) -> tuple[SplitProblem, list[tuple[int, ...]]]:
     """The ILP's cost table from the cost model: per-block time in each recompute mode on each
     rank's GPUs under each order of the node groups, block states and activations, the ends'
     embedding and LM head, each rank's in-flight micro-batches and memory."""
-    layout, model, profile = job.layout, job.model, analytic_profile()
+    layout, model, profile = job.layout, job.model, profile or analytic_profile()
     modes = (layout.recompute,) if layout.recompute == FULL else (layout.recompute, FULL)
     orders = node_group_orders(job)
     ctx = step_context(job, profile)

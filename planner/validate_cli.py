@@ -34,6 +34,7 @@ from planner.plan import plan_document, read_plan, write_plan
 from planner.run_cli import sigterm_as_exit
 from planner.search import Scored, economics
 from planner.suite import Suite, SuiteJob, load_suite, local_cluster
+from planner.vtrain_suite import add_vtrain_arguments, vtrain_command
 from simulator.errors import ParasimError, SpecError
 from simulator.job import Job
 from simulator.jobfile import job_from_mapping
@@ -60,7 +61,8 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser("validate", help="predict, run and compare a suite of jobs "
                                    "on this machine; write a report (needs PyTorch)")
     validate.add_argument("--suite", default="local", metavar="NAME|FILE",
-                          help="local (profiles/suites/local.yaml) or a suite file")
+                          help="local (profiles/suites/local.yaml), a suite file, or vtrain "
+                          "(calibrate on half of the vTrain runs, test on the rest; no torch)")
     validate.add_argument("--profile", metavar="DIR", help="use this measured profile instead "
                           "of profiling first (it should be measured at cores / ranks threads)")
     validate.add_argument("--steps", type=int, default=10, metavar="N",
@@ -74,10 +76,13 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
                           help="write into an --out folder that is not empty")
     validate.add_argument("--render", metavar="DIR", help="only rebuild DIR's README.md and "
                           "scatter.png from its results.csv and facts.json (no torch)")
+    add_vtrain_arguments(validate)
 
 
 def validate_command(args: argparse.Namespace, argv: list[str]) -> int:
     """Exit status of `parasim validate`; every error is one line on stderr."""
+    if args.suite == "vtrain":
+        return vtrain_command(args, argv)
     if args.render:
         try:
             summary = render_report(Path(args.render))

@@ -31,6 +31,7 @@ class ResidualBand:
     log_high: float  # 95th percentile
     runs: int  # calibration runs they come from (0: no calibration, a zero-width band)
     source: str  # which runs and which model, in words
+    calibrated: bool = False  # the residuals of the profile's own fit (not of an unfitted one)
 
     def __post_init__(self) -> None:
         assert self.log_low <= self.log_high, (self.log_low, self.log_high)
@@ -39,13 +40,13 @@ class ResidualBand:
 NO_BAND = ResidualBand(log_low=0.0, log_high=0.0, runs=0, source="none")
 
 
-def band_of(log_ratios: list[float], source: str) -> ResidualBand:
+def band_of(log_ratios: list[float], source: str, calibrated: bool) -> ResidualBand:
     """The 5th and 95th percentiles (linear interpolation between order statistics, numpy's
     default) of log(measured / predicted) over calibration runs."""
     assert log_ratios, "no residuals"
     ordered = sorted(log_ratios)
     return ResidualBand(log_low=_percentile(ordered, 5), log_high=_percentile(ordered, 95),
-                        runs=len(ordered), source=source)
+                        runs=len(ordered), source=source, calibrated=calibrated)
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -112,7 +112,7 @@ def test_a_suite_file_with_a_bad_job(tmp_path):
     (["--steps", "0"], ["--steps=0", "at least one step"]),
     (["--warmup", "-1"], ["--warmup=-1"]),
     (["--timeout", "0"], ["--timeout=0"]),
-    (["--suite", "vtrain"], ["--suite='vtrain'", "no such suite", "local"]),
+    (["--suite", "no-such-suite"], ["--suite='no-such-suite'", "no such suite", "local"]),
     (["--profile", "no/such/profile"], ["--profile='no/such/profile'", "no such profile"]),
     (["--render", "no/such/report"], ["has no results.csv"]),
     (["--suite"], ["expected one argument"]),

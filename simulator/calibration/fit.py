@@ -24,8 +24,6 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.stats import t as student_t
 
 from simulator.calibration.parameters import FitParameter, apply, parameters
 from simulator.calibration.runs import Run
@@ -121,7 +119,7 @@ def calibrate(runs: tuple[Run, ...], base: AnalyticProfile, names: tuple[str, ..
         solution = _solve(model, max_evaluations)
         evaluations += model.evaluations
         widths = _half_widths(solution.jac, solution.fun, len(runs))
-        unbounded = [p for p, w in zip(free, widths) if not w < _span(p)]
+        unbounded = _unbounded(free, solution.jac, widths)
         if not unbounded:
             break
         for p in unbounded:
@@ -130,7 +128,9 @@ def calibrate(runs: tuple[Run, ...], base: AnalyticProfile, names: tuple[str, ..
 
 
 def _solve(model: _Model, max_evaluations: int):
-    """least_squares over the free parameters' bounds; Infeasible when it does not converge."""
+    """least_squares over the free parameters' bounds; Infeasible when it does not converge.
+    (scipy is imported here, not with the module: `parasim` starts without its ~0.5 s.)"""
+    from scipy.optimize import least_squares
     lower, upper = zip(*(p.internal_bounds for p in model.free))
     solution = least_squares(model.residuals, model.start(), bounds=(lower, upper),
                              method="trf", diff_step=1e-3, x_scale=1.0, ftol=1e-6, xtol=1e-6,
@@ -160,6 +160,8 @@ def _unidentifiable(runs: tuple[Run, ...], base: AnalyticProfile,
 
 def _half_widths(jac: np.ndarray, residuals: np.ndarray, n: int) -> np.ndarray:
     """t(0.975, n - p)·√diag(s²(JᵀJ)⁻¹), internal units; inf where JᵀJ is singular."""
+    from scipy.stats import t as student_t
+
     p = jac.shape[1]
     dof = n - p
     s2 = float(residuals @ residuals) / dof
@@ -175,7 +177,7 @@ def _result(model: _Model, solution, widths: np.ndarray, asked: tuple[FitParamet
     profile = model.profile(solution.x)
     predicted = model.predicted_s(profile)
     measured = np.exp(model.log_measured)
-    band = band_of(list(np.log(measured / predicted)), source)
+    band = band_of(np.log(measured / predicted).tolist(), source, calibrated=True)
     outcome = {p.name: _fitted(p, x, w, model.base) for p, x, w in
                zip(model.free, solution.x, widths)}
     for p in asked:
@@ -196,10 +198,20 @@ def _fitted(p: FitParameter, x: float, width: float, base: AnalyticProfile) -> F
     lo, hi = p.internal_bounds
     at = " at its lower bound" if x <= lo + 1e-6 * (hi - lo) else \
         " at its upper bound" if x >= hi - 1e-6 * (hi - lo) else ""
+    x, width = float(x), float(width)
     return FittedParameter(
         name=p.name, value=p.from_internal(x), base=p.value(base),
         ci_low=p.from_internal(max(x - width, lo)), ci_high=p.from_internal(min(x + width, hi)),
         status="fitted" + ("," + at if at else ""), meaning=p.meaning)
+
+
+def _unbounded(free: tuple[FitParameter, ...], jac: np.ndarray, widths: np.ndarray
+               ) -> list[FitParameter]:
+    """Rule 2: the parameters whose interval is wider than their range; when JᵀJ is singular
+    (every width infinite), the one the fit is least sensitive to, one at a time."""
+    if np.isinf(widths).all():
+        return [free[int(np.argmin(np.linalg.norm(jac, axis=0)))]]
+    return [p for p, w in zip(free, widths) if not w < _span(p)]
 
 
 def _span(p: FitParameter) -> float:

@@ -1,13 +1,19 @@
 """Roofline time of an op on a device: the slower of its arithmetic and its memory traffic.
 
-t = max(flop / (peak · efficiency(flop)), bytes / (HBM bandwidth · efficiency)) + t_op
-(Williams et al. 2009, "Roofline: an insightful visual performance model"), where t_op is a
-fixed time per op: kernel launch, tail and framework dispatch, which the roofline ignores and
-which dominates small ops. It has no published value: 0 in analytic.yaml, fitted to measured
-runs by `parasim calibrate`. The backward pass costs the forward's time, t_op included, times
-the op's backward factor (its kernels: input and weight gradient for a GEMM).
-Efficiencies and t_op come from the analytic or a fitted profile; a measured profile (issue 4)
-replaces the whole time per op.
+t = max(flop / (peak · efficiency(flop)), bytes / (HBM bandwidth · efficiency), t_op)
+(Williams et al. 2009, "Roofline: an insightful visual performance model"); the backward pass
+costs the forward's time times the op's backward factor (its kernels: input and weight gradient
+for a GEMM). Efficiencies come from the analytic or a fitted profile; a measured profile
+(issue 4) replaces the time per op.
+
+t_op (`op_overhead_s`) is the least time an op's kernel takes in a training step: framework
+dispatch and launch, which the device waits for when the op's own work is shorter (the
+"launch-bound" regime of eager PyTorch; a Megatron layer of micro-batch 1 runs in about the same
+time at tp 1, 2 and 4 in the vTrain data). It has no published value: 0 in analytic.yaml,
+fitted by `parasim calibrate`. A floor per op, not an added cost nor a floor per pass: on the
+vTrain calibration half (fitted on one half of it by the row-hash rule, errors on the other),
+the floor per op gave 5.6% mean error, an added cost per op 8.0%, a floor per pass (the host
+running ahead of the device) 6.4% (reports/vtrain/README.md).
 """
 
 from __future__ import annotations
@@ -21,19 +27,25 @@ from simulator.ops import Op
 from simulator.profile import ProfileDB
 
 
+def backward_factor(op: Op, profile: AnalyticProfile) -> float:
+    """Backward time (and kernels) over forward for the op's kind."""
+    if op.kind == "memory":
+        return profile.memory_backward_factor
+    return (profile.gemm if op.kind == "gemm" else profile.attention).backward_factor
+
+
 def op_time_s(op: Op, device: DeviceSpec, precision: Precision, profile: AnalyticProfile,
               backward: bool = False) -> float:
     """Forward (or backward) time of `op` on `device`."""
     memory_s = op.bytes / (device.memory_bytes_per_s * profile.memory_bandwidth_efficiency)
+    factor = backward_factor(op, profile) if backward else 1.0
     if op.kind == "memory":
-        return max(memory_s, profile.op_overhead_s) * \
-            (profile.memory_backward_factor if backward else 1.0)
+        return max(memory_s, profile.op_overhead_s) * factor
     if op.kind == "gemm":  # one launch, batched or grouped over op.count instances
         kernel, flop = profile.gemm, op.flop
     else:  # fused attention: causal kernels skip the masked half of the square
         kernel, flop = profile.attention, op.flop * profile.causal_work_fraction
     compute_s = flop / (device.peak_flop_per_s(precision) * kernel.efficiency(flop))
-    factor = kernel.backward_factor if backward else 1.0
     return max(compute_s, memory_s, profile.op_overhead_s) * factor
 
 

@@ -115,5 +115,6 @@ def profile_mapping(profile: AnalyticProfile) -> dict[str, Any]:
                      "collective_s": profile.collective_overhead_s,
                      "step_s": profile.step_overhead_s},
         "prediction_interval": {"log_low": b.log_low, "log_high": b.log_high,
-                                "runs": b.runs, "source": b.source},
+                                "runs": b.runs, "calibrated": b.calibrated,
+                                "source": b.source},
     }

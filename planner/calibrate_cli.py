@@ -1,0 +1,102 @@
+"""`parasim calibrate`: fit cost-model parameters to measured runs into a fitted profile.
+
+    parasim calibrate --runs RUNS.csv [--profile BASE] --out profiles/fitted/NAME
+                      [--params a,b,...] [--calibration-half] [--max-evaluations N] [--force]
+
+Reads the runs (`simulator.calibration.runs`: a parasim or a vTrain runs file), fits the named
+parameters of the base profile (default profiles/analytic.yaml) by bounded least squares on log
+step times (`simulator.calibration.fit`), prints each with its 95% confidence interval (or why
+it was fixed) and the fit's error on the runs used, and writes the folder
+(`simulator.calibration.fitted`). Bad input, too few runs, or a fit that does not converge: one
+line on stderr, exit status 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+
+from simulator.calibration.fit import Calibration, FittedParameter, calibrate
+from simulator.calibration.fitted import base_profile, write_fitted
+from simulator.calibration.parameters import DEFAULT_NAMES
+from simulator.calibration.runs import SPLIT_RULE, Run, file_sha256, read_runs, split
+from simulator.errors import SpecError
+
+
+def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
+    calibrate_ = commands.add_parser("calibrate", help="fit cost-model parameters to measured "
+                                     "runs; write a fitted profile")
+    calibrate_.add_argument("--runs", required=True, metavar="RUNS.csv",
+                            help="measured runs: columns job, step_time_s (+ override columns "
+                            "like parallel.tp), or a vTrain file")
+    calibrate_.add_argument("--profile", metavar="BASE", help="fitted profile to start from "
+                            "(default profiles/analytic.yaml)")
+    calibrate_.add_argument("--out", required=True, metavar="DIR",
+                            help="output folder, e.g. profiles/fitted/NAME")
+    calibrate_.add_argument("--params", metavar="A,B,...", default=",".join(DEFAULT_NAMES),
+                            help="parameters to fit (default: all): " + ", ".join(DEFAULT_NAMES))
+    calibrate_.add_argument("--calibration-half", action="store_true",
+                            help="fit only the calibration half of the runs (" + SPLIT_RULE + ")")
+    calibrate_.add_argument("--max-evaluations", type=int, default=200, metavar="N",
+                            help="give up (and write nothing) after N model evaluations (200)")
+    calibrate_.add_argument("--force", action="store_true",
+                            help="write into an --out folder that is not empty")
+
+
+def calibrate_command(args: argparse.Namespace, argv: list[str]) -> None:
+    """Raises SpecError or Infeasible (no convergence) for the CLI to report."""
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
+                        "a new or empty folder, or --force")
+    if args.max_evaluations < 1:
+        raise SpecError("--max-evaluations", args.max_evaluations, "must be positive", "e.g. 200")
+    runs = read_runs(args.runs)
+    used = split(runs)[0] if args.calibration_half else runs
+    names = tuple(n.strip() for n in args.params.split(",") if n.strip())
+    source = f"{len(used)} runs of {Path(args.runs).name}" + (
+        " (calibration half)" if args.calibration_half else "")
+    result = calibrate(used, base_profile(args.profile), names, source, args.max_evaluations)
+    print("\n".join(calibration_lines(result)), flush=True)
+    write_fitted(out, result, _facts(args, argv, runs, used))
+    print(f"wrote {out}/profile.yaml and residuals.csv", flush=True)
+
+
+def _facts(args: argparse.Namespace, argv: list[str], runs: tuple[Run, ...],
+           used: tuple[Run, ...]) -> dict:
+    return {
+        "command": "parasim " + " ".join(shlex.quote(a) for a in argv),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_profile": args.profile or "profiles/analytic.yaml",
+        "runs_file": str(args.runs), "runs_sha256": file_sha256(Path(args.runs)),
+        "runs_in_file": len(runs), "runs_used": len(used),
+        "selection": SPLIT_RULE if args.calibration_half else "every run of the file",
+        "lines": [r.line for r in used],
+    }
+
+
+def calibration_lines(result: Calibration) -> list[str]:
+    """Each parameter with its interval or why it is fixed; the error on the runs used."""
+    lines = [f"  {'parameter':<38}{'value':<12}95% confidence interval (or why fixed)"]
+    lines += [parameter_line(p) for p in result.parameters]
+    band = result.profile.band
+    lines.append(f"fit on the runs used: {result.error.line()}; {result.evaluations} model "
+                 "evaluations")
+    lines.append(f"prediction interval (5th-95th percentile of measured/predicted): "
+                 f"x{math.exp(band.log_low):.3f} to x{math.exp(band.log_high):.3f}")
+    return lines
+
+
+def parameter_line(p: FittedParameter) -> str:
+    if not p.fitted:
+        return f"  {p.name:<38}{_number(p.value):<12}{p.status}"
+    interval = f"[{_number(p.ci_low)}, {_number(p.ci_high)}]"
+    extra = p.status.removeprefix("fitted").lstrip(", ")
+    return f"  {p.name:<38}{_number(p.value):<12}{interval}" + (f"  ({extra})" if extra else "")
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"

@@ -1,0 +1,172 @@
+"""`parasim validate --suite vtrain`: calibrate on half of vTrain's runs, test on the rest.
+
+    parasim validate --suite vtrain [--data-dir ../shared/data] [--out reports/vtrain] [--force]
+    parasim validate --suite vtrain --render reports/vtrain
+
+1. Reads the vTrain runs (`simulator.calibration.runs`, jobs from `simulator.datasets.vtrain`)
+   and splits the single-node runs by the row-hash rule (`runs.SPLIT_RULE`); every multi-node
+   run is a test run.
+2. Fits every parameter of `simulator.calibration.parameters` to the calibration half, starting
+   from profiles/analytic.yaml (`simulator.calibration.fit`); parameters no calibration run
+   depends on stay at their analytic values.
+3. Predicts every run with the fitted profile (and, for comparison, the uncalibrated one) and
+   writes the report folder (`planner.vtrain_report`) and the fitted profile in it.
+Prints the calibration error and the test errors, single-node and multi-node.
+Torch-free; a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from planner.calibrate_cli import calibration_lines
+from planner.vtrain_report import (
+    FACTS,
+    PROFILE_DIR,
+    RESULTS,
+    RowResult,
+    render,
+    summary_lines,
+    write_results,
+)
+from simulator.calibration.fit import calibrate
+from simulator.calibration.fitted import write_fitted
+from simulator.calibration.parameters import DEFAULT_NAMES
+from simulator.calibration.runs import SPLIT_RULE, Run, file_sha256, read_runs, split
+from simulator.calibration.stats import ErrorSummary
+from simulator.cost.profile import AnalyticProfile, analytic_profile
+from simulator.datasets import vtrain
+from simulator.errors import ParasimError, SpecError
+from simulator.predict import predict
+from simulator.uncertainty import band_of
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+EXIT_USER_ERROR = 2
+
+
+def add_vtrain_arguments(validate: argparse.ArgumentParser) -> None:
+    validate.add_argument("--data-dir", metavar="DIR", default=str(DEFAULT_DATA_DIR),
+                          help="vtrain suite: the folder holding vtrain/ (default "
+                          f"{DEFAULT_DATA_DIR})")
+
+
+def vtrain_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Exit status of `parasim validate --suite vtrain`; errors are one line on stderr."""
+    try:
+        if args.render:
+            rows = render(Path(args.render))
+            print("\n".join(summary_lines(rows) + [f"rendered {args.render}"]), flush=True)
+            return 0
+        out = _out_dir(args)
+        single, multi = (read_runs(_data_file(args, kind)) for kind in ("single", "multi"))
+        _run(args, argv, out, single, multi)
+    except ParasimError as err:
+        print(f"parasim: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def _data_file(args: argparse.Namespace, kind: str) -> Path:
+    path = Path(args.data_dir) / vtrain.FILES[kind]
+    if not path.is_file():
+        raise SpecError("--data-dir", args.data_dir, f"has no {vtrain.FILES[kind]}",
+                        "the folder holding vtrain/ (../shared/data)")
+    return path
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    out = Path(args.out or "reports/vtrain")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
+                        "a new or empty folder, or --force")
+    return out
+
+
+def _run(args: argparse.Namespace, argv: list[str], out: Path, single: tuple[Run, ...],
+         multi: tuple[Run, ...]) -> None:
+    start = time.perf_counter()
+    calibration, test = split(single)
+    base = analytic_profile()
+    print(f"vTrain: {len(single)} single-node runs ({len(calibration)} calibration, "
+          f"{len(test)} test by the row-hash rule), {len(multi)} multi-node runs (test)",
+          flush=True)
+    uncalibrated = [predict(r.job, profile=base).step_time_s for r in calibration]
+    print("\n".join(_uncalibrated_lines(uncalibrated, calibration)), flush=True)
+    print("fitting ...", flush=True)
+    result = calibrate(calibration, base, DEFAULT_NAMES,
+                       f"{len(calibration)} vTrain single-node runs (calibration half)")
+    print("\n".join(calibration_lines(result)), flush=True)
+    rows = [_row(r, part, file, base, result.profile) for part, file, runs in (
+        ("calibration", "single", calibration), ("test", "single", test), ("test", "multi", multi))
+        for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out / RESULTS, rows)
+    write_fitted(out / PROFILE_DIR, result, _fit_facts(args, argv, single, calibration))
+    facts = _facts(args, argv, out, calibration, test, multi, result.profile, start)
+    (out / FACTS).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    render(out)
+    print("\n".join(summary_lines(rows) + [f"wrote {out}/README.md"]), flush=True)
+
+
+def _uncalibrated_lines(predicted: list[float], runs: tuple[Run, ...]) -> list[str]:
+    """The uncalibrated model's error on the calibration half and its residual band (the
+    default interval in profiles/analytic.yaml `prediction_interval`)."""
+    measured = [r.measured_step_s for r in runs]
+    band = band_of([math.log(m / p) for p, m in zip(predicted, measured)], "", False)
+    return [f"uncalibrated (profiles/analytic.yaml) on the calibration half: "
+            f"{ErrorSummary.of(predicted, measured).line()}",
+            f"  its residual band (analytic.yaml prediction_interval): log_low "
+            f"{band.log_low:.4f}, log_high {band.log_high:.4f} over {band.runs} runs"]
+
+
+def _row(run: Run, part: str, file: str, base: AnalyticProfile, fitted: AnalyticProfile
+         ) -> RowResult:
+    p = predict(run.job, profile=fitted)
+    c = run.row
+    return RowResult(
+        part=part, file=file, line=run.line, gpus=int(c["# GPUs"]),
+        tp=int(c["tensor parallelism"]), pp=int(c["pipeline parallelism"]),
+        dp=int(c["data parallelism"]), micro_batch=int(c["micro batch"]),
+        global_batch=int(c["global batch"]), hidden=int(c["hidden size"]),
+        layers=int(c["# layers"]), measured_s=run.measured_step_s,
+        uncalibrated_s=predict(run.job, profile=base).step_time_s, predicted_s=p.step_time_s,
+        low_s=p.step_time_s_low, high_s=p.step_time_s_high)
+
+
+def _command(argv: list[str]) -> str:
+    return "parasim " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _fit_facts(args: argparse.Namespace, argv: list[str], runs: tuple[Run, ...],
+               used: tuple[Run, ...]) -> dict:
+    path = Path(args.data_dir) / vtrain.FILES["single"]
+    return {"command": _command(argv), "created": _now(), "base_profile": "profiles/analytic.yaml",
+            "runs_file": vtrain.FILES["single"], "runs_sha256": file_sha256(path),
+            "runs_in_file": len(runs), "runs_used": len(used), "selection": SPLIT_RULE,
+            "lines": [r.line for r in used]}
+
+
+def _facts(args: argparse.Namespace, argv: list[str], out: Path, calibration, test, multi,
+           fitted: AnalyticProfile, start: float) -> dict:
+    band = fitted.band
+    return {
+        "command": _command(argv), "created": _now(), "out": str(out),
+        "data": str(args.data_dir), "split_rule": SPLIT_RULE,
+        "sha256": {kind: file_sha256(Path(args.data_dir) / rel)
+                   for kind, rel in vtrain.FILES.items()},
+        "calibration_runs": len(calibration), "test_single_runs": len(test),
+        "test_multi_runs": len(multi),
+        "band": {"log_low": band.log_low, "log_high": band.log_high, "runs": band.runs},
+        "assumptions": vtrain.ASSUMPTIONS, "elapsed_s": time.perf_counter() - start,
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
