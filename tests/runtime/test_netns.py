@@ -195,9 +195,9 @@ def test_a_crash_in_an_emulated_run_removes_everything():
 @pytest.mark.slow
 def test_ctrl_c_of_an_emulated_run_removes_everything(network, tmp_path):
     pytest.importorskip("torch")  # `network`: namespaces can be built here (else: skipped)
-    from tests.runtime.test_launch import (INTERRUPTED, assert_gone, interrupt_cli, plan_document,
-                                           rank_pids, start_cli, write_plan)
-    cli = start_cli("hang_on_rank_1", write_plan(tmp_path, plan_document()), "--nproc", 2,
+    from tests.runtime.test_launch import (INTERRUPTED, assert_gone, interrupt_cli, rank_pids,
+                                           small_plan_document, start_cli, write_plan)
+    cli = start_cli("hang_on_rank_1", write_plan(tmp_path, small_plan_document()), "--nproc", 2,
                     "--emulate-nodes", 2, "--inter-node-Gbps", 1, "--timeout", 120)
     theirs = f"{netns.PREFIX}{cli.pid}-"
 
