@@ -124,9 +124,9 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
     scored, solves = [], 0
-    for _estimate, layout in shortlist:
+    for _estimate, layout, as_is in shortlist:
         best, used_ilp = _score(job, layout, bool({"stages", "full_recompute_layers"} & set(fixed)),
-                                profile)
+                                profile, as_is)
         solves += used_ilp
         if best is not None:
             scored.append(best)
@@ -171,21 +171,22 @@ def break_ties(ranked: tuple[Scored, ...], objective: Objective, profile: Analyt
 
 
 def _estimates(job: Job, space: Space, rejected: Counter, progress,
-               profile: AnalyticProfile) -> list[tuple[float, Layout]]:
-    """Closed-form step time of every layout whose default split fits in memory. One that
-    fits only with every block recomputed in full stays, estimated at that (an upper bound):
-    the ILP may recompute fewer blocks."""
+               profile: AnalyticProfile) -> list[tuple[float, Layout, bool]]:
+    """(closed-form step time, layout, whether its default split fits as it is) of every
+    layout whose default split fits in memory. One that fits only with every block recomputed
+    in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks."""
     out, known = [], {}
     for index, layout in enumerate(space.layouts):
         if progress is not None:
             progress(index + 1, len(space.layouts))
         estimate = _estimate(job, layout, profile, known)
-        if estimate is None and layout.recompute != "full":
+        as_is = estimate is not None
+        if not as_is and layout.recompute != "full":
             estimate = _estimate(job, replace(layout, recompute="full"), profile, known)
         if estimate is None:
             rejected["does not fit (activations)"] += 1
         else:
-            out.append((estimate, layout))
+            out.append((estimate, layout, as_is))
     return out
 
 
@@ -210,12 +211,12 @@ def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
                for rank, stage in enumerate(params))
 
 
-def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile
-           ) -> tuple[Scored | None, int]:
-    """The full simulation of the default split and of the ILP's split, placement and
-    recompute (when there is a choice: pp > 1, blocks that may be recomputed in full, or node
-    groups to order)."""
-    options = [replace(job, layout=layout)]
+def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile,
+           as_is: bool = True) -> tuple[Scored | None, int]:
+    """The full simulation of the default split (when it fits `as_is`) and of the ILP's split,
+    placement and recompute (when there is a choice: pp > 1, blocks that may be recomputed in
+    full, or node groups to order)."""
+    options = [replace(job, layout=layout)] if as_is else []
     used_ilp = 0
     choice = layout.pp > 1 or layout.recompute != "full" or not job.cluster.is_homogeneous
     if choice and not split_fixed:
