@@ -416,7 +416,7 @@ def max_blocks(problem: SplitProblem, placement: int, rank: int) -> int:
 
 def infeasibility_reason(problem: SplitProblem) -> str | None:
     """Why no split fits under any placement (the first placement's reason), or None."""
-    P, vpp, L, k = problem.ranks, problem.vpp, problem.layers, problem.min_layers
+    L, k = problem.layers, problem.min_layers
     if problem.stages * k > L:
         return (f"the layers cannot be split: {problem.stages} virtual stages × min_layers={k} "
                 f"need {problem.stages * k} layers, the model has {L}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ torch = pytest.importorskip("torch")
 from runtime.parallel.groups import ParallelGroups  # noqa: E402
 from runtime.train import Trainer  # noqa: E402
 from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.layout import Layout  # noqa: E402
 from simulator.predict import predict  # noqa: E402
 from tests.test_cli_errors import REPO  # noqa: E402
 
