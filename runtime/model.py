@@ -4,7 +4,8 @@ Pre-norm blocks (GPT-2, Radford et al. 2019): x + attention(norm(x)), then x + m
 Attention is causal, with grouped-query heads (GQA, Ainslie et al. 2023; MQA when one key/value
 head, Shazeer 2019), rotary positions when the spec says rope (RoFormer, Su et al. 2021),
 optional per-head RMSNorm on queries and keys (Qwen3), and torch's fused
-`scaled_dot_product_attention`. The MLP is GeLU (Vaswani et al. 2017 with Hendrycks & Gimpel
+`scaled_dot_product_attention`. RMSNorm, RoPE and SwiGLU are one autograd node each
+(`runtime.fused`), saving what Megatron-LM's fused kernels save. The MLP is GeLU (Vaswani et al. 2017 with Hendrycks & Gimpel
 2016) or SwiGLU (Shazeer 2020). MoE layers (Shazeer et al. 2017; GShard, Lepikhin et al. 2020)
 route each token to its top-k experts by a softmax over the k largest router logits (Mixtral,
 Megatron-Core's default), with optional shared experts (DeepSeekMoE) and, when the spec sets a
@@ -47,11 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.fused import rms_norm, rope, rope_tables, swiglu
 from simulator.errors import SpecError
 from simulator.model import ModelSpec
 
 NORM_EPS = 1e-5
-ROPE_BASE = 10000.0  # RoFormer's theta; the spec has no field for it
 INIT_STD = 0.02  # GPT-2 / Megatron-LM init_method_std
 
 
@@ -102,18 +103,23 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = self.weight.shape
         if self.kind == "rmsnorm":
-            return F.rms_norm(x, shape, self.weight, NORM_EPS)
+            return rms_norm(x, self.weight, NORM_EPS)
         return F.layer_norm(x, shape, self.weight, self.bias, NORM_EPS)
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE of x (batch, heads, seq, d) at `positions` (batch, seq)."""
-    half = x.shape[-1] // 2
-    inverse = ROPE_BASE ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
-    angles = positions[..., None].to(torch.float32) * inverse  # (batch, seq, half)
-    cos, sin = angles.cos()[:, None].to(x.dtype), angles.sin()[:, None].to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    key = (x.shape[-1], x.dtype, positions._version)
+    cached = _rope_cache.get("last")
+    if cached is None or cached[0] is not positions or cached[1] != key:
+        cached = (positions, key, rope_tables(positions, x.shape[-1], x.dtype))
+        _rope_cache["last"] = cached
+    return rope(x, *cached[2])
+
+
+# The tables of the last positions tensor: every attention of a forward (and its recompute)
+# rotates by the same positions, so they are computed once per micro-batch, not per layer.
+_rope_cache: dict[str, tuple[torch.Tensor, tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 class CoreAttention(nn.Module):
@@ -161,7 +167,7 @@ class Attention(nn.Module):
 
 def activate(up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     """SwiGLU silu(gate)·up when there is a gate, else GeLU(up)."""
-    return F.gelu(up) if gate is None else F.silu(gate) * up
+    return F.gelu(up) if gate is None else swiglu(gate, up)
 
 
 class MLP(nn.Module):

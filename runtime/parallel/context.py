@@ -20,9 +20,11 @@ the keys/values go around the ring again, each travelling with the gradient accu
 it; every rank adds its queries' contribution to the block it holds (the FlashAttention
 backward of one block, Dao et al. 2022, using the final output and log-sum-exp), and after cp
 passes each block's gradient is back on its owner. Memory stays at two key/value blocks per
-rank, as in the forward. Blocks are computed with plain matmuls (the s_local² scores of one
-block at a time), which is what a CPU run needs; a fused kernel returning the log-sum-exp
-would replace `block_attention` on GPUs.
+rank, as in the forward. On the CPU each block is torch's fused flash-attention kernel, which
+returns the log-sum-exp and has a backward taking the final output and log-sum-exp: the ring
+runs the same kernel as one rank's attention without context parallelism, which is what the
+cost model prices. Elsewhere blocks fall back to plain matmuls (the s_q x s_k scores of one
+block at a time).
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ def local_positions(seq_length: int, axis: Axis, batch: int = 1) -> torch.Tensor
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output, log-sum-exp) of q (b, h, sq, d) against k, v (b, hkv, sk, d)."""
+    """(output, fp32 log-sum-exp) of q (b, h, sq, d) against k, v (b, hkv, sk, d)."""
     k, v = _expand(k, q.shape[1]), _expand(v, q.shape[1])
-    scores = _scores(q, k, causal)
-    lse = torch.logsumexp(scores, dim=-1)
-    return torch.exp(scores - lse[..., None]) @ v, lse
+    if q.device.type == "cpu":  # torch's fused CPU kernel, which returns the log-sum-exp
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal)
+        return out, lse.float()
+    return matmul_block_attention(q, k, v, causal)
 
 
 def block_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
@@ -69,14 +73,35 @@ def block_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
                              causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of one block given the final output and log-sum-exp of its query rows
     (the FlashAttention backward, Dao et al. 2022, Appendix B)."""
-    heads, kv_heads = q.shape[1], k.shape[1]
-    k_full, v_full = _expand(k, heads), _expand(v, heads)
-    probs = torch.exp(_scores(q, k_full, causal) - lse[..., None])
+    kv_heads = k.shape[1]
+    k, v = _expand(k, q.shape[1]), _expand(v, q.shape[1])
+    if q.device.type == "cpu":
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, q, k, v, out, lse, 0.0, causal)
+    else:
+        dq, dk, dv = matmul_block_attention_backward(grad, q, k, v, out, lse, causal)
+    return dq, _fold(dk, kv_heads), _fold(dv, kv_heads)
+
+
+def matmul_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`block_attention` by plain matmuls (the s_q x s_k scores of one block), for devices
+    without a fused kernel that returns the log-sum-exp here; k, v have q's heads."""
+    scores = _scores(q, k, causal)
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse[..., None]) @ v, lse.float()
+
+
+def matmul_block_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                                    v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                                    causal: bool
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of `matmul_block_attention` (k, v with q's heads)."""
+    probs = torch.exp(_scores(q, k, causal) - lse.to(q.dtype)[..., None])
     dv = probs.transpose(-1, -2) @ grad
     delta = (grad * out).sum(dim=-1, keepdim=True)
-    dscores = probs * (grad @ v_full.transpose(-1, -2) - delta) * q.shape[-1] ** -0.5
-    dq, dk = dscores @ k_full, dscores.transpose(-1, -2) @ q
-    return dq, _fold(dk, kv_heads), _fold(dv, kv_heads)
+    dscores = probs * (grad @ v.transpose(-1, -2) - delta) * q.shape[-1] ** -0.5
+    return dscores @ k, dscores.transpose(-1, -2) @ q, dv
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -113,8 +138,8 @@ def _merge(out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.T
     """Online-softmax merge of a block's result into rows `rows` of (out, lse), in place."""
     old = lse[:, :, rows]
     new = torch.logaddexp(old, block_lse)
-    out[:, :, rows] = (out[:, :, rows] * torch.exp(old - new)[..., None]
-                       + block_out * torch.exp(block_lse - new)[..., None])
+    out[:, :, rows] = (out[:, :, rows] * torch.exp(old - new).to(out.dtype)[..., None]
+                       + block_out * torch.exp(block_lse - new).to(out.dtype)[..., None])
     lse[:, :, rows] = new
 
 
@@ -123,7 +148,7 @@ class _RingAttention(Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 axis: Axis) -> torch.Tensor:
         out = torch.zeros_like(q)
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
         held = torch.stack((k, v))
         for step in range(axis.size):
             if step + 1 < axis.size:

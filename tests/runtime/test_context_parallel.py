@@ -18,7 +18,8 @@ torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other 
 import torch.nn.functional as F  # noqa: E402
 
 from runtime.parallel.context import (  # noqa: E402
-    _merge, block_attention, block_attention_backward, local_positions, ring_blocks,
+    _expand, _merge, block_attention, block_attention_backward, local_positions,
+    matmul_block_attention, matmul_block_attention_backward, ring_blocks,
     split_sequence)
 from runtime.parallel.groups import Axis  # noqa: E402
 from simulator.layout import Layout  # noqa: E402
@@ -74,6 +75,24 @@ def test_block_attention_and_its_backward_equal_autograd_of_sdpa():
     dq, dk, dv = block_attention_backward(grad, q.detach(), k.detach(), v.detach(),
                                           out.detach(), lse.detach(), causal=True)
     for mine, reference in ((dq, q.grad), (dk, k.grad), (dv, v.grad)):
+        torch.testing.assert_close(mine, reference, **CLOSE)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_matmul_fallback_equals_the_fused_cpu_block(causal):
+    """The block other devices run (plain matmuls) and the CPU's fused kernel agree, output,
+    log-sum-exp and gradients, on a block with fewer keys than queries when not causal."""
+    q, k, v = qkv(12)
+    keys = 12 if causal else 6
+    k, v = _expand(k[:, :, :keys], 4), _expand(v[:, :, :keys], 4)
+    fused = block_attention(q, k, v, causal)
+    plain = matmul_block_attention(q, k, v, causal)
+    for mine, reference in zip(plain, fused):
+        torch.testing.assert_close(mine, reference, **CLOSE)
+    grad = torch.randn_like(fused[0])
+    expected = block_attention_backward(grad, q, k, v, *fused, causal)
+    for mine, reference in zip(matmul_block_attention_backward(grad, q, k, v, *fused, causal),
+                               expected):
         torch.testing.assert_close(mine, reference, **CLOSE)
 
 
