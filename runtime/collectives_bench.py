@@ -2,18 +2,26 @@
 
 For each group size n the parent hosts a `TCPStore` on 127.0.0.1 (port 0: the OS picks a free
 one, no race) and spawns n processes (`torch.multiprocessing`, spawn) that join one process
-group (gloo on the CPU, NCCL on CUDA, rank r on GPU r). Each collective and size is timed as
-`runtime.timing` times kernels, after a barrier per run and with at least MIN_REPEATS runs
-(small messages on a shared host time bimodally), the runs of all sizes interleaved; a row is
-the mean over ranks (as nccl-tests reports by default) of each rank's mean over its runs.
+group (gloo on the CPU, NCCL on CUDA, rank r on GPU r). Each collective and size is timed as a
+training pass calls it: after a barrier every rank computes the same burst of GEMMs (BURST_S,
+the same count on every rank), then the collective, and only the collective is timed; at least
+MIN_REPEATS runs (small messages on a shared host time bimodally), the runs of all sizes
+interleaved; a row is the mean over ranks (as nccl-tests reports by default) of each rank's
+mean over its runs.
+
+Why the burst: in a pass the ranks reach a collective after computing, apart by their jitter,
+and the first to arrive waits inside the call. Timed straight after a barrier a collective
+misses that wait. On this 2-core VM gloo's 512 KiB all_reduce took 1.9-2.3 ms on average after
+a barrier and 2.6-4.4 ms after 0.6-12 ms of GEMMs (`reports/local/analysis.md`), where a
+tensor-parallel run paid 3 ms per call. BURST_S is a typical gap between two collectives of a
+tensor-parallel pass (a block's attention or MLP half of a small model on a CPU core, of a
+large one on a GPU).
 
 The mean, not the median that the kernel tables keep: a training step pays every one of its
 collectives, so what predicts it is the sum of their expected times, and a median
 underestimates that when the times are skewed. They are, in kind: gloo's all_reduce on a
 2-core VM takes either about 0.4 ms or about 4 ms (1 KiB to 1 MiB, 40 runs: medians 0.4 to
-3.7 ms, means 1.0 to 3.0 ms), and in a tensor-parallel run its calls cost 3 ms on average
-against a 0.8 ms median in the profile (`parasim validate`, reports/local). Kernel times are
-tight, so their medians stay.
+3.7 ms, means 1.0 to 3.0 ms). Kernel times are tight, so their medians stay.
 
 `bytes` is the full buffer, as `simulator/cost/comm.py` counts it: all_reduce of `bytes`;
 all_gather into an output of `bytes` (bytes/n per rank in); reduce_scatter of an input of
@@ -41,13 +49,15 @@ import torch.multiprocessing as mp
 from runtime import processes
 from runtime.errors import MeasurementError  # noqa: F401  (raised by run_group)
 from runtime.tasks import Rates, Task, TaskResult, Tick, size_text
-from runtime.timing import Timing, run_time_s
+from runtime.timing import Timing, median_time_s, run_time_s
 
 COLUMNS = ("collective", "group_size", "bytes", "time_s")
 HOST = processes.HOST
 STOP_GRACE_S = processes.STOP_GRACE_S
 MIN_REPEATS = 40  # small messages on a shared host time bimodally: a mean needs many runs
 MIN_WARMUP = 2
+BURST_S = 0.005  # compute before each timed collective (module docstring)
+BURST_SIDE = 256  # the burst's GEMMs: (BURST_SIDE x BURST_SIDE)², repeated
 SPAWN_ESTIMATE_S = 4.0  # starting the processes and the process group (work estimate only)
 LOOPBACK_FACTOR = {"cpu": 4.0, "cuda": 0.1}  # transport vs memory rate (work estimate only)
 EMULATED_REDUCE_SCATTER = ("reduce_scatter: the {backend} backend has no reduce_scatter here; "
@@ -159,9 +169,11 @@ def _operation(name: str, elements: int, rank: int, job: GroupJob,
 def _measure(name: str, rank: int, job: GroupJob, emulate: bool) -> list[dict]:
     """Rows of one collective over every size: the mean over ranks of each rank's mean.
 
-    Runs are interleaved over the sizes (round r times every size once, after a barrier each),
-    so that a burst of host noise spreads over all sizes instead of filling one entry."""
+    Runs are interleaved over the sizes (round r times every size once, after a barrier and
+    the compute burst each), so that a spell of host noise spreads over all sizes instead of
+    filling one entry."""
     n = job.group_size
+    burst = _burst(job)
     element_bytes = torch.empty((), dtype=job.dtype).element_size()
     counts = [max(n, nbytes // element_bytes // n * n) for nbytes in job.sizes_bytes]
     calls = [_operation(name, elements, rank, job, emulate) for elements in counts]
@@ -169,6 +181,7 @@ def _measure(name: str, rank: int, job: GroupJob, emulate: bool) -> list[dict]:
     for round_index in range(job.timing.warmup + job.timing.repeats):
         for call, series in zip(calls, times_s):
             dist.barrier()
+            burst()
             elapsed_s = run_time_s(call, (), job.device)
             if round_index >= job.timing.warmup:
                 series.append(elapsed_s / 2 if name == "p2p" else elapsed_s)  # ping-pong: 2 ways
@@ -178,6 +191,21 @@ def _measure(name: str, rank: int, job: GroupJob, emulate: bool) -> list[dict]:
     return [{"collective": name, "group_size": n, "bytes": elements * element_bytes,
              "time_s": float(total_s) / n}
             for elements, total_s in zip(counts, means.tolist())]
+
+
+def _burst(job: GroupJob) -> Callable[[], None]:
+    """GEMMs taking about BURST_S on rank 0, the same count on every rank (rank 0's count is
+    broadcast: equal work, so the ranks drift apart by jitter only)."""
+    a = torch.randn(BURST_SIDE, BURST_SIDE, device=job.device, dtype=job.dtype)
+    one_s = median_time_s(lambda: a @ a, job.device, Timing(warmup=3, repeats=15))
+    count = torch.tensor([max(1, round(BURST_S / one_s))], device=job.device)
+    dist.broadcast(count, src=0)
+    repeats = int(count.item())
+
+    def burst() -> None:
+        for _ in range(repeats):
+            a @ a
+    return burst
 
 
 # The parent ---------------------------------------------------------------------------------
@@ -247,7 +275,7 @@ def collective_tasks(group_sizes: tuple[int, ...], sizes_bytes: tuple[int, ...],
     for n in group_sizes:
         weight_s = SPAWN_ESTIMATE_S + len(collectives) * sum(
             rates.estimate_s(calls, moved_bytes=nbytes * LOOPBACK_FACTOR[device])
-            for nbytes in sizes_bytes)
+            + calls * BURST_S for nbytes in sizes_bytes)
         limit_s = timeout_s if timeout_s is not None else 60.0 + 10.0 * weight_s
 
         def run(tick: Tick, n: int = n, limit_s: float = limit_s) -> TaskResult:
