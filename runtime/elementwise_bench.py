@@ -2,10 +2,13 @@
 
 `elements` is what `simulator/ops.py`'s memory ops count for each kernel; what is timed:
 
-- layernorm, rmsnorm: tokens·hidden; `F.layer_norm` / `F.rms_norm` of (elements/hidden,
-  hidden) with a weight (and a bias);
+- layernorm, rmsnorm: tokens·hidden; `F.layer_norm` / the runtime's one-node RMSNorm
+  (`runtime.fused.rms_norm`) of (elements/hidden, hidden) with a weight (and a bias);
 - gelu: tokens·ffn width (the output); `F.gelu`;
-- swiglu: tokens·ffn width (the output); `F.silu(gate) * up`, gate and up of `elements` each;
+- swiglu: tokens·ffn width (the output); `runtime.fused.swiglu(gate, up)`, gate and up of
+  `elements` each;
+- rope: rotated query and key values; `runtime.fused.rope` of (1, heads, rows, 128) with the
+  tables of positions 0..rows-1, heads·rows·128 = elements;
 - softmax: rows·cols; `torch.softmax` over rows of `row_elements`;
 - add: tokens·hidden; `a + b` (the residual add);
 - copy: elements copied; `x.clone()`, and its backward is the same copy of the gradient;
@@ -27,12 +30,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from runtime.fused import rms_norm, rope, rope_tables, swiglu
 from runtime.tasks import Rates, Row, Task, row_task, size_text
 from runtime.timing import Timing, median_time_s
 
 COLUMNS = ("kernel", "elements", "forward_s", "backward_s")
-TRAFFIC = {"layernorm": 2, "rmsnorm": 2, "gelu": 2, "swiglu": 3, "softmax": 2, "add": 3,
-           "copy": 2, "embedding": 2, "cross_entropy": 3}  # values moved per element
+TRAFFIC = {"layernorm": 2, "rmsnorm": 2, "gelu": 2, "swiglu": 3, "rope": 2, "softmax": 2,
+           "add": 3, "copy": 2, "embedding": 2, "cross_entropy": 3}  # values moved per element
+ROPE_HEAD_DIM = 128  # the head width of the rope kernel's rows (Llama's)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def build(kernel: str, elements: int, width: int, vocab: int, device: str,
     if kernel in ("layernorm", "rmsnorm"):
         weight = _leaf((cols,), device, dtype)
         if kernel == "rmsnorm":
-            return Case(lambda: F.rms_norm(x, (cols,), weight), (x, weight))
+            return Case(lambda: rms_norm(x, weight, 1e-5), (x, weight))
         bias = _leaf((cols,), device, dtype)
         return Case(lambda: F.layer_norm(x, (cols,), weight, bias), (x, weight, bias))
     if kernel in ("gelu", "softmax", "copy"):
@@ -74,7 +79,12 @@ def build(kernel: str, elements: int, width: int, vocab: int, device: str,
         other = _leaf((rows, cols), device, dtype)
         if kernel == "add":
             return Case(lambda: x + other, (x, other))
-        return Case(lambda: F.silu(x) * other, (x, other))
+        return Case(lambda: swiglu(x, other), (x, other))
+    if kernel == "rope":
+        width = min(ROPE_HEAD_DIM, cols)
+        q = _leaf((1, cols // width, rows, width), device, dtype)
+        cos, sin = rope_tables(torch.arange(rows, device=device)[None], width, dtype)
+        return Case(lambda: rope(q, cos, sin), (q,))
     if kernel == "embedding":
         table = _leaf((vocab, cols), device, dtype)
         ids = torch.randint(0, vocab, (rows,), device=device)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from runtime.timing import Timing
 
-ELEMENTWISE_KERNELS = ("layernorm", "rmsnorm", "gelu", "swiglu", "softmax", "add", "copy",
-                       "embedding", "cross_entropy")
+ELEMENTWISE_KERNELS = ("layernorm", "rmsnorm", "gelu", "swiglu", "rope", "softmax", "add",
+                       "copy", "embedding", "cross_entropy")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "p2p")
 
 # m: tokens of one micro-batch on one rank (b·s, b·s/cp, routed expert tokens).

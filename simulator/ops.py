@@ -102,10 +102,24 @@ def attention_ops(model: ModelSpec, shard: Shard) -> list[Op]:
         ops.append(gemm("kv_down", t, m.kv_lora_rank + m.qk_rope_head_dim, h, bpv))
         ops.append(gemm("kv_up", t, heads * (m.qk_nope_head_dim + dv), m.kv_lora_rank, bpv))
         kv_heads = heads  # MLA materialises per-head keys and values in training
+    ops += _rope(model, shard, heads, kv_heads)
     ops += _core_attention(shard, heads, kv_heads, dqk, dv)
     ops.append(gemm("attention_out", t, h, heads * dv, bpv))
     ops.append(memory("residual1", "add", shard.elementwise_tokens * h, 3, bpv))
     return ops
+
+
+def _rope(model: ModelSpec, shard: Shard, heads: int, kv_heads: int) -> list[Op]:
+    """Rotary embedding of the queries and keys (Su et al. 2021): one fused kernel that reads
+    and writes each rotated value (Megatron-Core's `fused_apply_rotary_pos_emb`). MLA rotates
+    only each query head's rope part and the one shared rope key (DeepSeek-V2 §2.1.3)."""
+    if model.position_embedding != "rope":
+        return []
+    if model.mla is None:
+        width = (heads + kv_heads) * model.qk_head_dim
+    else:
+        width = (heads + 1) * model.mla.qk_rope_head_dim
+    return [memory("rope", "rope", shard.tokens * width, 2, shard.bytes_per_value)]
 
 
 def _core_attention(shard: Shard, heads: int, kv_heads: int, dqk: int, dv: int) -> list[Op]:

@@ -420,7 +420,9 @@ def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: T
     path (two per micro-batch and chunk, plus fill and drain) count as pp_comm, the rest
     (fill, drain, slower stages) as bubble."""
     work = _rank_passes(ctx, rank, costs)
-    idle_s = max(0.0, step_s - timeline.busy_s[rank] - tail[0].total_s - tail[1].total_s)
+    idle_s = step_s - timeline.busy_s[rank] - tail[0].total_s - tail[1].total_s
+    if idle_s < 1e-9 * step_s:  # the rounding of the timeline's sums, not idle time
+        idle_s = 0.0
     layout = ctx.layout
     sends = 2 * (ctx.microbatches * layout.vpp + layout.pp - 1) if layout.pp > 1 else 0
     pp_s = min(idle_s, sends * costs[rank].send.total_s)

@@ -40,7 +40,7 @@ README_COLUMNS = {  # profiles/README.md, "Tables"
 }
 META_KEYS = {"device", "device_name", "gpu", "dtype", "torch", "driver", "host", "date",
              "threads", "quick", "repeats", "warmup", "notes"}
-KERNELS = {"layernorm", "rmsnorm", "gelu", "swiglu", "softmax", "add", "copy", "embedding",
+KERNELS = {"layernorm", "rmsnorm", "gelu", "swiglu", "rope", "softmax", "add", "copy", "embedding",
            "cross_entropy"}
 TINY = Grids(gemm_m=(32, 64), gemm_n=(16, 48), gemm_k=(64,),
              attention_seq_lengths=(32, 64), attention_head_dims=(64,), attention_batch=1,
@@ -91,7 +91,7 @@ def tiny_profile(tmp_path_factory) -> Path:
 
 
 def test_tiny_profile_writes_every_table_in_the_readme_format(tiny_profile):
-    expected_rows = {"gemm": 4, "attention": 2, "elementwise": 18, "optimizer": 2,
+    expected_rows = {"gemm": 4, "attention": 2, "elementwise": 2 * len(KERNELS), "optimizer": 2,
                      "collectives": 10}  # 5 collectives (p2p in the group of 2) x 2 sizes
     for table, columns in README_COLUMNS.items():
         header, rows = read_table(tiny_profile / f"{table}.csv")
