@@ -46,10 +46,10 @@ class RunArgs:
 
 
 def find_trainer() -> Worker:
-    """`runtime.train:train_worker`, or a one-line error while it does not exist."""
+    """`runtime.train:train_worker`, or a one-line error if the installation lacks it."""
     if importlib.util.find_spec(TRAINER_MODULE) is None:
         raise ParasimError("parasim run needs the runtime trainer (runtime/train.py), "
-                           "not built yet")
+                           "which this installation lacks: reinstall parasim")
     worker = getattr(importlib.import_module(TRAINER_MODULE), TRAINER_FUNCTION, None)
     if worker is None:
         raise ParasimError(f"parasim run needs {TRAINER_MODULE}.{TRAINER_FUNCTION}"

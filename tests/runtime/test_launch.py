@@ -343,7 +343,7 @@ def test_cli_without_the_trainer(tmp_path, capsys, tripwires, monkeypatch):
     status, err = run_in_process(capsys, write_plan(tmp_path, small_plan_document()), "--nproc", 2)
     assert status == 2
     assert_one_line(err, "parasim run needs the runtime trainer (runtime/train.py), "
-                    "not built yet")
+                    "which this installation lacks")
     assert tripwires == []
 
 
@@ -352,7 +352,8 @@ def test_cli_without_the_trainer(tmp_path, capsys, tripwires, monkeypatch):
 
 @pytest.fixture
 def stand_in_trainer(monkeypatch):
-    """runtime.train is the model engineers' work; these tests bring their own trainer."""
+    """These tests check the launcher, not training: their stand-in trainer only all-reduces
+    and sleeps (`tests/runtime/launch_workers.py`)."""
     monkeypatch.setattr(run_module, "TRAINER_MODULE", "tests.runtime.launch_workers")
     monkeypatch.setattr(run_module, "TRAINER_FUNCTION", "fake_train_worker")
 
