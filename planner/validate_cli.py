@@ -143,13 +143,13 @@ def _load_runtime(emulates: bool) -> SimpleNamespace:
     if emulates:  # as `parasim run --emulate-nodes` (planner/run_cli.py), before torch loads
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
-        from runtime import profiler, run, train
+        from runtime import profiler, run, speed_probe, train
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "torch":
             raise
         raise SpecError("validate", None, "parasim validate runs the jobs: it needs PyTorch",
                         "pip install '.[runtime]'") from None
-    return SimpleNamespace(profiler=profiler, run=run, train=train)
+    return SimpleNamespace(profiler=profiler, run=run, speed_probe=speed_probe, train=train)
 
 
 # The suite ------------------------------------------------------------------------------------
@@ -218,6 +218,7 @@ def _one_job(ctx: Context, job: SuiteJob) -> JobResult:
         return _failed(job, None, None, str(err))
     try:
         _check_runnable(ctx, job)
+        speed = ctx.runtime.speed_probe.machine_speed(ctx.db, ctx.threads)
         before = cpu_sample()
         measured = _measure(ctx, job, plan_path, raw, planned)
         load = other_load_cores(before, cpu_sample())
@@ -225,7 +226,8 @@ def _one_job(ctx: Context, job: SuiteJob) -> JobResult:
         return _failed(job, planned, prediction, str(err))
     if job.nodes > 1:
         prediction = _with_measured_link(ctx, job, measured.emulation)
-    return replace(_result(job, planned, prediction, measured), other_load_cores=load)
+    return replace(_result(job, planned, prediction, measured), other_load_cores=load,
+                   machine_speed=speed)
 
 
 def suite_job(db: ProfileDB, job: SuiteJob, inter_node_bits_per_s: float | None = None
@@ -344,7 +346,8 @@ def job_line(r: JobResult) -> str:
     return (f"{r.name}: {predicted}, measured {r.measured_step_s:.3f} s (p10 "
             f"{r.measured_p10_s:.3f}, p90 {r.measured_p90_s:.3f}): {percent(r.step_error)}; "
             f"memory {mebibytes(r.predicted_peak_bytes)} vs {mebibytes(r.measured_peak_bytes)} "
-            f"MiB: {percent(r.memory_error)}; other load {_load(r.other_load_cores)} cores")
+            f"MiB: {percent(r.memory_error)}; other load {_load(r.other_load_cores)} cores; "
+            f"machine speed {_load(r.machine_speed)}")
 
 
 def _load(cores: float | None) -> str:

@@ -47,6 +47,7 @@ class JobResult:
     measured_peak_bytes: float | None = None  # the largest rank's counted bytes
     measured_phases_s: dict[str, float] | None = None  # by MEASURED_PHASES, longest rank each
     other_load_cores: float | None = None  # cores other processes kept busy during the run
+    machine_speed: float | None = None  # profiled / current time of probe kernels before it
     failure: str = ""  # one line: why this job has no measurement ("" if it has one)
 
     def __post_init__(self) -> None:
@@ -122,6 +123,7 @@ class Summary:
     worst_memory_error: float
     worst_memory_job: str
     spearman: float  # predicted vs measured step times, over the measured jobs
+    machine_speeds: tuple[float, ...] = ()  # of the measured jobs that probed it
 
 
 def summarize(results: list[JobResult]) -> Summary:
@@ -137,6 +139,7 @@ def summarize(results: list[JobResult]) -> Summary:
         mean_memory_error=_mean([e for e, _ in memory]),
         worst_memory_error=worst_memory[0], worst_memory_job=worst_memory[1],
         spearman=spearman([r.predicted_step_s for r in ok], [r.measured_step_s for r in ok]),
+        machine_speeds=tuple(r.machine_speed for r in ok if r.machine_speed is not None),
     )
 
 
@@ -221,4 +224,5 @@ def _row(row: dict[str, str], line: int, path: str) -> JobResult:
         measured_p10_s=number("measured_p10_s"), measured_p90_s=number("measured_p90_s"),
         measured_peak_bytes=number("measured_peak_bytes"),
         measured_phases_s={p: v for p, v in phases.items() if v is not None} or None,
-        other_load_cores=number("other_load_cores"), failure=failure)
+        other_load_cores=number("other_load_cores"), machine_speed=number("machine_speed"),
+        failure=failure)

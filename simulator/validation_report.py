@@ -86,6 +86,7 @@ def mebibytes(value: float | None) -> str:
 def summary_lines(summary: Summary) -> list[str]:
     """The headline numbers, as printed and as the README states them."""
     spearman = "-" if math.isnan(summary.spearman) else f"{summary.spearman:.2f}"
+    speeds = summary.machine_speeds
     return [
         f"step time: mean |error| {percent(summary.mean_step_error, False)}, worst "
         f"{percent(summary.worst_step_error, False)} ({summary.worst_step_job or '-'}); "
@@ -95,10 +96,11 @@ def summary_lines(summary: Summary) -> list[str]:
         f"ranking of layouts by step time: Spearman {spearman} over {summary.measured} "
         f"measured jobs (target above {TARGET_SPEARMAN}); {summary.failed} without a "
         "measurement",
-    ]
+    ] + ([f"machine speed before the jobs against the profile: {min(speeds):.2f} to "
+          f"{max(speeds):.2f} (1.00: as fast as when profiled)"] if speeds else [])
 
 
-def _cores(value: float | None) -> str:
+def _two_places(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -110,7 +112,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def results_table(results: list[JobResult]) -> str:
     """Predicted vs measured, one row per job; a job without a measurement says why."""
     header = ["job", "layout", "predicted s", "measured s (p10-p90)", "error", "predicted MiB",
-              "measured MiB", "error", "analytic share", "other load"]
+              "measured MiB", "error", "analytic share", "other load", "machine speed"]
     rows = []
     for r in results:
         spread = "" if r.measured_p10_s is None else \
@@ -120,7 +122,8 @@ def results_table(results: list[JobResult]) -> str:
         rows.append([r.name, r.layout, seconds(r.predicted_step_s), measured,
                      percent(r.step_error), mebibytes(r.predicted_peak_bytes),
                      mebibytes(r.measured_peak_bytes), percent(r.memory_error),
-                     percent(r.analytic_share, False), _cores(r.other_load_cores)])
+                     percent(r.analytic_share, False), _two_places(r.other_load_cores),
+                     _two_places(r.machine_speed)])
     return _markdown(header, rows)
 
 
@@ -171,7 +174,9 @@ def readme(results: list[JobResult], facts: RunFacts, analysis: str | None) -> s
         "autograd saved. Error = (predicted - measured) / measured. Analytic share: the part of "
         "the predicted step not from the measured profile. Other load: cores that other processes "
         "kept busy while the job ran (mean; `planner/host_load.py`): time they took from the "
-        "ranks, which own one core each.", "",
+        "ranks, which own one core each. Machine speed: how fast probe kernels ran just before "
+        "the job against the profile (1.00 as profiled, 0.90 10% slower; "
+        "`runtime/speed_probe.py`): drift of the machine itself, reported, not corrected.", "",
         results_table(results), "", f"![predicted vs measured]({SCATTER})", "",
         "## Where the time went", "", PHASE_NOTE, "", phase_table(results), "",
         "## What the errors say", "",

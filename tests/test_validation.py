@@ -23,7 +23,8 @@ from simulator.validation import (
     spearman,
     summarize,
 )
-from simulator.validation_report import RunFacts, read_facts, render_report, write_report
+from simulator.validation_report import (RunFacts, read_facts, render_report, summary_lines,
+                                         write_report)
 
 MiB = 2**20
 
@@ -38,7 +39,7 @@ def measured(name: str, predicted_s: float, measured_s: float, predicted_mib: fl
                      measured_p90_s=measured_s * 1.05, measured_peak_bytes=measured_mib * MiB,
                      measured_phases_s={"forward": measured_s / 3, "backward": measured_s / 2,
                                         "grad_sync": measured_s / 6},
-                     other_load_cores=0.05)
+                     other_load_cores=0.05, machine_speed=0.97)
 
 
 RESULTS = [
@@ -97,6 +98,9 @@ def test_summary_of_the_fixed_results():
     assert s.mean_memory_error == pytest.approx(0.1)  # (10 + 0 + 20) / 3 %
     assert (s.worst_memory_error, s.worst_memory_job) == (pytest.approx(0.2), "c")
     assert s.spearman == pytest.approx(1.0)  # a < b < c both ways
+    assert s.machine_speeds == (0.97, 0.97, 0.97)
+    assert summary_lines(s)[-1] == ("machine speed before the jobs against the profile: 0.97 "
+                                    "to 0.97 (1.00: as fast as when profiled)")
 
 
 def test_a_failed_job_has_no_error_and_is_not_averaged():
