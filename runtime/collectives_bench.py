@@ -47,7 +47,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from runtime import processes
-from runtime.errors import MeasurementError  # noqa: F401  (raised by run_group)
+from runtime.parallel.groups import all_gather_single, reduce_scatter_single
 from runtime.tasks import Rates, Task, TaskResult, Tick, size_text
 from runtime.timing import Timing, median_time_s, run_time_s
 
@@ -121,21 +121,12 @@ def _run_rank(rank: int, job: GroupJob, results: Any) -> None:
         dist.destroy_process_group()
 
 
-def _reduce_scatter_function() -> Callable[..., Any]:
-    """`reduce_scatter_single` where this torch has it, else `reduce_scatter_tensor`."""
-    return getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-
-
-def _all_gather_function() -> Callable[..., Any]:
-    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
 def _reduce_scatter_works(job: GroupJob) -> bool:
     """Whether the backend runs a tensor reduce-scatter (older gloo builds do not)."""
     n = job.group_size
     full = torch.zeros(n, device=job.device, dtype=job.dtype)
     try:
-        _reduce_scatter_function()(torch.empty(1, device=job.device, dtype=job.dtype), full)
+        reduce_scatter_single(torch.empty(1, device=job.device, dtype=job.dtype), full)
     except (RuntimeError, NotImplementedError, ValueError):
         return False
     return True
@@ -150,12 +141,12 @@ def _operation(name: str, elements: int, rank: int, job: GroupJob,
     if name == "all_reduce":
         return lambda: dist.all_reduce(full)
     if name == "all_gather":
-        return lambda: _all_gather_function()(full, shard)
+        return lambda: all_gather_single(full, shard)
     if name == "reduce_scatter" and emulate:
         mine = slice(rank * shard.numel(), (rank + 1) * shard.numel())
         return lambda: (dist.all_reduce(full), shard.copy_(full[mine]))
     if name == "reduce_scatter":
-        return lambda: _reduce_scatter_function()(shard, full)
+        return lambda: reduce_scatter_single(shard, full)
     if name == "all_to_all":
         received = torch.empty_like(full)
         return lambda: dist.all_to_all_single(received, full)

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime.parallel.groups import Axis, ParallelGroups
+from runtime.parallel.groups import Axis, ParallelGroups, all_gather_single, reduce_scatter_single
 from simulator.errors import SpecError
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # PyTorch DDP's bucket_cap_mb
@@ -102,8 +102,8 @@ class Bucket:
             self.work = dist.all_reduce(self.grad_buffer, group=self.axis.group, async_op=True)
             return
         self.received = self.grad_buffer.new_empty(self.shard.stop - self.shard.start)
-        self.work = dist.reduce_scatter_tensor(self.received, self.grad_buffer,
-                                               group=self.axis.group, async_op=True)
+        self.work = reduce_scatter_single(self.received, self.grad_buffer,
+                                          group=self.axis.group, async_op=True)
 
     def wait(self, scale: float) -> None:
         """Finish the reduction; this rank's shard of the gradient buffer holds the result."""
@@ -120,8 +120,7 @@ class Bucket:
         if self.shards == 1:
             return None
         mine = self.param_buffer[self.shard].clone()
-        return dist.all_gather_into_tensor(self.param_buffer, mine, group=self.axis.group,
-                                           async_op=True)
+        return all_gather_single(self.param_buffer, mine, group=self.axis.group, async_op=True)
 
 
 BucketKey = tuple[str, str | None]  # (reduction axis, axis summed over first or None)

@@ -24,6 +24,11 @@ from simulator.placement import axis_groups
 
 AXES = ("tp", "cp", "dp", "dp_cp", "ep", "edp", "pp")
 
+# The tensor collectives under their current names; torch 2.13 renamed them and warns on
+# every call of the old ones (all_gather_into_tensor, reduce_scatter_tensor).
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 @dataclass(frozen=True, kw_only=True)
 class Axis:
@@ -61,7 +66,7 @@ class Axis:
             return x
         moved = x.movedim(dim, 0).contiguous()
         out = moved.new_empty((self.size * moved.shape[0], *moved.shape[1:]))
-        dist.all_gather_into_tensor(out, moved, group=self.group)
+        all_gather_single(out, moved, group=self.group)
         return out.movedim(0, dim).contiguous()
 
     def reduce_scatter(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -71,7 +76,7 @@ class Axis:
         moved = x.movedim(dim, 0).contiguous()
         assert moved.shape[0] % self.size == 0, (moved.shape, self.size)
         out = moved.new_empty((moved.shape[0] // self.size, *moved.shape[1:]))
-        dist.reduce_scatter_tensor(out, moved, group=self.group)
+        reduce_scatter_single(out, moved, group=self.group)
         return out.movedim(0, dim).contiguous()
 
     def all_to_all(self, x: torch.Tensor, out_splits: list[int],
