@@ -325,12 +325,14 @@ def _failed(job: SuiteJob, planned: Job | None, prediction: StepPrediction | Non
 
 
 def _result(job: SuiteJob, planned: Job, prediction: StepPrediction, measured) -> JobResult:
-    """The row of a measured job; each phase the longest over the ranks (a pipeline's busiest
-    stage computes longest, its first waits longest: the prediction's compute is the busiest
-    stage's, its bubble what the critical path waits)."""
+    """The row of a measured job; its phases are those of the busiest rank (the most forward +
+    backward time), the rank whose step the prediction's breakdown describes: in a pipeline,
+    the slowest stage's compute and what that stage waits (fill and drain), not the first
+    stage's longer wait for it."""
     spread = measured.step_time
-    phases = {name.removesuffix("_s"): max(rank.phase_s[name] for rank in measured.ranks)
-              for name in measured.ranks[0].phase_s}
+    busiest = max(measured.ranks, key=lambda rank: rank.phase_s["forward_s"]
+                  + rank.phase_s["backward_s"])
+    phases = {name.removesuffix("_s"): seconds for name, seconds in busiest.phase_s.items()}
     base = _failed(job, planned, prediction, "-")
     return replace(base, failure="", measured_step_s=spread.median_s,
                    measured_p10_s=spread.p10_s, measured_p90_s=spread.p90_s,

@@ -24,7 +24,7 @@ import numpy as np
 
 from simulator.errors import SpecError
 
-# Phases the trainer times (runtime.train, mean seconds per step, longest rank) and the
+# Phases the trainer times (runtime.train, mean seconds per step, busiest rank) and the
 # predicted components they are compared with (simulator.results.TimeBreakdown).
 MEASURED_PHASES = ("forward", "backward", "p2p_wait", "grad_sync", "optimizer")
 PREDICTED_PARTS = ("compute", "tp_comm", "cp_comm", "ep_comm", "pp_comm", "bubble", "dp_comm",
@@ -45,7 +45,7 @@ class JobResult:
     measured_p10_s: float | None = None  # spread of the step times
     measured_p90_s: float | None = None
     measured_peak_bytes: float | None = None  # the largest rank's counted bytes
-    measured_phases_s: dict[str, float] | None = None  # by MEASURED_PHASES, longest rank each
+    measured_phases_s: dict[str, float] | None = None  # by MEASURED_PHASES, the busiest rank
     other_load_cores: float | None = None  # cores other processes kept busy during the run
     machine_speed: float | None = None  # profiled / current time of probe kernels before it
     failure: str = ""  # one line: why this job has no measurement ("" if it has one)

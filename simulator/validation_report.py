@@ -127,8 +127,9 @@ def results_table(results: list[JobResult]) -> str:
     return _markdown(header, rows)
 
 
-PHASE_NOTE = ("Seconds per step, predicted / measured (each measured phase is its mean per "
-              "step on the rank where it is longest): forward + backward (TP, CP and EP communication runs inside "
+PHASE_NOTE = ("Seconds per step, predicted / measured (mean per step on the busiest rank, the "
+              "one with the most forward + backward time, whose step the predicted breakdown "
+              "describes): forward + backward (TP, CP and EP communication runs inside "
               "them) against compute and exposed TP/CP/EP communication; pipeline waits against "
               "bubble + pipeline sends; gradient reduction against exposed DP communication; "
               "the optimizer step against the optimizer.")

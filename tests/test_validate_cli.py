@@ -14,9 +14,11 @@ import pytest
 
 from planner.host_load import CpuSample, other_load_cores
 from planner.suite import load_suite, local_cluster, local_device, p2p_link
-from planner.validate_cli import layout_words, suite_job
+from planner.validate_cli import _result, layout_words, suite_job
+from runtime.measure import Measurement, RankMeasurement
 from simulator.errors import SpecError
 from simulator.layout import Layout
+from simulator.predict import predict
 from simulator.profile import load_profile, mismatches
 from tests.profile_fixtures import GEMM_FLOP_PER_S, write_profile
 from tests.test_cli_errors import assert_user_error, run_cli
@@ -69,6 +71,22 @@ def test_every_suite_job_builds_on_the_local_cluster_without_a_mismatch(cpu_prof
             job.nodes
         gpus = {group.gpu.name for group in built.cluster.node_groups}
         assert mismatches(cpu_profile, gpus, built.training.precision) == []
+
+
+def test_the_phases_are_the_busiest_ranks(cpu_profile):
+    """A pipeline's first stage waits longest for the slower last stage; the report compares
+    the last stage's phases, the rank the predicted breakdown describes."""
+    job = next(j for j in load_suite("local").jobs if j.name == "pp2-1f1b")
+    _, planned = suite_job(cpu_profile, job)
+    first = RankMeasurement(step_times_s=(1.0, 1.0), peak_bytes=1.0, phase_s={
+        "forward_s": 0.2, "backward_s": 0.4, "p2p_wait_s": 0.35, "optimizer_s": 0.01})
+    last = RankMeasurement(step_times_s=(1.0, 1.1), peak_bytes=2.0, phase_s={
+        "forward_s": 0.3, "backward_s": 0.6, "p2p_wait_s": 0.05, "optimizer_s": 0.02})
+    measured = Measurement(plan_path="plan.json", plan_sha256="0", warmup_steps=1,
+                           ranks=(first, last))
+    row = _result(job, planned, predict(planned, measured=cpu_profile), measured)
+    assert row.measured_phases_s == {"forward": 0.3, "backward": 0.6, "p2p_wait": 0.05,
+                                     "optimizer": 0.02}
 
 
 def test_the_emulated_link_is_the_measured_rate(cpu_profile):
