@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from planner.host_load import cpu_sample, other_load_cores
 from planner.plan import plan_document, read_plan, write_plan
@@ -69,6 +70,10 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
                           help="timed steps per job (10)")
     validate.add_argument("--warmup", type=int, default=2, metavar="N",
                           help="untimed steps before them (2)")
+    validate.add_argument("--repeat", type=int, default=1, metavar="N",
+                          help="run the suite N times, interleaved (job 1..last, then again), "
+                          "and pool each job's timed steps: machine drift spreads over every "
+                          "job instead of landing on a few (1)")
     validate.add_argument("--timeout", type=float, default=600.0, metavar="S",
                           help="stop a job's ranks after S seconds (600)")
     validate.add_argument("--out", metavar="DIR", help="report folder (reports/SUITE)")
@@ -115,6 +120,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise SpecError("--steps", args.steps, "must time at least one step", "1 or more")
     if args.warmup < 0:
         raise SpecError("--warmup", args.warmup, "must not be negative", "0 or more")
+    if args.repeat < 1:
+        raise SpecError("--repeat", args.repeat, "must run the suite at least once", "1 or more")
     if not args.timeout > 0:
         raise SpecError("--timeout", args.timeout, "must be positive", "seconds, e.g. 600")
     if args.profile is not None:
@@ -143,13 +150,14 @@ def _load_runtime(emulates: bool) -> SimpleNamespace:
     if emulates:  # as `parasim run --emulate-nodes` (planner/run_cli.py), before torch loads
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
-        from runtime import profiler, run, speed_probe, train
+        from runtime import measure, profiler, run, speed_probe, train
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "torch":
             raise
         raise SpecError("validate", None, "parasim validate runs the jobs: it needs PyTorch",
                         "pip install '.[runtime]'") from None
-    return SimpleNamespace(profiler=profiler, run=run, speed_probe=speed_probe, train=train)
+    return SimpleNamespace(measure=measure, profiler=profiler, run=run, speed_probe=speed_probe,
+                           train=train)
 
 
 # The suite ------------------------------------------------------------------------------------
@@ -173,11 +181,23 @@ def _validate(args: argparse.Namespace, suite: Suite, out: Path, runtime: Simple
     threads = _threads(suite, runtime)
     db = _profile(args, out, runtime, threads)
     ctx = Context(args=args, out=out, db=db, runtime=runtime, threads=threads, notes=[])
-    results = []
-    for index, job in enumerate(suite.jobs, start=1):
-        result = _one_job(ctx, job)
-        print(f"[{index}/{len(suite.jobs)}] {job_line(result)}", flush=True)
-        results.append(result)
+    prepared = {job.name: _prepare(ctx, job) for job in suite.jobs}
+    runs: dict[str, list[Run | str]] = {job.name: [] for job in suite.jobs}
+    for round_index in range(1, args.repeat + 1):
+        for index, job in enumerate(suite.jobs, start=1):
+            ready = prepared[job.name]
+            if isinstance(ready, JobResult) or _failed_before(runs[job.name]):
+                continue
+            run = _run_once(ctx, job, ready)
+            runs[job.name].append(run)
+            counter = f"[{index}/{len(suite.jobs)}]" if args.repeat == 1 else \
+                f"[run {round_index}/{args.repeat}, {index}/{len(suite.jobs)}]"
+            print(f"{counter} {job_line(_row(ctx, job, ready, [run]))}", flush=True)
+    results = [_final_row(ctx, job, prepared[job.name], runs[job.name]) for job in suite.jobs]
+    if args.repeat > 1:
+        print("pooled over the runs:", flush=True)
+        for r in results:
+            print(f"  {job_line(r)}", flush=True)
     facts = _facts(ctx, suite, command, created, threads, load_before)
     write_report(out, results, facts)
     print("\n".join(summary_lines(summarize(results)) + [f"wrote {out}/README.md"]),
@@ -208,26 +228,83 @@ def _profile(args: argparse.Namespace, out: Path, runtime: SimpleNamespace,
     return load_profile(result.out_dir)
 
 
-def _one_job(ctx: Context, job: SuiteJob) -> JobResult:
-    """Plan, predict, run and compare one job; a failure is the row's reason, not an exit."""
+@dataclass(frozen=True)
+class Prepared:
+    """A job planned and predicted, ready to run."""
+
+    plan_path: Path
+    raw: dict
+    planned: Job
+    prediction: StepPrediction
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a job: its measurement, the other load and the machine's speed."""
+
+    measured: Any  # runtime.measure.Measurement
+    other_load_cores: float | None
+    machine_speed: float | None
+
+
+def _prepare(ctx: Context, job: SuiteJob) -> Prepared | JobResult:
+    """Plan and predict one job; a failure is the row's reason, not an exit."""
     try:
         plan_path = _write_plan(ctx, job)
         raw, planned = read_plan(plan_path)  # exactly what `parasim run` would execute
-        prediction = predict(planned, measured=ctx.db)
+        return Prepared(plan_path, raw, planned, predict(planned, measured=ctx.db))
     except ParasimError as err:
         return _failed(job, None, None, str(err))
+
+
+def _run_once(ctx: Context, job: SuiteJob, ready: Prepared) -> Run | str:
+    """Run and measure the job once; a failure is its reason."""
     try:
         _check_runnable(ctx, job)
         speed = ctx.runtime.speed_probe.machine_speed(ctx.db, ctx.threads)
         before = cpu_sample()
-        measured = _measure(ctx, job, plan_path, raw, planned)
-        load = other_load_cores(before, cpu_sample())
+        measured = _measure(ctx, job, ready)
+        return Run(measured, other_load_cores(before, cpu_sample()), speed)
     except ParasimError as err:
-        return _failed(job, planned, prediction, str(err))
+        return str(err)
+
+
+def _failed_before(runs: list[Run | str]) -> bool:
+    """A job that failed once is not run again (its reason stands)."""
+    return any(isinstance(run, str) for run in runs)
+
+
+def _row(ctx: Context, job: SuiteJob, ready: Prepared, runs: list[Run | str]) -> JobResult:
+    """The job's row from its runs (their timed steps pooled), or the first failure."""
+    failure = next((run for run in runs if isinstance(run, str)), None)
+    if failure is not None:
+        return _failed(job, ready.planned, ready.prediction, failure)
+    measured = ctx.runtime.measure.pooled([run.measured for run in runs])
+    prediction = ready.prediction
     if job.nodes > 1:
         prediction = _with_measured_link(ctx, job, measured.emulation)
-    return replace(_result(job, planned, prediction, measured), other_load_cores=load,
-                   machine_speed=speed)
+    return replace(_result(job, ready.planned, prediction, measured),
+                   other_load_cores=_mean_of([run.other_load_cores for run in runs]),
+                   machine_speed=_mean_of([run.machine_speed for run in runs]))
+
+
+def _final_row(ctx: Context, job: SuiteJob, ready: Prepared | JobResult,
+               runs: list[Run | str]) -> JobResult:
+    """The report's row; its pooled measurement is written to measurements/, and an emulated
+    job's link rate to the notes."""
+    if isinstance(ready, JobResult):
+        return ready
+    if runs and not _failed_before(runs):
+        pooled = ctx.runtime.measure.pooled([run.measured for run in runs])
+        ctx.runtime.run.write_measurement(ctx.out / MEASUREMENTS / f"{job.name}.json", pooled)
+        if job.nodes > 1:
+            ctx.notes.append(_link_note(job, pooled.emulation))
+    return _row(ctx, job, ready, runs)
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def suite_job(db: ProfileDB, job: SuiteJob, inter_node_bits_per_s: float | None = None
@@ -274,24 +351,27 @@ def _emulation(ctx: Context, job: SuiteJob):
                                            inter_node_bits_per_s=job.inter_node_bits_per_s)
 
 
-def _measure(ctx: Context, job: SuiteJob, plan_path: Path, raw: dict, planned: Job):
+def _measure(ctx: Context, job: SuiteJob, ready: Prepared):
+    """One run of the job's plan; its measurement file is written when the job has run every
+    time (`_row`'s pooled one would replace it)."""
     run = ctx.runtime.run
     emulation = _emulation(ctx, job) if job.nodes > 1 else None
-    measured = run.run_plan(plan_path, raw, planned, steps=ctx.args.steps,
-                            warmup_steps=ctx.args.warmup, nproc=job.world_size,
-                            timeout_s=ctx.args.timeout, emulation=emulation)
-    run.write_measurement(ctx.out / MEASUREMENTS / f"{job.name}.json", measured)
-    return measured
+    return run.run_plan(ready.plan_path, ready.raw, ready.planned, steps=ctx.args.steps,
+                        warmup_steps=ctx.args.warmup, nproc=job.world_size,
+                        timeout_s=ctx.args.timeout, emulation=emulation)
 
 
 def _with_measured_link(ctx: Context, job: SuiteJob, emulation: dict) -> StepPrediction:
     """The emulated job predicted again with the link rate the emulated network delivered
-    (measured before the ranks started), not its configured line rate."""
+    (measured before the ranks started; the mean over the runs), not its line rate."""
     rate_bits = emulation["measured_inter_node_Gbps"] * 1e9
-    ctx.notes.append(f"{job.name}: {job.nodes} emulated nodes, link {emulation['inter_node_Gbps']:g}"
-                     f" Gbit/s line rate, {rate_bits / 1e9:.3f} Gbit/s measured; predicted with "
-                     "the measured rate")
     return predict(suite_job(ctx.db, job, rate_bits)[1], measured=ctx.db)
+
+
+def _link_note(job: SuiteJob, emulation: dict) -> str:
+    return (f"{job.name}: {job.nodes} emulated nodes, link {emulation['inter_node_Gbps']:g} "
+            f"Gbit/s line rate, {emulation['measured_inter_node_Gbps']:.3f} Gbit/s measured; "
+            "predicted with the measured rate")
 
 
 # Rows and lines ------------------------------------------------------------------------------
@@ -374,7 +454,7 @@ def _facts(ctx: Context, suite: Suite, command: str, created: str, threads: int,
         profile_threads=meta.get("threads"), profile_quick=meta.get("quick"),
         profile_date=str(meta.get("date", "?")), threads_per_rank=threads,
         steps=ctx.args.steps, warmup_steps=ctx.args.warmup, load_before=tuple(load_before),
-        load_after=tuple(os.getloadavg()), notes=tuple(ctx.notes))
+        load_after=tuple(os.getloadavg()), notes=tuple(ctx.notes), repeats=ctx.args.repeat)
 
 
 def _now() -> str:

@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -112,6 +112,32 @@ def measurement(results: list[Any], *, plan_path: str | Path, steps: int, warmup
     return Measurement(plan_path=str(plan_path), plan_sha256=file_sha256(plan_path),
                        warmup_steps=warmup_steps, ranks=tuple(results), emulation=emulation,
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def pooled(runs: list[Measurement]) -> Measurement:
+    """Several runs of one plan as one measurement: each rank's timed steps in run order (a
+    step's time stays the slowest rank's within its own run), its phases and memory parts the
+    mean over the runs, its peak the largest; the emulated link's measured rate the mean. One
+    run is returned as it is."""
+    assert runs and len({len(run.ranks) for run in runs}) == 1, "runs of one plan"
+    if len(runs) == 1:
+        return runs[0]
+    ranks = tuple(
+        RankMeasurement(
+            step_times_s=tuple(t for r in per_rank for t in r.step_times_s),
+            peak_bytes=max(r.peak_bytes for r in per_rank),
+            phase_s=_mean_dict([r.phase_s for r in per_rank]),
+            memory_bytes=_mean_dict([r.memory_bytes for r in per_rank]))
+        for per_rank in zip(*(run.ranks for run in runs)))
+    emulation = runs[0].emulation
+    if emulation and "measured_inter_node_Gbps" in emulation:
+        emulation = {**emulation, "measured_inter_node_Gbps": statistics.fmean(
+            run.emulation["measured_inter_node_Gbps"] for run in runs)}
+    return replace(runs[0], ranks=ranks, emulation=emulation)
+
+
+def _mean_dict(parts: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.fmean(p[key] for p in parts) for key in parts[0]}
 
 
 def _check_rank(rank: int, result: Any, steps: int) -> None:

@@ -45,6 +45,7 @@ class RunFacts:
     load_before: tuple[float, float, float]  # host load averages (1, 5, 15 min) at the start
     load_after: tuple[float, float, float]  # ... and at the end
     notes: tuple[str, ...] = ()  # facts of single jobs (emulated link rates, skips)
+    repeats: int = 1  # interleaved runs of the suite whose timed steps are pooled
 
 
 def write_facts(path: Path, facts: RunFacts) -> None:
@@ -58,7 +59,7 @@ def read_facts(path: Path) -> RunFacts:
         raise SpecError("--render", str(path), f"cannot read: {err}",
                         "a facts.json written by parasim validate") from None
     names = {f.name for f in fields(RunFacts)}
-    missing = sorted(n for n in names if n not in data and n != "notes")
+    missing = sorted(n for n in names if n not in data and n not in ("notes", "repeats"))
     if missing:
         raise SpecError("--render", str(path), f"missing key {missing[0]!r}",
                         "a facts.json written by parasim validate")
@@ -186,7 +187,9 @@ def readme(results: list[JobResult], facts: RunFacts, analysis: str | None) -> s
         "## Machine and inputs", "",
         f"- machine: {machine}", f"- profile: {profile}",
         f"- ranks: {facts.threads_per_rank} torch thread(s) each; {facts.steps} timed steps "
-        f"after {facts.warmup_steps} warm-up steps per job",
+        f"after {facts.warmup_steps} warm-up steps per job"
+        + (f" and run, in {facts.repeats} interleaved runs of the suite (each job's timed "
+           "steps pooled)" if facts.repeats > 1 else ""),
         f"- host load: {load}",
         *[f"- {note}" for note in facts.notes], "",
         f"Data: `{RESULTS}` (every number above), `{FACTS}`; the plans and measurements in "

@@ -129,6 +129,7 @@ def test_a_suite_file_with_a_bad_job(tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["--steps", "0"], ["--steps=0", "at least one step"]),
     (["--warmup", "-1"], ["--warmup=-1"]),
+    (["--repeat", "0"], ["--repeat=0", "at least once"]),
     (["--timeout", "0"], ["--timeout=0"]),
     (["--suite", "no-such-suite"], ["--suite='no-such-suite'", "no such suite", "local"]),
     (["--profile", "no/such/profile"], ["--profile='no/such/profile'", "no such profile"]),

@@ -12,7 +12,8 @@ import json
 import pytest
 
 from runtime.errors import MeasurementError
-from runtime.measure import RankMeasurement, Spread, measurement, write_measurement
+from runtime.measure import (RankMeasurement, Spread, measurement, pooled,
+                             write_measurement)
 from simulator.errors import SpecError
 
 
@@ -58,6 +59,24 @@ def test_a_trainer_that_measured_something_else(tmp_path, result, why):
     plan.write_text("{}", encoding="utf-8")
     with pytest.raises(MeasurementError, match=why):
         measurement([ranks()[0], result], plan_path=plan, steps=3, warmup_steps=0)
+
+
+def test_pooled_runs_keep_each_runs_slowest_rank_per_step(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    first = measurement(ranks(), plan_path=plan, steps=3, warmup_steps=1,
+                        emulation={"nodes": 2, "measured_inter_node_Gbps": 0.9})
+    second = measurement([RankMeasurement((5.0,), 20.0, {"forward": 0.9}),
+                          RankMeasurement((6.0,), 10.0, {"forward": 1.1})],
+                         plan_path=plan, steps=1, warmup_steps=1,
+                         emulation={"nodes": 2, "measured_inter_node_Gbps": 1.1})
+    both = pooled([first, second])
+    assert both.step_times_s == (3.0, 4.0, 2.5, 6.0)  # per run: the slowest rank of each step
+    assert [r.phase_s for r in both.ranks] == [{"forward": pytest.approx(0.7)},
+                                               {"forward": pytest.approx(0.9)}]
+    assert both.peak_bytes == 30.0
+    assert both.emulation == {"nodes": 2, "measured_inter_node_Gbps": pytest.approx(1.0)}
+    assert pooled([first]) is first
 
 
 def test_an_out_path_that_cannot_be_written(tmp_path):

@@ -46,11 +46,14 @@ def test_a_two_job_suite_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "planner.cli", "validate", "--suite", str(suite), "--profile",
-         str(tmp_path / "profile"), "--steps", "2", "--warmup", "1", "--out", str(out)],
+         str(tmp_path / "profile"), "--steps", "2", "--warmup", "1", "--repeat", "2",
+         "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("[1/2] dp2: predicted ") and lines[1].startswith("[2/2] tp2: ")
+    assert [line.split(":")[0] for line in lines[:4]] == [
+        "[run 1/2, 1/2] dp2", "[run 1/2, 2/2] tp2", "[run 2/2, 1/2] dp2", "[run 2/2, 2/2] tp2"]
+    assert lines[4] == "pooled over the runs:" and lines[5].startswith("  dp2: predicted ")
     assert any(line.startswith("step time: mean |error| ") for line in lines)
     assert {"README.md", "results.csv", "facts.json", "scatter.png", "plans",
             "measurements"} <= {p.name for p in out.iterdir()}
@@ -61,6 +64,9 @@ def test_a_two_job_suite_end_to_end(tmp_path):
         assert all(math.isfinite(v) for v in (r.predicted_step_s, r.measured_step_s,
                                               r.step_error, r.predicted_peak_bytes,
                                               r.measured_peak_bytes, r.memory_error))
+    pooled = json.loads((out / "measurements" / "tp2.json").read_text())
+    assert pooled["steps"] == 4 and all(len(r["step_times_s"]) == 4 for r in pooled["ranks"])
+    assert json.loads((out / "facts.json").read_text())["repeats"] == 2
     raw, job = read_plan(out / "plans" / "tp2.json")
     assert job.layout.tp == 2 and raw["cluster"]["gpu"]["name"] == "cpu"
     (out / "README.md").unlink()
