@@ -16,10 +16,12 @@ Block results merge by the online softmax (Milakov & Gimelshein 2018): with bloc
 and log-sum-exp l_b, l = log(e^l + e^l_b), o = o·e^(l_old-l) + o_b·e^(l_b-l).
 
 Backward (choice: a custom autograd function with a ring backward, not an all-gather of K/V):
-the keys/values go around the ring again, each travelling with the gradient accumulated for
-it; every rank adds its queries' contribution to the block it holds (the FlashAttention
-backward of one block, Dao et al. 2022, using the final output and log-sum-exp), and after cp
-passes each block's gradient is back on its owner. Memory stays at two key/value blocks per
+the keys/values go around the ring again, the next block sent while the current one is
+computed (as in the forward), and each block's gradient follows it one step behind: every
+rank adds its queries' contribution to the block it holds (the FlashAttention backward of one
+block, Dao et al. 2022, using the final output and log-sum-exp) once the previous holders'
+part has arrived, and sends it on; after cp passes each block's gradient is back on its
+owner. Memory stays at two key/value blocks per
 rank, as in the forward. On the CPU each block is torch's fused flash-attention kernel, which
 returns the log-sum-exp and has a backward taking the final output and log-sum-exp: the ring
 runs the same kernel as one rank's attention without context parallelism, which is what the
@@ -171,30 +173,34 @@ class _RingAttention(Function):
         q, k, v, out, lse = ctx.saved_tensors
         axis = ctx.axis
         dq = torch.zeros_like(q)
-        held = torch.stack((k, v, torch.zeros_like(k), torch.zeros_like(v)))
+        held = torch.stack((k, v))
+        gradient, in_flight = torch.zeros_like(held), []  # the held block's (dk, dv) so far
         for step in range(axis.size):
+            if step + 1 < axis.size:  # the next block travels while this one is computed
+                incoming, requests = axis.ring_shift(held, tag=KV_TAG)
             rows, cols, causal = ring_blocks(axis.rank, (axis.rank - step) % axis.size,
                                              q.shape[2])
             dq_b, dk_b, dv_b = block_attention_backward(
                 grad[:, :, rows], q[:, :, rows], held[0][:, :, cols], held[1][:, :, cols],
                 out[:, :, rows], lse[:, :, rows], causal)
             dq[:, :, rows] += dq_b
-            held[2][:, :, cols] += dk_b
-            held[3][:, :, cols] += dv_b
-            held = _pass_on(held, axis, last=step + 1 == axis.size)
-        return dq, held[2], held[3], None
+            _wait(in_flight)  # the previous holders' part of this block's gradient
+            gradient[0][:, :, cols] += dk_b
+            gradient[1][:, :, cols] += dv_b
+            gradient, in_flight = axis.ring_shift(gradient, tag=GRADIENT_TAG)
+            if step + 1 < axis.size:
+                _wait(requests)
+                held = incoming
+        _wait(in_flight)  # after cp passes each block's gradient is back on its owner
+        return dq, gradient[0], gradient[1], None
 
 
-def _pass_on(held: torch.Tensor, axis: Axis, last: bool) -> torch.Tensor:
-    """Send (k, v, dk, dv) to the next rank, receive the previous rank's; at the last step
-    only the gradients travel (they return to their owner)."""
-    payload = held[2:] if last else held
-    incoming, requests = axis.ring_shift(payload)
+KV_TAG, GRADIENT_TAG = 0, 1  # the two shifts of the ring backward, in flight together
+
+
+def _wait(requests: list) -> None:
     for request in requests:
         request.wait()
-    if last:
-        return torch.cat((held[:2], incoming))
-    return incoming
 
 
 class RingAttention(nn.Module):

@@ -88,12 +88,13 @@ class Axis:
         dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=self.group)
         return out
 
-    def ring_shift(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    def ring_shift(self, x: torch.Tensor, tag: int = 0) -> tuple[torch.Tensor, list]:
         """Start sending `x` to the next member and receiving the previous member's; returns
-        the receive buffer and the requests to wait on."""
+        the receive buffer and the requests to wait on. Shifts in flight at once use
+        different tags."""
         received = torch.empty_like(x)
-        ops = [dist.P2POp(dist.isend, x.contiguous(), self.next_rank(), self.group),
-               dist.P2POp(dist.irecv, received, self.previous_rank(), self.group)]
+        ops = [dist.P2POp(dist.isend, x.contiguous(), self.next_rank(), self.group, tag),
+               dist.P2POp(dist.irecv, received, self.previous_rank(), self.group, tag)]
         return received, dist.batch_isend_irecv(ops)
 
 

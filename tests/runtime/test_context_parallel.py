@@ -36,9 +36,18 @@ SCENARIOS = [
 ]
 
 
+# cp 4 (4 processes, slow pass): every block's gradient passes three ranks on its way home.
+CP4 = Scenario(name="cp4-llama-gqa", spec=llama(), layout=Layout(dp=1, cp=4))
+
+
 @pytest.fixture(scope="module")
 def outputs():
     return run_ranks(run_scenarios, 2, SCENARIOS)
+
+
+@pytest.mark.slow
+def test_cp4_matches_single_process():
+    check_scenario(CP4, results_of(run_ranks(run_scenarios, 4, [CP4]), CP4.name))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
