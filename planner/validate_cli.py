@@ -352,8 +352,7 @@ def _emulation(ctx: Context, job: SuiteJob):
 
 
 def _measure(ctx: Context, job: SuiteJob, ready: Prepared):
-    """One run of the job's plan; its measurement file is written when the job has run every
-    time (`_row`'s pooled one would replace it)."""
+    """One run of the job's plan (measurements/ holds the runs pooled: `_final_row`)."""
     run = ctx.runtime.run
     emulation = _emulation(ctx, job) if job.nodes > 1 else None
     return run.run_plan(ready.plan_path, ready.raw, ready.planned, steps=ctx.args.steps,
@@ -428,12 +427,12 @@ def job_line(r: JobResult) -> str:
     return (f"{r.name}: {predicted}, measured {r.measured_step_s:.3f} s (p10 "
             f"{r.measured_p10_s:.3f}, p90 {r.measured_p90_s:.3f}): {percent(r.step_error)}; "
             f"memory {mebibytes(r.predicted_peak_bytes)} vs {mebibytes(r.measured_peak_bytes)} "
-            f"MiB: {percent(r.memory_error)}; other load {_load(r.other_load_cores)} cores; "
-            f"machine speed {_load(r.machine_speed)}")
+            f"MiB: {percent(r.memory_error)}; other load {_two_places(r.other_load_cores)} cores; "
+            f"machine speed {_two_places(r.machine_speed)}")
 
 
-def _load(cores: float | None) -> str:
-    return "?" if cores is None else f"{cores:.2f}"
+def _two_places(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 # Facts ----------------------------------------------------------------------------------------
