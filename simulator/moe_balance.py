@@ -91,6 +91,18 @@ def _top_k_loads(tokens: int, k: int, probabilities: np.ndarray, rng: np.random.
     return np.bincount(chosen.ravel(), minlength=len(probabilities))
 
 
+@lru_cache(maxsize=256)
+def _sampled_loads(num_experts: int, experts_per_token: int, tokens: int, skew: float,
+                   seed: int) -> np.ndarray:
+    """Slots per expert of one seeded routing sample: shared by every ep and capacity factor
+    that `expert_load` is asked about for the same tokens (the sampling is most of its time)."""
+    rng = np.random.default_rng(seed)
+    loads = _top_k_loads(tokens, experts_per_token, zipf_probabilities(num_experts, skew, rng),
+                         rng)
+    loads.setflags(write=False)
+    return loads
+
+
 @lru_cache(maxsize=4096)
 def expert_load(num_experts: int, experts_per_token: int, ep: int, tokens: int, router_skew: float,
                 capacity_factor: float | None, seed: int = 0) -> ExpertLoad:
@@ -102,9 +114,8 @@ def expert_load(num_experts: int, experts_per_token: int, ep: int, tokens: int, 
     assert tokens >= 1, tokens
     assert capacity_factor is None or capacity_factor > 0, capacity_factor
 
-    rng = np.random.default_rng(seed)
     total = tokens * experts_per_token
-    loads = _top_k_loads(tokens, experts_per_token, zipf_probabilities(num_experts, skew, rng), rng)
+    loads = _sampled_loads(num_experts, experts_per_token, tokens, skew, seed)
     busiest_expert = float(loads.max()) / (total / num_experts)
     balanced_share = total / ep
     local = num_experts // ep
