@@ -258,7 +258,10 @@ class MoE(nn.Module):
         flat = x.flatten(0, -2)
         tokens, weights, counts = self._assign(flat)
         routed = self.dispatcher.run(self.experts, flat[tokens], counts)
-        out = torch.zeros_like(flat).index_add(0, tokens, routed * weights[:, None])
+        # Combine by scatter_add, as Megatron-Core's unpermute does: its backward keeps only
+        # the index, where index_add's keeps the whole weighted source (slots x hidden).
+        rows = tokens[:, None].expand(-1, flat.shape[-1])
+        out = torch.zeros_like(flat).scatter_add(0, rows, routed * weights[:, None])
         if self.shared is not None:
             shared = self.shared(flat)
             if self.shared_gate is not None:
