@@ -15,7 +15,8 @@ about 10% of it), and they save tensors the fused kernel does not. Each function
   `rope_tables`; saves nothing but the shared tables;
 - `swiglu(gate, up)`: silu(gate)·up (Shazeer 2020); saves gate and up, recomputes silu.
 
-Each backward is pinned against autograd through the unfused formula (`tests/runtime/test_fused.py`).
+Each backward is pinned against autograd through the unfused formula
+(`tests/runtime/test_fused.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class _RMSNorm(Function):
         normed = x * rstd.to(x.dtype)
         grad_weight = (grad * normed).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
         grad_normed = grad * weight
-        # d/dx of x·rstd: rstd·(g - x̂·mean(g·x̂)) (the LayerNorm backward without the mean term)
+        # d/dx of x·rstd: rstd·(g - x̂·mean(g·x̂)), LayerNorm's backward without the mean term
         dot = (grad_normed * normed).mean(-1, keepdim=True)
         grad_x = (grad_normed - normed * dot) * rstd.to(x.dtype)
         return grad_x, grad_weight, None

@@ -5,8 +5,8 @@ Attention is causal, with grouped-query heads (GQA, Ainslie et al. 2023; MQA whe
 head, Shazeer 2019), rotary positions when the spec says rope (RoFormer, Su et al. 2021),
 optional per-head RMSNorm on queries and keys (Qwen3), and torch's fused
 `scaled_dot_product_attention`. RMSNorm, RoPE and SwiGLU are one autograd node each
-(`runtime.fused`), saving what Megatron-LM's fused kernels save. The MLP is GeLU (Vaswani et al. 2017 with Hendrycks & Gimpel
-2016) or SwiGLU (Shazeer 2020). MoE layers (Shazeer et al. 2017; GShard, Lepikhin et al. 2020)
+(`runtime.fused`), saving what Megatron-LM's fused kernels save. The MLP is GeLU (Vaswani et
+al. 2017 with Hendrycks & Gimpel 2016) or SwiGLU (Shazeer 2020). MoE layers (Shazeer et al. 2017; GShard, Lepikhin et al. 2020)
 route each token to its top-k experts by a softmax over the k largest router logits (Mixtral,
 Megatron-Core's default), with optional shared experts (DeepSeekMoE) and, when the spec sets a
 capacity factor, capacity dropping: capacity = ceil(factor·tokens·k/E) over the tokens of one
@@ -101,25 +101,29 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.empty(size)) if kind == "layernorm" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = self.weight.shape
         if self.kind == "rmsnorm":
             return rms_norm(x, self.weight, NORM_EPS)
-        return F.layer_norm(x, shape, self.weight, self.bias, NORM_EPS)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, NORM_EPS)
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE of x (batch, heads, seq, d) at `positions` (batch, seq)."""
-    key = (x.shape[-1], x.dtype, positions._version)
-    cached = _rope_cache.get("last")
-    if cached is None or cached[0] is not positions or cached[1] != key:
-        cached = (positions, key, rope_tables(positions, x.shape[-1], x.dtype))
-        _rope_cache["last"] = cached
-    return rope(x, *cached[2])
+    return rope(x, *_rope_tables(positions, x.shape[-1], x.dtype))
 
 
 # The tables of the last positions tensor: every attention of a forward (and its recompute)
 # rotates by the same positions, so they are computed once per micro-batch, not per layer.
-_rope_cache: dict[str, tuple[torch.Tensor, tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
+# The entry holds the tensor itself, so identity (and its version) cannot be confused.
+_last_rope: list = [None]  # (positions, (width, dtype, version), (cos, sin))
+
+
+def _rope_tables(positions: torch.Tensor, width: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (width, dtype, positions._version)
+    last = _last_rope[0]
+    if last is None or last[0] is not positions or last[1] != key:
+        last = _last_rope[0] = (positions, key, rope_tables(positions, width, dtype))
+    return last[2]
 
 
 class CoreAttention(nn.Module):
