@@ -37,6 +37,11 @@ POLL_S = 0.5  # how often the parent checks for dead processes while waiting
 SETTLE_S = 2.0  # after a failure, how long to gather the failures it caused (to find the cause)
 MAX_SECONDARY_CHARS = 200  # of each failure after the first in the one-line message
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Held back while the parent starts a child: a Ctrl-C (or SIGTERM) inside `Process.start()`
+# cuts the pipe the spawned child reads its bootstrap from, and the child prints an EOFError
+# traceback after the parent's one-line message. The child inherits the mask through exec
+# and lifts it in `detach_from_parent`, where any signal held meanwhile is delivered.
+DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def host_store(world_size: int, timeout_s: float, host: str = HOST) -> dist.TCPStore:
@@ -53,6 +58,7 @@ def detach_from_parent() -> None:
 
     Runs before the child starts anything, so every grandchild lands in the child's group."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED_SIGNALS)
     os.setpgrp()
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
@@ -88,8 +94,12 @@ def error_line(err: BaseException) -> str:
 def running(processes: list, results: Any) -> Iterator[None]:
     """Start `processes`; on leaving, stop every one of them and close the queue."""
     try:
-        for process in processes:
-            process.start()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held Ctrl-C is raised here
         yield
     finally:
         stop(processes)
