@@ -1,10 +1,12 @@
 """`parasim calibrate`: fit cost-model parameters to measured runs into a fitted profile.
 
-    parasim calibrate --runs RUNS.csv [--profile BASE] --out profiles/fitted/NAME
+    parasim calibrate --runs RUNS.csv [--profile BASE] [--profile MEASURED]
+                      --out profiles/fitted/NAME
                       [--params a,b,...] [--calibration-half] [--max-evaluations N] [--force]
 
 Reads the runs (`simulator.calibration.runs`: a parasim or a vTrain runs file), fits the named
-parameters of the base profile (default profiles/analytic.yaml) by bounded least squares on log
+parameters of the base profile (a fitted folder, default profiles/analytic.yaml), over a
+measured profile's op times when one is given, by bounded least squares on log
 step times (`simulator.calibration.fit`), prints each with its 95% confidence interval (or why
 it was fixed) and the fit's error on the runs used, and writes the folder
 (`simulator.calibration.fitted`). Bad input, too few runs, or a fit that does not converge: one
@@ -20,10 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from simulator.calibration.fit import Calibration, FittedParameter, calibrate
-from simulator.calibration.fitted import base_profile, write_fitted
+from simulator.calibration.fitted import fitted_dir, load_profiles, write_fitted
 from simulator.calibration.parameters import DEFAULT_NAMES
 from simulator.calibration.runs import SPLIT_RULE, Run, file_sha256, read_runs, split
+from simulator.cost.profile import analytic_profile
 from simulator.errors import SpecError
+from simulator.profile import ProfileDB
 
 
 def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
@@ -32,8 +36,10 @@ def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
     calibrate_.add_argument("--runs", required=True, metavar="RUNS.csv",
                             help="measured runs: columns job, step_time_s (+ override columns "
                             "like parallel.tp), or a vTrain file")
-    calibrate_.add_argument("--profile", metavar="BASE", help="fitted profile to start from "
-                            "(default profiles/analytic.yaml)")
+    calibrate_.add_argument("--profile", metavar="BASE|MEASURED", action="append",
+                            help="fitted profile to start from (default "
+                            "profiles/analytic.yaml) and/or a measured profile (`parasim "
+                            "profile`) whose op times the fit scales; give it twice for both")
     calibrate_.add_argument("--out", required=True, metavar="DIR",
                             help="output folder, e.g. profiles/fitted/NAME")
     calibrate_.add_argument("--params", metavar="A,B,...", default=",".join(DEFAULT_NAMES),
@@ -59,18 +65,22 @@ def calibrate_command(args: argparse.Namespace, argv: list[str]) -> None:
     names = tuple(n.strip() for n in args.params.split(",") if n.strip())
     source = f"{len(used)} runs of {Path(args.runs).name}" + (
         " (calibration half)" if args.calibration_half else "")
-    result = calibrate(used, base_profile(args.profile), names, source, args.max_evaluations)
+    fitted, measured = load_profiles(args.profile or [])
+    result = calibrate(used, fitted or analytic_profile(), names, source, args.max_evaluations,
+                       measured)
     print("\n".join(calibration_lines(result)), flush=True)
-    write_fitted(out, result, _facts(args, argv, runs, used))
+    write_fitted(out, result, _facts(args, argv, runs, used, measured))
     print(f"wrote {out}/profile.yaml and residuals.csv", flush=True)
 
 
 def _facts(args: argparse.Namespace, argv: list[str], runs: tuple[Run, ...],
-           used: tuple[Run, ...]) -> dict:
+           used: tuple[Run, ...], measured: ProfileDB | None) -> dict:
     return {
         "command": "parasim " + " ".join(shlex.quote(a) for a in argv),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_profile": args.profile or "profiles/analytic.yaml",
+        "base_profile": next((p for p in args.profile or [] if fitted_dir(p)),
+                             "profiles/analytic.yaml"),
+        "measured_profile": measured.path if measured is not None else None,
         "runs_file": str(args.runs), "runs_sha256": file_sha256(Path(args.runs)),
         "runs_in_file": len(runs), "runs_used": len(used),
         "selection": SPLIT_RULE if args.calibration_half else "every run of the file",

@@ -26,7 +26,7 @@ from simulator.profile import ProfileDB
 from simulator.yamlfile import parse_text
 
 GiB = 2**30
-SUITES = ("local",)  # shipped under profiles/suites/NAME.yaml
+SUITES = ("local", "local-calibration")  # shipped under profiles/suites/NAME.yaml
 JOB_KEYS = ("name", "model", "parallel", "training", "nodes", "inter_node_Gbps")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Device fields that enter neither the step time nor the memory of a prediction (energy and

@@ -1,14 +1,18 @@
 """`parasim validate`: predict a suite of jobs, run each on this machine, report the errors.
 
-    parasim validate --suite local [--profile DIR] [--steps N] [--out reports/local]
+    parasim validate --suite local [--profile DIR] [--profile FITTED] [--steps N]
+                     [--out reports/local]
 
 Profiles this machine (quick grids, at the thread count each rank will compute with) unless
 given a profile, then for each job of the suite: builds the job on this machine's cluster
-(`planner.suite.local_cluster`), predicts it (`simulator.predict`, with the profile), writes its
-plan file (the one `parasim run` reads) and runs it (`runtime.run.run_plan`), and compares
-(`simulator.validation`). A job that cannot be planned or run is reported as failed with its
-one-line reason, and the suite goes on. The report folder (`simulator.validation_report`)
-holds README.md, results.csv, facts.json, scatter.png, the plans and the measurements.
+(`planner.suite.local_cluster`), predicts it (`simulator.predict`, with the profile, and a
+fitted profile over it when given one), writes its plan file (the one `parasim run` reads) and
+runs it (`runtime.run.run_plan`), and compares (`simulator.validation`). A job that cannot be
+planned or run is reported as failed with its one-line reason, and the suite goes on. The
+report folder (`simulator.validation_report`) holds README.md, results.csv, facts.json,
+scatter.png, the plans and the measurements, and runs.csv: the measured step times as a
+`parasim calibrate` runs file (its jobs in jobs/), so that one suite can calibrate the cost
+model that another is then validated with.
 `--render DIR` rebuilds a report's README.md and scatter.png from its data (no torch).
 
 Exit status: 0 report written, 2 bad input (one line, before anything runs), 130 interrupted.
@@ -18,6 +22,8 @@ The runtime (torch) is imported only to run, so that `import planner` never need
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import platform
 import shlex
@@ -41,7 +47,9 @@ from simulator.job import Job
 from simulator.jobfile import job_from_mapping
 from simulator.layout import Layout
 from simulator.predict import predict
-from simulator.profile import ProfileDB, load_profile, mismatches, resolve_profile
+from simulator.calibration.fitted import fitted_dir, load_profiles
+from simulator.cost.profile import AnalyticProfile
+from simulator.profile import ProfileDB, load_profile, mismatches
 from simulator.results import StepPrediction
 from simulator.validation import JobResult, summarize
 from simulator.validation_report import (
@@ -55,7 +63,7 @@ from simulator.validation_report import (
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-PLANS, MEASUREMENTS, PROFILE = "plans", "measurements", "profile"
+PLANS, MEASUREMENTS, PROFILE, JOBS, RUNS = "plans", "measurements", "profile", "jobs", "runs.csv"
 
 
 def add_validate_parser(commands: argparse._SubParsersAction) -> None:
@@ -64,8 +72,11 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
     validate.add_argument("--suite", default="local", metavar="NAME|FILE",
                           help="local (profiles/suites/local.yaml), a suite file, or vtrain "
                           "(calibrate on half of the vTrain runs, test on the rest; no torch)")
-    validate.add_argument("--profile", metavar="DIR", help="use this measured profile instead "
-                          "of profiling first (it should be measured at cores / ranks threads)")
+    validate.add_argument("--profile", metavar="DIR", action="append",
+                          help="use this measured profile instead of profiling first (it "
+                          "should be measured at cores / ranks threads); and/or a fitted "
+                          "profile (`parasim calibrate` over that measured profile) to "
+                          "predict with: give it twice for both")
     validate.add_argument("--steps", type=int, default=10, metavar="N",
                           help="timed steps per job (10)")
     validate.add_argument("--warmup", type=int, default=2, metavar="N",
@@ -97,6 +108,7 @@ def validate_command(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     try:
         _check_options(args)
+        fitted, measured = load_profiles(args.profile or [])
         suite = load_suite(args.suite)
         out = _out_dir(args, suite)
         runtime = _load_runtime(emulates=any(job.nodes > 1 for job in suite.jobs))
@@ -105,7 +117,7 @@ def validate_command(args: argparse.Namespace, argv: list[str]) -> int:
     command = "parasim " + " ".join(shlex.quote(a) for a in argv)
     try:
         with sigterm_as_exit():
-            _validate(args, suite, out, runtime, command)
+            _validate(args, suite, out, runtime, command, (fitted, measured))
     except KeyboardInterrupt:
         print("parasim: interrupted; every rank stopped, no report written", file=sys.stderr,
               flush=True)
@@ -124,8 +136,10 @@ def _check_options(args: argparse.Namespace) -> None:
         raise SpecError("--repeat", args.repeat, "must run the suite at least once", "1 or more")
     if not args.timeout > 0:
         raise SpecError("--timeout", args.timeout, "must be positive", "seconds, e.g. 600")
-    if args.profile is not None:
-        resolve_profile(args.profile)
+    if args.profile and not any(fitted_dir(name) is None for name in args.profile):
+        raise SpecError("--profile", args.profile[0], "is a fitted profile, which sits on a "
+                        "measured one", "add --profile with the measured profile it was "
+                        "fitted over (its fit section names it)")
 
 
 def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
@@ -137,7 +151,7 @@ def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
         raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
                         "a new or empty folder, or --force")
     try:
-        for sub in (PLANS, MEASUREMENTS):
+        for sub in (PLANS, MEASUREMENTS, JOBS):
             (out / sub).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SpecError("--out", str(out), f"cannot create the folder: {err.strerror}",
@@ -170,17 +184,27 @@ class Context:
     args: argparse.Namespace
     out: Path
     db: ProfileDB
+    fitted: AnalyticProfile | None  # predict with it over `db`, and without it for comparison
     runtime: SimpleNamespace
     threads: int  # torch threads per rank the profile describes
     notes: list[str]  # facts for the report, appended as jobs run
 
+    def predict(self, job: Job) -> StepPrediction:
+        return predict(job, profile=self.fitted, measured=self.db)
+
+    def uncalibrated_s(self, job: Job) -> float | None:
+        """The step predicted by the measured profile alone, when a fitted one is in use."""
+        return None if self.fitted is None else predict(job, measured=self.db).step_time_s
+
 
 def _validate(args: argparse.Namespace, suite: Suite, out: Path, runtime: SimpleNamespace,
-              command: str) -> None:
+              command: str, profiles: tuple[AnalyticProfile | None, ProfileDB | None]) -> None:
     load_before, created = os.getloadavg(), _now()
     threads = _threads(suite, runtime)
-    db = _profile(args, out, runtime, threads)
-    ctx = Context(args=args, out=out, db=db, runtime=runtime, threads=threads, notes=[])
+    fitted, measured = profiles
+    db = _profile(args, out, runtime, threads, measured)
+    ctx = Context(args=args, out=out, db=db, fitted=fitted, runtime=runtime, threads=threads,
+                  notes=[])
     prepared = {job.name: _prepare(ctx, job) for job in suite.jobs}
     runs: dict[str, list[Run | str]] = {job.name: [] for job in suite.jobs}
     for round_index in range(1, args.repeat + 1):
@@ -200,6 +224,7 @@ def _validate(args: argparse.Namespace, suite: Suite, out: Path, runtime: Simple
             print(f"  {job_line(r)}", flush=True)
     facts = _facts(ctx, suite, command, created, threads, load_before)
     write_report(out, results, facts)
+    _write_runs(out, results)
     print("\n".join(summary_lines(summarize(results)) + [f"wrote {out}/README.md"]),
           flush=True)
 
@@ -210,11 +235,11 @@ def _threads(suite: Suite, runtime: SimpleNamespace) -> int:
 
 
 def _profile(args: argparse.Namespace, out: Path, runtime: SimpleNamespace,
-             threads: int) -> ProfileDB:
+             threads: int, given: ProfileDB | None) -> ProfileDB:
     """The given profile (warning when measured at another thread count or precision), or a
     quick profile of this machine at `threads` threads, written into the report folder."""
-    if args.profile is not None:
-        db = load_profile(resolve_profile(args.profile))
+    if given is not None:
+        db = given
         if db.meta.get("threads") != threads:
             _warn(f"profile {db.path} was measured at {db.meta.get('threads')} thread(s), the "
                   f"ranks compute with {threads}; its times are used as measured")
@@ -233,9 +258,10 @@ class Prepared:
     """A job planned and predicted, ready to run."""
 
     plan_path: Path
-    raw: dict
+    raw: dict  # the job mapping, on this machine's cluster
     planned: Job
     prediction: StepPrediction
+    uncalibrated_s: float | None  # `Context.uncalibrated_s`
 
 
 @dataclass(frozen=True)
@@ -252,7 +278,8 @@ def _prepare(ctx: Context, job: SuiteJob) -> Prepared | JobResult:
     try:
         plan_path = _write_plan(ctx, job)
         raw, planned = read_plan(plan_path)  # exactly what `parasim run` would execute
-        return Prepared(plan_path, raw, planned, predict(planned, measured=ctx.db))
+        return Prepared(plan_path, raw, planned, ctx.predict(planned),
+                        ctx.uncalibrated_s(planned))
     except ParasimError as err:
         return _failed(job, None, None, str(err))
 
@@ -280,26 +307,40 @@ def _row(ctx: Context, job: SuiteJob, ready: Prepared, runs: list[Run | str]) ->
     if failure is not None:
         return _failed(job, ready.planned, ready.prediction, failure)
     measured = ctx.runtime.measure.pooled([run.measured for run in runs])
-    prediction = ready.prediction
     if job.nodes > 1:
-        prediction = _with_measured_link(ctx, job, measured.emulation)
-    return replace(_result(job, ready.planned, prediction, measured),
+        ready = _with_measured_link(ctx, job, ready, measured.emulation)
+    return replace(_result(job, ready.planned, ready.prediction, measured),
                    other_load_cores=_mean_of([run.other_load_cores for run in runs]),
-                   machine_speed=_mean_of([run.machine_speed for run in runs]))
+                   machine_speed=_mean_of([run.machine_speed for run in runs]),
+                   uncalibrated_step_s=ready.uncalibrated_s)
 
 
 def _final_row(ctx: Context, job: SuiteJob, ready: Prepared | JobResult,
                runs: list[Run | str]) -> JobResult:
-    """The report's row; its pooled measurement is written to measurements/, and an emulated
-    job's link rate to the notes."""
+    """The report's row; its pooled measurement is written to measurements/, the job as
+    predicted to jobs/ (for runs.csv), and an emulated job's link rate to the notes."""
     if isinstance(ready, JobResult):
         return ready
     if runs and not _failed_before(runs):
         pooled = ctx.runtime.measure.pooled([run.measured for run in runs])
         ctx.runtime.run.write_measurement(ctx.out / MEASUREMENTS / f"{job.name}.json", pooled)
+        predicted = ready
         if job.nodes > 1:
             ctx.notes.append(_link_note(job, pooled.emulation))
+            predicted = _with_measured_link(ctx, job, ready, pooled.emulation)
+        (ctx.out / JOBS / f"{job.name}.json").write_text(
+            json.dumps(predicted.raw, indent=2) + "\n", encoding="utf-8")
     return _row(ctx, job, ready, runs)
+
+
+def _write_runs(out: Path, results: list[JobResult]) -> None:
+    """runs.csv: the measured jobs as a `parasim calibrate` runs file (job, step_time_s)."""
+    with (out / RUNS).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["job", "step_time_s"])
+        for r in results:
+            if r.measured:
+                writer.writerow([f"{JOBS}/{r.name}.json", repr(r.measured_step_s)])
 
 
 def _mean_of(values: list[float | None]) -> float | None:
@@ -319,7 +360,7 @@ def suite_job(db: ProfileDB, job: SuiteJob, inter_node_bits_per_s: float | None 
 def _write_plan(ctx: Context, job: SuiteJob) -> Path:
     """The plan file of the job's fixed layout, as `parasim plan --out` writes it."""
     raw, built = suite_job(ctx.db, job)
-    prediction = predict(built, measured=ctx.db)
+    prediction = ctx.predict(built)
     dollars, joules = economics(built, prediction)
     scored = Scored(layout=built.layout, prediction=prediction, dollars_per_step=dollars,
                     joules_per_step=joules, cluster=built.cluster)
@@ -360,11 +401,12 @@ def _measure(ctx: Context, job: SuiteJob, ready: Prepared):
                         timeout_s=ctx.args.timeout, emulation=emulation)
 
 
-def _with_measured_link(ctx: Context, job: SuiteJob, emulation: dict) -> StepPrediction:
+def _with_measured_link(ctx: Context, job: SuiteJob, ready: Prepared, emulation: dict
+                        ) -> Prepared:
     """The emulated job predicted again with the link rate the emulated network delivered
     (measured before the ranks started; the mean over the runs), not its line rate."""
-    rate_bits = emulation["measured_inter_node_Gbps"] * 1e9
-    return predict(suite_job(ctx.db, job, rate_bits)[1], measured=ctx.db)
+    raw, built = suite_job(ctx.db, job, emulation["measured_inter_node_Gbps"] * 1e9)
+    return Prepared(ready.plan_path, raw, built, ctx.predict(built), ctx.uncalibrated_s(built))
 
 
 def _link_note(job: SuiteJob, emulation: dict) -> str:
@@ -453,7 +495,8 @@ def _facts(ctx: Context, suite: Suite, command: str, created: str, threads: int,
         profile_threads=meta.get("threads"), profile_quick=meta.get("quick"),
         profile_date=str(meta.get("date", "?")), threads_per_rank=threads,
         steps=ctx.args.steps, warmup_steps=ctx.args.warmup, load_before=tuple(load_before),
-        load_after=tuple(os.getloadavg()), notes=tuple(ctx.notes), repeats=ctx.args.repeat)
+        load_after=tuple(os.getloadavg()), notes=tuple(ctx.notes), repeats=ctx.args.repeat,
+        fitted_profile=next((p for p in ctx.args.profile or [] if fitted_dir(p)), None))
 
 
 def _now() -> str:

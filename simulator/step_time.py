@@ -88,13 +88,13 @@ class StepContext:
         net = self.net(axis)
         if size_bytes <= 0:  # nothing to send (e.g. the expert gradients of a dense model)
             return Sourced()
+        fixed_s = self.analytic.collective_overhead_s if net.size > 1 or kind == "p2p" else 0.0
         if self.measured is not None and net.size > 1 and net.within_host:
             found: Timed | None = self.measured.collective_time(kind, net.size, size_bytes)
-            if found is not None:
-                return Sourced.of(found.seconds, found.source)
+            if found is not None:  # the fixed time: waits in training the table cannot hold
+                return Sourced.of(found.seconds + fixed_s, found.source)
             self.flags.add(f"{kind} over {net.size} ranks ({axis}) at {size_bytes:.3g} B is "
                            "outside the profile's collectives: analytic")
-        fixed_s = self.analytic.collective_overhead_s if net.size > 1 or kind == "p2p" else 0.0
         return Sourced.of(net.time_s(kind, size_bytes) + fixed_s, "analytic")
 
     def compute(self, device) -> ComputeModel:

@@ -48,6 +48,8 @@ class JobResult:
     measured_phases_s: dict[str, float] | None = None  # by MEASURED_PHASES, the busiest rank
     other_load_cores: float | None = None  # cores other processes kept busy during the run
     machine_speed: float | None = None  # profiled / current time of probe kernels before it
+    uncalibrated_step_s: float | None = None  # predicted by the measured profile alone, when
+    # the prediction above also used a fitted profile (`parasim calibrate`)
     failure: str = ""  # one line: why this job has no measurement ("" if it has one)
 
     def __post_init__(self) -> None:
@@ -64,6 +66,12 @@ class JobResult:
         if not self.measured:
             return None
         return relative_error(self.predicted_step_s, self.measured_step_s)
+
+    @property
+    def uncalibrated_step_error(self) -> float | None:
+        if not self.measured or self.uncalibrated_step_s is None:
+            return None
+        return relative_error(self.uncalibrated_step_s, self.measured_step_s)
 
     @property
     def memory_error(self) -> float | None:
@@ -124,6 +132,8 @@ class Summary:
     worst_memory_job: str
     spearman: float  # predicted vs measured step times, over the measured jobs
     machine_speeds: tuple[float, ...] = ()  # of the measured jobs that probed it
+    uncalibrated_mean_step_error: float = math.nan  # MAPE without the fitted profile (if any)
+    uncalibrated_spearman: float = math.nan
 
 
 def summarize(results: list[JobResult]) -> Summary:
@@ -132,6 +142,7 @@ def summarize(results: list[JobResult]) -> Summary:
     memory = [(abs(r.memory_error), r.name) for r in ok if r.memory_error is not None]
     worst_step = max(step, default=(math.nan, ""))
     worst_memory = max(memory, default=(math.nan, ""))
+    plain = [r for r in ok if r.uncalibrated_step_s is not None]
     return Summary(
         measured=len(ok), failed=len(results) - len(ok),
         mean_step_error=_mean([e for e, _ in step]),
@@ -140,6 +151,9 @@ def summarize(results: list[JobResult]) -> Summary:
         worst_memory_error=worst_memory[0], worst_memory_job=worst_memory[1],
         spearman=spearman([r.predicted_step_s for r in ok], [r.measured_step_s for r in ok]),
         machine_speeds=tuple(r.machine_speed for r in ok if r.machine_speed is not None),
+        uncalibrated_mean_step_error=_mean([abs(r.uncalibrated_step_error) for r in plain]),
+        uncalibrated_spearman=spearman([r.uncalibrated_step_s for r in plain],
+                                       [r.measured_step_s for r in plain]),
     )
 
 
@@ -225,4 +239,4 @@ def _row(row: dict[str, str], line: int, path: str) -> JobResult:
         measured_peak_bytes=number("measured_peak_bytes"),
         measured_phases_s={p: v for p, v in phases.items() if v is not None} or None,
         other_load_cores=number("other_load_cores"), machine_speed=number("machine_speed"),
-        failure=failure)
+        uncalibrated_step_s=number("uncalibrated_step_s"), failure=failure)

@@ -46,6 +46,7 @@ class RunFacts:
     load_after: tuple[float, float, float]  # ... and at the end
     notes: tuple[str, ...] = ()  # facts of single jobs (emulated link rates, skips)
     repeats: int = 1  # interleaved runs of the suite whose timed steps are pooled
+    fitted_profile: str | None = None  # the `parasim calibrate` folder the predictions used
 
 
 def write_facts(path: Path, facts: RunFacts) -> None:
@@ -59,7 +60,8 @@ def read_facts(path: Path) -> RunFacts:
         raise SpecError("--render", str(path), f"cannot read: {err}",
                         "a facts.json written by parasim validate") from None
     names = {f.name for f in fields(RunFacts)}
-    missing = sorted(n for n in names if n not in data and n not in ("notes", "repeats"))
+    optional = ("notes", "repeats", "fitted_profile")
+    missing = sorted(n for n in names if n not in data and n not in optional)
     if missing:
         raise SpecError("--render", str(path), f"missing key {missing[0]!r}",
                         "a facts.json written by parasim validate")
@@ -97,12 +99,16 @@ def summary_lines(summary: Summary) -> list[str]:
         f"ranking of layouts by step time: Spearman {spearman} over {summary.measured} "
         f"measured jobs (target above {TARGET_SPEARMAN}); {summary.failed} without a "
         "measurement",
-    ] + ([f"machine speed before the jobs against the profile: {min(speeds):.2f} to "
-          f"{max(speeds):.2f} (1.00: as fast as when profiled)"] if speeds else [])
+    ] + ([f"without the fitted profile (the measured profile alone): step time mean |error| "
+          f"{percent(summary.uncalibrated_mean_step_error, False)}, Spearman "
+          f"{_two_places(summary.uncalibrated_spearman)}"]
+         if not math.isnan(summary.uncalibrated_mean_step_error) else []) \
+        + ([f"machine speed before the jobs against the profile: {min(speeds):.2f} to "
+            f"{max(speeds):.2f} (1.00: as fast as when profiled)"] if speeds else [])
 
 
 def _two_places(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -114,17 +120,23 @@ def results_table(results: list[JobResult]) -> str:
     """Predicted vs measured, one row per job; a job without a measurement says why."""
     header = ["job", "layout", "predicted s", "measured s (p10-p90)", "error", "predicted MiB",
               "measured MiB", "error", "analytic share", "other load", "machine speed"]
+    uncalibrated = any(r.uncalibrated_step_s is not None for r in results)
+    if uncalibrated:
+        header[5:5] = ["uncalibrated s", "error"]
     rows = []
     for r in results:
         spread = "" if r.measured_p10_s is None else \
             f" ({r.measured_p10_s:.3f}-{r.measured_p90_s:.3f})"
         measured = f"{seconds(r.measured_step_s)}{spread}" if r.measured else \
             f"failed: {r.failure.replace('|', '/')}"
-        rows.append([r.name, r.layout, seconds(r.predicted_step_s), measured,
-                     percent(r.step_error), mebibytes(r.predicted_peak_bytes),
-                     mebibytes(r.measured_peak_bytes), percent(r.memory_error),
-                     percent(r.analytic_share, False), _two_places(r.other_load_cores),
-                     _two_places(r.machine_speed)])
+        row = [r.name, r.layout, seconds(r.predicted_step_s), measured,
+               percent(r.step_error), mebibytes(r.predicted_peak_bytes),
+               mebibytes(r.measured_peak_bytes), percent(r.memory_error),
+               percent(r.analytic_share, False), _two_places(r.other_load_cores),
+               _two_places(r.machine_speed)]
+        if uncalibrated:
+            row[5:5] = [seconds(r.uncalibrated_step_s), percent(r.uncalibrated_step_error)]
+        rows.append(row)
     return _markdown(header, rows)
 
 
@@ -186,6 +198,9 @@ def readme(results: list[JobResult], facts: RunFacts, analysis: str | None) -> s
         f"and re-render with `parasim validate --render <this folder>`.)", "",
         "## Machine and inputs", "",
         f"- machine: {machine}", f"- profile: {profile}",
+        *([f"- fitted profile: `{facts.fitted_profile}` (`parasim calibrate` over the measured "
+           "profile: the predicted column uses it, the uncalibrated one the measured profile "
+           "alone)"] if facts.fitted_profile else []),
         f"- ranks: {facts.threads_per_rank} torch thread(s) each; {facts.steps} timed steps "
         f"after {facts.warmup_steps} warm-up steps per job"
         + (f" and run, in {facts.repeats} interleaved runs of the suite (each job's timed "

@@ -80,6 +80,81 @@ def test_noiseless_runs_give_the_parameters_back_exactly():
         assert p.value == pytest.approx(TRUTH[p.name], rel=1e-6), p
 
 
+MEASURED_TRUTH = {"measured.compute_scale": 1.2, "measured.memory_scale": 2.5,
+                  "overhead.collective_s": 2e-4, "overhead.step_s": 0.01}
+
+
+def _measured_job(hidden: int, seq: int, mb: int, tp: int, pp: int, dp: int):
+    """A job whose GEMMs, attention, norms, SwiGLU and 2-rank collectives lie in the test
+    profile's grids (tests/profile_fixtures.py)."""
+    return job_from_mapping({
+        "model": {"name": "tiny", "num_layers": 4, "hidden_size": hidden,
+                  "num_attention_heads": 8, "num_kv_heads": 8, "ffn_hidden_size": 2 * hidden,
+                  "vocab_size": 4096, "activation": "swiglu", "norm": "rmsnorm"},
+        "cluster": {"base": "dgx-h100", "num_nodes": 1, "gpus_per_node": tp * pp * dp},
+        "training": {"seq_length": seq, "global_batch_size": 4 * mb * dp, "precision": "bf16"},
+        "parallel": {"tp": tp, "pp": pp, "dp": dp, "micro_batch_size": mb},
+    }, base_dir=Path("."), source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def measured_db(tmp_path_factory):
+    from simulator.profile import load_profile
+    from tests.profile_fixtures import write_profile
+    return load_profile(write_profile(tmp_path_factory.mktemp("measured") / "p"))
+
+
+def _measured_runs(db, noise: float, seed: int = 11) -> tuple[Run, ...]:
+    """Runs made by the model over a measured profile with known scales and overheads."""
+    truth = apply(analytic_profile(), parameters(tuple(MEASURED_TRUTH)),
+                  [PARAMETERS[n].to_internal(v) for n, v in MEASURED_TRUTH.items()])
+    rng, runs = random.Random(seed), []
+    shapes = [(h, seq, mb, tp, pp, dp) for h in (256, 1024) for seq in (512, 1024)
+              for mb in (1, 4) for tp, pp, dp in ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2))]
+    for line, shape in enumerate(shapes, start=2):
+        job = _measured_job(*shape)
+        step = predict(job, profile=truth, measured=db).step_time_s
+        cells = [str(v) for v in shape]
+        runs.append(Run(job, step * math.exp(rng.gauss(0, noise)), dict(zip("hsmtpd", cells)),
+                        row_digest(cells), line))
+    return tuple(runs)
+
+
+def test_calibration_over_a_measured_profile_recovers_its_scales(measured_db):
+    """Over a measured profile the fit scales the measured op times and adds the fixed
+    costs; the roofline's constants price nothing here and are left as they were."""
+    names = tuple(MEASURED_TRUTH) + ("gemm.max_efficiency",)
+    exact = calibrate(_measured_runs(measured_db, 0.0), analytic_profile(), names, "exact",
+                      measured=measured_db)
+    for p in exact.parameters[:-1]:
+        assert p.value == pytest.approx(MEASURED_TRUTH[p.name], rel=1e-4), p
+    assert exact.parameters[-1].status.startswith("fixed: no run depends on it")
+    noisy = calibrate(_measured_runs(measured_db, 0.02), analytic_profile(),
+                      tuple(MEASURED_TRUTH), "noisy", measured=measured_db)
+    for p in noisy.parameters:  # 99% intervals, as above
+        assert abs(p.value - MEASURED_TRUTH[p.name]) <= (p.ci_high - p.ci_low) / 2 * 1.32, p
+
+
+def test_a_measured_scale_multiplies_the_measured_op_times(measured_db):
+    """Each scale multiplies its kind's measured ops: their effects add up, doubling both at
+    most doubles the compute (analytic ops stay), and without a measured profile they do
+    nothing."""
+    job = _measured_job(1024, 1024, 4, 1, 1, 1)
+    base = analytic_profile()
+
+    def compute_s(compute_scale: float, memory_scale: float, db=measured_db) -> float:
+        profile = replace(base, measured_compute_scale=compute_scale,
+                          measured_memory_scale=memory_scale)
+        return predict(job, profile=profile, measured=db).breakdown.compute_s
+
+    plain, gemms, elementwise, both = (compute_s(1, 1), compute_s(2, 1), compute_s(1, 2),
+                                       compute_s(2, 2))
+    assert plain < gemms and plain < elementwise
+    assert both == pytest.approx(gemms + elementwise - plain)
+    assert 1.5 * plain < both <= 2 * plain
+    assert compute_s(2, 2, db=None) == compute_s(1, 1, db=None)
+
+
 def test_fitted_values_and_intervals_respect_the_bounds(fitted):
     for p in fitted.parameters:
         bounds = PARAMETERS[p.name]

@@ -63,8 +63,23 @@ def test_the_local_device_comes_from_the_profile(cpu_profile):
     assert latency == pytest.approx(1e-4 + 2**10 / 1e10)
 
 
-def test_every_suite_job_builds_on_the_local_cluster_without_a_mismatch(cpu_profile):
-    for job in load_suite("local").jobs:
+def test_the_calibration_suite_shares_no_job_with_the_local_suite():
+    """Calibrated on one suite, judged on the other: no calibration job is a local job (its
+    model or its training differ), and the same kinds of parallelism are seen at other sizes."""
+    local, calibration = load_suite("local"), load_suite("local-calibration")
+    tested = [(j.raw["model"], j.raw["training"]) for j in local.jobs]
+    for job in calibration.jobs:
+        assert (job.raw["model"], job.raw["training"]) not in tested, job.name
+        assert job.world_size == 2 and job.nodes == 1
+    axes = {axis for job in calibration.jobs for axis, degree in job.raw["parallel"].items()
+            if axis in ("tp", "pp", "cp", "ep") and degree > 1}
+    assert axes == {"tp", "pp", "cp", "ep"}
+    assert len(calibration.jobs) >= 2 * 4  # two runs per parameter of the default local fit
+
+
+@pytest.mark.parametrize("suite", ["local", "local-calibration"])
+def test_every_suite_job_builds_on_the_local_cluster_without_a_mismatch(cpu_profile, suite):
+    for job in load_suite(suite).jobs:
         raw, built = suite_job(cpu_profile, job)
         assert built.cluster.world_size == job.world_size == built.layout.world_size
         assert len(built.cluster.node_groups[0].gpu.name) and raw["cluster"]["num_nodes"] == \
@@ -138,6 +153,44 @@ def test_a_suite_file_with_a_bad_job(tmp_path):
 ])
 def test_bad_options_are_one_line_and_exit_2(args, fragments):
     assert_user_error(run_cli("validate", *args), *fragments)
+
+
+def test_a_fitted_profile_alone_is_refused(tmp_path):
+    """A fitted profile scales a measured one: validate needs the measured profile too."""
+    fitted = tmp_path / "fitted"
+    fitted.mkdir()
+    (fitted / "profile.yaml").write_text("gemm: {}\n")
+    assert_user_error(run_cli("validate", "--profile", fitted, "--out", tmp_path / "out"),
+                      "is a fitted profile", "measured profile it was fitted over")
+
+
+def test_runs_csv_is_a_calibration_runs_file_of_the_measured_jobs(cpu_profile, tmp_path):
+    """What validate writes for `parasim calibrate`: each measured job as it was predicted
+    (jobs/NAME.json) and its measured step; a failed job is left out."""
+    import json
+
+    from planner.validate_cli import JOBS, RUNS, _write_runs
+    from simulator.calibration.runs import read_runs
+    from simulator.validation import JobResult
+
+    suite = {j.name: j for j in load_suite("local-calibration").jobs}
+    (tmp_path / JOBS).mkdir()
+    results = []
+    for name, measured in (("tp2-narrow-mb2", 0.5), ("pp2-narrow-1f1b", 0.75)):
+        raw, built = suite_job(cpu_profile, suite[name])
+        (tmp_path / JOBS / f"{name}.json").write_text(json.dumps(raw))
+        results.append(JobResult(name=name, layout="", predicted_step_s=0.4,
+                                 predicted_peak_bytes=1.0, measured_step_s=measured))
+    results.append(JobResult(name="cp2-wide-s1024", layout="", predicted_step_s=None,
+                             predicted_peak_bytes=None, failure="it hung"))
+    _write_runs(tmp_path, results)
+    runs = read_runs(tmp_path / RUNS)
+    assert [r.measured_step_s for r in runs] == [0.5, 0.75]
+    for run, name in zip(runs, ("tp2-narrow-mb2", "pp2-narrow-1f1b")):
+        _, built = suite_job(cpu_profile, suite[name])
+        assert run.job.layout == built.layout and run.job.model == built.model
+        assert predict(run.job, measured=cpu_profile).step_time_s == \
+            predict(built, measured=cpu_profile).step_time_s
 
 
 def test_an_out_folder_that_is_not_empty_is_refused(tmp_path):

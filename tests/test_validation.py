@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -152,6 +152,27 @@ def test_report_is_rendered_from_data_alone(tmp_path):
     assert "| d | tp 2 | 0.500 | failed: rank 1 raised RuntimeError: boom | - |" in readme
     assert "(No analysis yet" in readme
     assert read_facts(tmp_path / "facts.json") == FACTS
+
+
+def test_a_calibrated_report_shows_the_uncalibrated_prediction_beside_it(tmp_path):
+    """With a fitted profile, each row also says what the measured profile alone predicted,
+    and the summary gives both errors: what the calibration changed is on the page."""
+    results = [replace(r, uncalibrated_step_s=r.measured_step_s * 0.8) if r.measured else r
+               for r in RESULTS]
+    summary = summarize(results)
+    assert summary.uncalibrated_mean_step_error == pytest.approx(0.2)
+    assert summary.uncalibrated_spearman == pytest.approx(1.0)
+    facts = replace(FACTS, fitted_profile="reports/local-calibration/fitted")
+    write_report(tmp_path, results, facts)
+    assert read_results(tmp_path / "results.csv") == results
+    assert read_facts(tmp_path / "facts.json") == facts
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "without the fitted profile (the measured profile alone): step time mean |error| " \
+        "20.0%, Spearman 1.00" in readme
+    assert "| a | layout of a | 1.100 | 1.000 (0.950-1.050) | +10.0% | 0.800 | -20.0% | 90.0 |" \
+        in readme
+    assert "fitted profile: `reports/local-calibration/fitted`" in readme
+    assert "without the fitted profile" not in "\n".join(summary_lines(summarize(RESULTS)))
 
 
 def test_render_includes_the_analysis_and_survives_a_rerender(tmp_path):

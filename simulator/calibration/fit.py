@@ -3,7 +3,8 @@
 Residual of run i: r_i(θ) = log(predicted_i(θ) / measured_i), the relative error (every run
 weighs alike, whether it takes 50 ms or 50 s). θ is minimised over the parameters' bounds by
 `scipy.optimize.least_squares` (trust-region reflective, two-point finite differences), each
-prediction the full `simulator.predict` with the candidate profile.
+prediction the full `simulator.predict` with the candidate profile (over a measured profile,
+when given one: then the `measured.*` scales and the overheads are what the runs can tell).
 
 Confidence intervals: the linearised ones of nonlinear least squares (Bates & Watts 1988,
 "Nonlinear Regression Analysis and Its Applications", §2.3): cov = s²·(JᵀJ)⁻¹ with
@@ -31,6 +32,7 @@ from simulator.calibration.stats import ErrorSummary
 from simulator.cost.profile import AnalyticProfile
 from simulator.errors import Infeasible, SpecError
 from simulator.predict import predict
+from simulator.profile import ProfileDB
 from simulator.uncertainty import band_of
 
 SENSITIVITY_STEP = 0.1  # rule 1: share of a parameter's internal range
@@ -73,8 +75,8 @@ class _Model:
     """log(predicted / measured) of every run as a function of the free parameters."""
 
     def __init__(self, runs: tuple[Run, ...], base: AnalyticProfile,
-                 free: tuple[FitParameter, ...]):
-        self.runs, self.base, self.free = runs, base, free
+                 free: tuple[FitParameter, ...], measured: ProfileDB | None):
+        self.runs, self.base, self.free, self.measured = runs, base, free, measured
         self.log_measured = np.log([r.measured_step_s for r in runs])
         self.evaluations = 0
 
@@ -83,7 +85,8 @@ class _Model:
 
     def predicted_s(self, profile: AnalyticProfile) -> np.ndarray:
         self.evaluations += 1
-        return np.array([predict(r.job, profile=profile).step_time_s for r in self.runs])
+        return np.array([predict(r.job, profile=profile, measured=self.measured).step_time_s
+                         for r in self.runs])
 
     def residuals(self, x) -> np.ndarray:
         return np.log(self.predicted_s(self.profile(x))) - self.log_measured
@@ -99,23 +102,25 @@ class _Model:
 
 
 def calibrate(runs: tuple[Run, ...], base: AnalyticProfile, names: tuple[str, ...],
-              source: str, max_evaluations: int = MAX_EVALUATIONS) -> Calibration:
-    """Fit the named parameters of `base` to `runs` (module docstring). SpecError for too few
-    runs; Infeasible when the fit does not converge."""
+              source: str, max_evaluations: int = MAX_EVALUATIONS,
+              measured: ProfileDB | None = None) -> Calibration:
+    """Fit the named parameters of `base` (over the `measured` profile's op times, if any) to
+    `runs` (module docstring). SpecError for too few runs; Infeasible when the fit does not
+    converge."""
     asked = parameters(names)
     needed = RUNS_PER_PARAMETER * len(asked)
     if len(runs) < needed:
         raise SpecError("--runs", f"{len(runs)} runs", f"too few to fit {len(asked)} "
                         f"parameters", f"at least {needed} runs ({RUNS_PER_PARAMETER} per "
                         "parameter), or fewer --params")
-    fixed = _unidentifiable(runs, base, asked)
+    fixed = _unidentifiable(runs, base, asked, measured)
     evaluations = len(asked) + 1
     while True:
         free = tuple(p for p in asked if p.name not in fixed)
         if not free:
             raise Infeasible("calibration: no parameter can be fitted from these runs ("
                              + "; ".join(f"{k}: {v}" for k, v in fixed.items()) + ")")
-        model = _Model(runs, base, free)
+        model = _Model(runs, base, free, measured)
         solution = _solve(model, max_evaluations)
         evaluations += model.evaluations
         widths = _half_widths(solution.jac, solution.fun, len(runs))
@@ -142,9 +147,10 @@ def _solve(model: _Model, max_evaluations: int):
 
 
 def _unidentifiable(runs: tuple[Run, ...], base: AnalyticProfile,
-                    asked: tuple[FitParameter, ...]) -> dict[str, str]:
+                    asked: tuple[FitParameter, ...], measured: ProfileDB | None
+                    ) -> dict[str, str]:
     """Rule 1: the parameters no run's prediction depends on."""
-    model = _Model(runs, base, asked)
+    model = _Model(runs, base, asked, measured)
     x0 = model.start()
     r0 = model.residuals(x0)
     fixed = {}

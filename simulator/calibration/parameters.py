@@ -3,7 +3,8 @@
 Each is a constant of `AnalyticProfile` (profiles/analytic.yaml's sections and keys). The fit
 works in internal units: log10 of the value for a parameter spanning decades, else the value
 over a typical scale, so that every internal coordinate moves predictions by similar amounts.
-Bounds are physical: efficiencies are shares of a peak or line rate, overheads non-negative.
+Bounds are physical: efficiencies are shares of a peak or line rate, overheads non-negative,
+scales of measured op times between half and a few times the profiled time.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ PARAMETERS = {p.name: p for p in (
                  "synchronisation)"),
     FitParameter(name="overhead.step_s", field="step_overhead_s", lower=0.0, upper=10.0,
                  scale=0.1, meaning="fixed host time per step"),
+    FitParameter(name="measured.compute_scale", field="measured_compute_scale", lower=0.5,
+                 upper=3.0, scale=1.0, meaning="training / profiled time of measured GEMMs "
+                 "and attention"),
+    FitParameter(name="measured.memory_scale", field="measured_memory_scale", lower=0.5,
+                 upper=10.0, scale=1.0, meaning="training / profiled time of measured "
+                 "memory-bound ops"),
 )}
 DEFAULT_NAMES = tuple(PARAMETERS)
 

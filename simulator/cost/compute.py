@@ -4,7 +4,10 @@ t = max(flop / (peak · efficiency(flop)), bytes / (HBM bandwidth · efficiency)
 (Williams et al. 2009, "Roofline: an insightful visual performance model"); the backward pass
 costs the forward's time times the op's backward factor (its kernels: input and weight gradient
 for a GEMM). Efficiencies come from the analytic or a fitted profile; a measured profile
-(issue 4) replaces the time per op.
+(issue 4) replaces the time per op, times the profile's `measured` scale for the op's kind (1
+unless fitted: `parasim calibrate` over a measured profile learns how much slower ops run inside
+a training step than in the profiler's hot loop: cache-cold operands, and the framework's small
+ops the op list leaves out, which grow with the tensors as the listed ones do).
 
 t_op (`op_overhead_s`) is the least time an op's kernel takes in a training step: framework
 dispatch and launch, which the device waits for when the op's own work is shorter (the
@@ -62,7 +65,8 @@ class ComputeModel:
         if self.measured is not None:
             found = self.measured.op_time(op, backward)
             if found is not None:
-                return Sourced.of(found.seconds, found.source)
+                return Sourced.of(found.seconds * self.analytic.measured_scale(op.kind),
+                                  found.source)
         return Sourced.of(op_time_s(op, self.device, self.precision, self.analytic, backward),
                           "analytic")
 
@@ -77,7 +81,8 @@ class ComputeModel:
             if op.kind != "gemm":
                 continue
             found = self.measured.gemm_weight_time(op) if self.measured is not None else None
-            parts.append(Sourced.of(found.seconds, found.source) if found is not None else
+            parts.append(Sourced.of(found.seconds * self.analytic.measured_scale(op.kind),
+                                    found.source) if found is not None else
                          Sourced.of(op_time_s(op, self.device, self.precision, self.analytic),
                                     "analytic"))
         return total(parts)

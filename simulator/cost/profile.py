@@ -49,12 +49,18 @@ class AnalyticProfile:
     op_overhead_s: float = 0.0  # fixed time of every op's kernel(s): launch and tail
     collective_overhead_s: float = 0.0  # fixed time of every collective call: launch, sync
     step_overhead_s: float = 0.0  # fixed host time of every step (Python, data, launches)
+    measured_compute_scale: float = 1.0  # training / profiled time of measured GEMMs, attention
+    measured_memory_scale: float = 1.0  # ... of measured memory-bound (elementwise) ops
     band: ResidualBand = NO_BAND  # calibration residuals: the prediction interval
 
     def overlapped_s(self, compute_s: float, comm_s: float) -> float:
         """Compute with communication running beside it: the longer of the two, plus the
         slowdown the shared GPU costs while both run."""
         return max(compute_s, comm_s) + self.overlap_slowdown * min(compute_s, comm_s)
+
+    def measured_scale(self, kind: str) -> float:
+        """Factor on a measured op time of this kind (`gemm`, `attention`, `memory`)."""
+        return self.measured_memory_scale if kind == "memory" else self.measured_compute_scale
 
     def usable_memory_bytes(self, capacity_bytes: float) -> float:
         return capacity_bytes * (1 - self.reserve_fraction) - self.reserve_fixed_bytes
@@ -68,10 +74,12 @@ def analytic_profile() -> AnalyticProfile:
 
 def profile_from_mapping(raw: dict[str, Any]) -> AnalyticProfile:
     """An AnalyticProfile from analytic.yaml's layout (SI units except `fixed_GiB`); the
-    `overhead` and `prediction_interval` sections are optional (0 and no band)."""
+    `overhead`, `measured` and `prediction_interval` sections are optional (0, 1 and no
+    band)."""
     attention = dict(raw["attention"])
     causal = attention.pop("causal_work_fraction")
     overhead = raw.get("overhead", {})
+    measured = raw.get("measured", {})
     band = raw.get("prediction_interval")
     return AnalyticProfile(
         gemm=KernelEfficiency(**raw["gemm"]),
@@ -88,6 +96,8 @@ def profile_from_mapping(raw: dict[str, Any]) -> AnalyticProfile:
         op_overhead_s=overhead.get("op_s", 0.0),
         collective_overhead_s=overhead.get("collective_s", 0.0),
         step_overhead_s=overhead.get("step_s", 0.0),
+        measured_compute_scale=measured.get("compute_scale", 1.0),
+        measured_memory_scale=measured.get("memory_scale", 1.0),
         band=ResidualBand(**band) if band else NO_BAND,
     )
 
@@ -114,6 +124,8 @@ def profile_mapping(profile: AnalyticProfile) -> dict[str, Any]:
         "overhead": {"op_s": profile.op_overhead_s,
                      "collective_s": profile.collective_overhead_s,
                      "step_s": profile.step_overhead_s},
+        "measured": {"compute_scale": profile.measured_compute_scale,
+                     "memory_scale": profile.measured_memory_scale},
         "prediction_interval": {"log_low": b.log_low, "log_high": b.log_high,
                                 "runs": b.runs, "calibrated": b.calibrated,
                                 "source": b.source},

@@ -74,3 +74,33 @@ def test_a_two_job_suite_end_to_end(tmp_path):
                                str(out)], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=60)
     assert rendered.returncode == 0 and (out / "README.md").is_file(), rendered.stderr
+
+    # The loop closed: the report's runs.csv calibrates the model, the fitted profile predicts.
+    # (Its step times are replaced by predicted + 50 ms, which a fitted step overhead matches
+    # exactly: two noisy runs of a tiny model would give no bounded interval.)
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert runs == ["job,step_time_s"] + [f"jobs/{r.name}.json,{r.measured_step_s!r}"
+                                          for r in rows]
+    (out / "runs.csv").write_text("\n".join(
+        ["job,step_time_s"] + [f"jobs/{r.name}.json,{r.predicted_step_s + 0.05!r}"
+                               for r in rows]) + "\n")
+    fitted = tmp_path / "fitted"
+    calibrated = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "calibrate", "--runs", str(out / "runs.csv"),
+         "--profile", str(tmp_path / "profile"), "--params", "overhead.step_s",
+         "--out", str(fitted)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert calibrated.returncode == 0, calibrated.stderr
+    fit = yaml.safe_load((fitted / "profile.yaml").read_text())["fit"]
+    assert fit["measured_profile"] == str(tmp_path / "profile") and fit["runs_used"] == 2
+    again = tmp_path / "again"
+    result = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "validate", "--suite", str(suite), "--profile",
+         str(tmp_path / "profile"), "--profile", str(fitted), "--steps", "1", "--warmup", "0",
+         "--out", str(again)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "without the fitted profile (the measured profile alone)" in result.stdout
+    assert fit["parameters"][0]["value"] == pytest.approx(0.05, rel=1e-3)
+    for before, after in zip(rows, read_results(again / "results.csv")):
+        assert after.uncalibrated_step_s == pytest.approx(before.predicted_step_s)
+        assert after.predicted_step_s == pytest.approx(before.predicted_step_s + 0.05, rel=1e-3)
+    assert json.loads((again / "facts.json").read_text())["fitted_profile"] == str(fitted)
