@@ -42,13 +42,13 @@ from planner.run_cli import sigterm_as_exit
 from planner.search import Scored, economics
 from planner.suite import Suite, SuiteJob, load_suite, local_cluster
 from planner.vtrain_suite import add_vtrain_arguments, vtrain_command
+from simulator.calibration.fitted import fitted_dir, load_profiles
+from simulator.cost.profile import AnalyticProfile
 from simulator.errors import ParasimError, SpecError
 from simulator.job import Job
 from simulator.jobfile import job_from_mapping
 from simulator.layout import Layout
 from simulator.predict import predict
-from simulator.calibration.fitted import fitted_dir, load_profiles
-from simulator.cost.profile import AnalyticProfile
 from simulator.profile import ProfileDB, load_profile, mismatches
 from simulator.results import StepPrediction
 from simulator.validation import JobResult, summarize
