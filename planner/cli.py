@@ -13,6 +13,7 @@ from types import ModuleType
 
 from planner import topo
 from planner.calibrate_cli import add_calibrate_parser, calibrate_command
+from planner.plan import load_job_or_plan
 from planner.plan_cli import plan_command
 from planner.report import duration, format_estimate, format_listing
 from planner.run_cli import add_run_parser, run_command
@@ -199,7 +200,7 @@ def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: li
     status = 0
     for path in paths:
         try:
-            job = load_job(path, overrides)
+            job = load_job_or_plan(path, overrides)
             if job.layout is None:
                 raise SpecError("parallel", None, "missing: estimate predicts one layout",
                                 "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")

@@ -16,7 +16,7 @@ import profiles
 from planner.search import Scored
 from simulator.errors import SpecError
 from simulator.job import Job
-from simulator.jobfile import job_from_mapping, read_text
+from simulator.jobfile import apply_override, job_from_mapping, load_job, load_raw, read_text
 from simulator.layout import Layout
 
 SCHEMA_VERSION = 1
@@ -80,7 +80,24 @@ def read_plan(path: str | Path) -> tuple[dict, Job]:
     """(the job mapping, the Job with its layout) of a plan file; SpecError if it is not one
     this parasim wrote: unreadable, not JSON, another schema version, a key or the layout
     missing, or a job that no longer builds."""
-    document = _plan_document(Path(path))
+    raw = _plan_job(Path(path))
+    return raw, job_from_mapping(raw, base_dir=Path(path).parent, source=str(path))
+
+
+def load_job_or_plan(path: str | Path, overrides: list[str] = ()) -> Job:
+    """A job file, or a plan file (`plan --out`: its job with the chosen layout), with the
+    `--set` overrides applied: what `parasim estimate` reads."""
+    if "schema_version" not in load_raw(path):
+        return load_job(path, overrides)
+    raw = _plan_job(Path(path))
+    for item in overrides:
+        apply_override(raw, item)
+    return job_from_mapping(raw, base_dir=Path(path).parent, source=str(path))
+
+
+def _plan_job(path: Path) -> dict:
+    """The job mapping of a plan file this parasim wrote (`read_plan`'s checks)."""
+    document = _plan_document(path)
     missing = [key for key in REQUIRED_KEYS if key not in document]
     if missing:
         raise SpecError("plan", str(path), f"missing {', '.join(missing)}", _REMAKE)
@@ -92,8 +109,7 @@ def read_plan(path: str | Path) -> tuple[dict, Job]:
     if not isinstance(raw, dict) or not isinstance(raw.get("parallel"), dict):
         raise SpecError("job.parallel", None if not isinstance(raw, dict) else
                         raw.get("parallel"), f"{path} holds no layout", _REMAKE)
-    job = job_from_mapping(raw, base_dir=Path(path).parent, source=str(path))
-    return raw, job
+    return raw
 
 
 def _plan_document(path: Path) -> dict:
