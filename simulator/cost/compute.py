@@ -27,7 +27,7 @@ from simulator.cost.profile import AnalyticProfile
 from simulator.cost.sourced import Sourced, total
 from simulator.hardware import DeviceSpec, Precision
 from simulator.ops import Op
-from simulator.profile import ProfileDB
+from simulator.profile import ProfileDB, Timed
 
 
 def backward_factor(op: Op, profile: AnalyticProfile) -> float:
@@ -65,10 +65,13 @@ class ComputeModel:
         if self.measured is not None:
             found = self.measured.op_time(op, backward)
             if found is not None:
-                return Sourced.of(found.seconds * self.analytic.measured_scale(op.kind),
-                                  found.source)
+                return self._scaled(op, found)
         return Sourced.of(op_time_s(op, self.device, self.precision, self.analytic, backward),
                           "analytic")
+
+    def _scaled(self, op: Op, found: Timed) -> Sourced:
+        """A measured time of `op`, times the profile's `measured` scale for its kind."""
+        return Sourced.of(found.seconds * self.analytic.measured_scale(op.kind), found.source)
 
     def ops(self, ops, backward: bool = False) -> Sourced:
         return total(self.op(op, backward) for op in ops)
@@ -81,8 +84,7 @@ class ComputeModel:
             if op.kind != "gemm":
                 continue
             found = self.measured.gemm_weight_time(op) if self.measured is not None else None
-            parts.append(Sourced.of(found.seconds * self.analytic.measured_scale(op.kind),
-                                    found.source) if found is not None else
+            parts.append(self._scaled(op, found) if found is not None else
                          Sourced.of(op_time_s(op, self.device, self.precision, self.analytic),
                                     "analytic"))
         return total(parts)
