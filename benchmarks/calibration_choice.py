@@ -18,12 +18,12 @@ import argparse
 import itertools
 import statistics
 
-from simulator.calibration.fit import calibrate
-from simulator.calibration.fitted import load_profiles
-from simulator.calibration.runs import read_runs
-from simulator.cost.profile import analytic_profile
-from simulator.errors import Infeasible
-from simulator.predict import predict
+from parasim.simulator.calibration.fit import calibrate
+from parasim.simulator.calibration.fitted import load_profiles
+from parasim.simulator.calibration.runs import read_runs
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.errors import Infeasible
+from parasim.simulator.predict import predict
 
 LOCAL_PARAMETERS = ("measured.compute_scale", "measured.memory_scale", "overhead.collective_s",
                     "overhead.step_s")

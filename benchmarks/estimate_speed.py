@@ -10,17 +10,15 @@ when the planner scores many layouts on one cluster.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.cost.comm import clear_network_cache  # noqa: E402
-from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.ops import block_ops, embedding_ops, head_ops  # noqa: E402
-from simulator.predict import predict  # noqa: E402
-from simulator.topology import build_topology  # noqa: E402
+from parasim.simulator.cost.comm import clear_network_cache
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.ops import block_ops, embedding_ops, head_ops
+from parasim.simulator.predict import predict
+from parasim.simulator.topology import build_topology
 
 JOB = {
     "model": "llama3.1-405b",

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-import profiles
-from planner.suite import SUITES, local_cluster
-from runtime.model import build_model
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
-from simulator.profile import load_profile
-from simulator.yamlfile import load_data
+from parasim import profiles
+from parasim.suite import SUITES, local_cluster
+from parasim.runtime.model import build_model
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.profile import load_profile
+from parasim.simulator.yamlfile import load_data
 
 CASES = (("llama-narrow", 768, 2), ("llama-narrow", 512, 4), ("llama-wide", 256, 8),
          ("llama-wide", 512, 4), ("llama-tiny", 512, 4))  # model, sequence, micro-batches

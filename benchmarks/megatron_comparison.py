@@ -15,14 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import profiles  # noqa: E402
-from planner.plan_cli import layout_text  # noqa: E402
-from planner.search import search  # noqa: E402
-from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.predict import predict  # noqa: E402
-from simulator.yamlfile import load_data  # noqa: E402
+from parasim import profiles
+from parasim.plan_cli import layout_text
+from parasim.planner.search import search
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.yamlfile import load_data
 
 
 def published() -> dict:

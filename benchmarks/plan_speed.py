@@ -10,15 +10,13 @@ Run: python3 benchmarks/plan_speed.py
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.report import recompute_text  # noqa: E402
-from planner.search import search  # noqa: E402
-from simulator.jobfile import job_from_mapping  # noqa: E402
+from parasim.simulator.layout import recompute_text
+from parasim.planner.search import search
+from parasim.simulator.jobfile import job_from_mapping
 
 JOBS = {
     "llama3.1-405b on 16384 h100-sxm": {

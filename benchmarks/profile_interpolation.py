@@ -20,16 +20,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from runtime.attention_bench import measure_attention  # noqa: E402
-from runtime.gemm_bench import measure_gemm  # noqa: E402
-from runtime.grids import default_timing  # noqa: E402
-from runtime.profiler import profile  # noqa: E402
-from simulator.ops import Op, gemm  # noqa: E402
-from simulator.profile import ProfileDB, load_profile  # noqa: E402
+from parasim.runtime.attention_bench import measure_attention
+from parasim.runtime.gemm_bench import measure_gemm
+from parasim.runtime.grids import default_timing
+from parasim.runtime.profiler import profile
+from parasim.simulator.ops import Op, gemm
+from parasim.simulator.profile import ProfileDB, load_profile
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

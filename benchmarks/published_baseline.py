@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from simulator.datasets import vtrain  # noqa: E402
-from simulator.datasets.vtrain import vtrain_job  # noqa: E402
-from simulator.errors import SpecError  # noqa: E402
-from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.predict import predict  # noqa: E402
-from simulator.results import StepPrediction  # noqa: E402
+from parasim.simulator.datasets import vtrain
+from parasim.simulator.datasets.vtrain import vtrain_job
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.results import StepPrediction
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 VTRAIN_FILES = vtrain.FILES

@@ -9,15 +9,13 @@ Run: python3 benchmarks/simulate_speed.py
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.predict import predict  # noqa: E402
-from simulator.schedule import TaskTimes, simulate  # noqa: E402
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.schedule import TaskTimes, simulate
 
 JOB = {
     "model": "llama3.1-405b",

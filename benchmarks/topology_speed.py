@@ -8,16 +8,14 @@ resident memory. Run: python3 benchmarks/topology_speed.py
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.cost.comm import axis_network  # noqa: E402
-from simulator.cost.profile import analytic_profile  # noqa: E402
-from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.topology import FabricTopology  # noqa: E402
+from parasim.simulator.cost.comm import axis_network
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.topology import FabricTopology
 
 JOB = {
     "model": "llama3.1-405b",

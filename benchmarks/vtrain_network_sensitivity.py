@@ -18,10 +18,10 @@ import csv
 import statistics
 from pathlib import Path
 
-from simulator.calibration.fitted import load_fitted
-from simulator.datasets import vtrain
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
+from parasim.simulator.calibration.fitted import load_fitted
+from parasim.simulator.datasets import vtrain
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
 
 NIC_GBPS = 200  # HDR InfiniBand: the preset's rate per NIC
 NIC_LATENCY_US = 8  # the preset's

@@ -23,11 +23,11 @@ import json
 import shlex
 from collections.abc import Callable
 
-from planner.report import recompute_text
-from simulator.errors import SpecError
-from simulator.job import Job, num_microbatches
-from simulator.layout import Layout
-from simulator.model import ModelSpec
+from parasim.simulator.layout import recompute_text
+from parasim.simulator.errors import SpecError
+from parasim.simulator.job import Job, num_microbatches
+from parasim.simulator.layout import Layout
+from parasim.simulator.model import ModelSpec
 
 FORMATS = ("megatron", "torchtitan")
 

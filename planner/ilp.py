@@ -63,8 +63,8 @@ from dataclasses import dataclass, replace
 
 import pulp
 
-from simulator.errors import Infeasible, SpecError
-from simulator.layout import RECOMPUTES
+from parasim.simulator.errors import Infeasible, SpecError
+from parasim.simulator.layout import RECOMPUTES
 
 GiB = 2**30
 FULL = "full"

@@ -1,26 +1,138 @@
-"""The plan artifact: the chosen layout, its prediction and the inputs' hashes, as JSON.
+"""The plan: a job's chosen layout (`Plan`), how it is made (`make_plan`), and its file.
 
-`parasim plan --out PLAN.json` writes it; `parasim run PLAN.json` (the runtime) executes it.
-The schema is versioned; the hashes let a later run tell whether the job, the catalogs or the
-cost model changed since the plan was made.
+`make_plan` searches a job's layouts (on its cluster, or on fewer nodes up to `max_gpus`);
+`parasim plan --out PLAN.json` writes the plan file (the job with the chosen layout, its
+prediction and the inputs' hashes, as JSON); `parasim run PLAN.json` (the runtime) executes
+it. The schema is versioned; the hashes let a later run tell whether the job, the catalogs or
+the cost model changed since the plan was made.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import profiles
-from planner.search import Scored
-from simulator.errors import SpecError
-from simulator.job import Job
-from simulator.jobfile import apply_override, job_from_mapping, load_job, load_raw, read_text
-from simulator.layout import Layout
+from parasim import profiles
+from parasim.planner.search import Objective, Scored, SearchResult, search, smallest_fix
+from parasim.planner.space import fixed_fields
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.errors import Infeasible, SpecError
+from parasim.simulator.hardware import ClusterSpec
+from parasim.simulator.job import Job
+from parasim.simulator.jobfile import apply_override, job_from_mapping, load_job, load_raw, read_text
+from parasim.simulator.layout import Layout
+from parasim.simulator.predict import predict
+from parasim.simulator.results import StepPrediction
 
 SCHEMA_VERSION = 1
 HASHED_DATA = ("gpus.yaml", "clusters.yaml", "models.yaml", "analytic.yaml")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A job's chosen layout: what `parasim.plan` returns, a plan file holds and `parasim run`
+    executes."""
+
+    job: Job  # the job with the chosen layout (node groups in the order that takes the ranks)
+    job_mapping: dict  # the same job as a job-file mapping, `parallel:` filled in (the file's)
+    objective: Objective  # what the layout was chosen for: time, cost or energy
+    result: SearchResult | None = None  # the search that chose it; None when read from a file
+    path: Path | None = None  # the plan file it was read from
+
+    @property
+    def prediction(self) -> StepPrediction:
+        """The chosen layout's prediction (simulated again for a plan read from a file)."""
+        return self.result.chosen.prediction if self.result else predict(self.job)
+
+    def document(self) -> dict:
+        """The plan file's JSON object (`write_plan` writes it)."""
+        if self.result is None:
+            raise SpecError("plan", str(self.path), "was read from a file, not searched",
+                            "copy the plan file, or plan the job again")
+        return plan_document(self.job_mapping, self.result.chosen, self.objective)
+
+
+def make_plan(raw: dict, *, base_dir: Path, source: str, objective: Objective = "time",
+              top: int = 5, max_gpus: int | None = None, profile: AnalyticProfile | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Plan:
+    """Search the layouts of the job mapping `raw`, its `parallel:` fields held fixed, on its
+    cluster or (with `max_gpus`) on every power-of-two count of its nodes up to that many GPUs;
+    the best by `objective`. Infeasible, with the smallest change that would fit, when none
+    fits."""
+    if top < 1:
+        raise SpecError("--top", top, "must report at least one layout", "1 or more")
+    unlaid = {k: v for k, v in raw.items() if k != "parallel"}
+    fixed = fixed_fields(raw.get("parallel"))
+    job = job_from_mapping(unlaid, base_dir=base_dir, source=source)
+    results = []
+    for variant in with_max_gpus(job, max_gpus):
+        try:
+            results.append((variant, search(variant, fixed, objective, top, progress=progress,
+                                             profile=profile)))
+        except Infeasible:
+            continue
+    if not results:
+        raise Infeasible(f"no layout of {job.model.name} fits on {job.cluster.world_size} GPUs; "
+                         f"smallest change: {smallest_fix(job, fixed)}")
+    variant, result = min(results, key=lambda r: r[1].chosen.value(objective))
+    best = result.chosen
+    if variant is not job:
+        unlaid = {**unlaid, "cluster": _cluster_with_nodes(unlaid["cluster"], variant)}
+    if best.cluster != variant.cluster:
+        unlaid = {**unlaid, "cluster": _cluster_reordered(unlaid["cluster"], variant,
+                                                          best.cluster)}
+    planned = replace(variant, cluster=best.cluster, layout=best.layout)
+    return Plan(job=planned, job_mapping={**unlaid, "parallel": _parallel_section(best.layout)},
+                objective=objective, result=result)
+
+
+def with_max_gpus(job: Job, max_gpus: int | None) -> list[Job]:
+    """The job on its cluster, or on every power-of-two number of its nodes up to max_gpus."""
+    if max_gpus is None:
+        return [job]
+    groups = job.cluster.node_groups
+    if len(groups) != 1:
+        raise SpecError("--max-gpus", max_gpus, "needs a cluster of one node group",
+                        "a homogeneous cluster")
+    per_node = groups[0].gpus_per_node
+    if max_gpus < per_node:
+        raise SpecError("--max-gpus", max_gpus, f"is less than one {per_node}-GPU node",
+                        f"a number >= {per_node}")
+    counts, nodes = [], 1
+    while nodes * per_node <= max_gpus:
+        counts.append(nodes)
+        nodes *= 2
+    if max_gpus // per_node not in counts:
+        counts.append(max_gpus // per_node)
+    return [replace(job, cluster=replace(job.cluster, node_groups=(
+        replace(groups[0], num_nodes=n),))) for n in counts]
+
+
+def _cluster_reordered(cluster, job: Job, chosen: ClusterSpec) -> dict:
+    """The job file's `node_groups` list in the order the plan chose (the same groups)."""
+    assert isinstance(cluster, dict) and isinstance(cluster.get("node_groups"), list), cluster
+    remaining = list(range(len(job.cluster.node_groups)))
+    order = []
+    for group in chosen.node_groups:
+        index = next(i for i in remaining if job.cluster.node_groups[i] == group)
+        remaining.remove(index)
+        order.append(index)
+    return {**cluster, "node_groups": [cluster["node_groups"][i] for i in order]}
+
+
+def _cluster_with_nodes(cluster, job: Job) -> dict:
+    nodes = job.cluster.node_groups[0].num_nodes
+    return {**cluster, "num_nodes": nodes} if isinstance(cluster, dict) else \
+        {"base": cluster, "num_nodes": nodes}
+
+
+def _parallel_section(layout: Layout) -> dict:
+    """The `parallel:` section of a plan's job: every field the layout sets."""
+    return {k: v for k, v in layout_mapping(layout).items() if v is not None}
 
 
 def _sha256(data: bytes) -> str:
@@ -46,8 +158,8 @@ def layout_mapping(layout: Layout) -> dict:
 
 def plan_document(raw_job: dict, best: Scored, objective: str) -> dict:
     """The JSON object of a plan: the job with the chosen layout filled in."""
-    job = {**raw_job, "parallel": {k: v for k, v in layout_mapping(best.layout).items()
-                                   if v is not None}}
+    unlaid = {k: v for k, v in raw_job.items() if k != "parallel"}
+    job = {**unlaid, "parallel": _parallel_section(best.layout)}
     data_hashes = {name: _sha256(profiles.path(name).read_bytes()) for name in HASHED_DATA}
     return {
         "schema_version": SCHEMA_VERSION,
@@ -57,13 +169,14 @@ def plan_document(raw_job: dict, best: Scored, objective: str) -> dict:
         "prediction": best.prediction.to_json(),
         "dollars_per_step": best.dollars_per_step,
         "joules_per_step": best.joules_per_step,
-        "inputs": {"job_sha256": _sha256(json.dumps(raw_job, sort_keys=True, default=str)
+        "inputs": {"job_sha256": _sha256(json.dumps(unlaid, sort_keys=True, default=str)
                                          .encode()), **{f"{k}_sha256": v
                                                         for k, v in data_hashes.items()}},
     }
 
 
 def write_plan(path: str | Path, document: dict) -> None:
+    """Write a plan document (`plan_document`) as JSON."""
     try:
         Path(path).write_text(json.dumps(document, indent=2, default=str) + "\n",
                               encoding="utf-8")
@@ -76,12 +189,15 @@ REQUIRED_KEYS = ("schema_version", "job", "prediction", "inputs")
 _REMAKE = "a plan file written by this parasim's `parasim plan JOB --out PLAN.json`"
 
 
-def read_plan(path: str | Path) -> tuple[dict, Job]:
-    """(the job mapping, the Job with its layout) of a plan file; SpecError if it is not one
-    this parasim wrote: unreadable, not JSON, another schema version, a key or the layout
-    missing, or a job that no longer builds."""
-    raw = _plan_job(Path(path))
-    return raw, job_from_mapping(raw, base_dir=Path(path).parent, source=str(path))
+def read_plan(path: str | Path) -> Plan:
+    """The plan a plan file holds; SpecError if it is not one this parasim wrote: unreadable,
+    not JSON, another schema version, a key or the layout missing, or a job that no longer
+    builds."""
+    path = Path(path)
+    raw = _plan_job(path)
+    job = job_from_mapping(raw, base_dir=path.parent, source=str(path))
+    objective = _plan_document(path).get("objective", "time")
+    return Plan(job=job, job_mapping=raw, objective=objective, path=path)
 
 
 def load_job_or_plan(path: str | Path, overrides: list[str] = ()) -> Job:

@@ -28,31 +28,29 @@ from collections import Counter
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
-from planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
-from planner.space import Space, enumerate_space
-from simulator.cost.profile import AnalyticProfile, analytic_profile
-from simulator.economics import step_economics
-from simulator.errors import Infeasible
-from simulator.hardware import ClusterSpec
-from simulator.job import Job
-from simulator.layout import Layout
-from simulator.memory import (
+from parasim.planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
+from parasim.planner.space import Space, enumerate_space
+from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile
+from parasim.simulator.economics import step_economics
+from parasim.simulator.errors import Infeasible
+from parasim.simulator.hardware import ClusterSpec
+from parasim.simulator.job import Job
+from parasim.simulator.layout import Layout
+from parasim.simulator.memory import (
     block_activation_bytes,
-    embedding_activation_bytes,
-    head_activation_bytes,
     in_flight_microbatches,
     rank_model_states,
 )
-from simulator.params import StageParams, block_params
-from simulator.predict import (
+from parasim.simulator.params import StageParams, block_params, replicated_block_params
+from parasim.simulator.predict import (
     predict,
     rank_capacity_bytes,
     rank_devices,
     rank_memory,
     rank_params,
 )
-from simulator.results import StepPrediction
-from simulator.step_time import (
+from parasim.simulator.results import StepPrediction
+from parasim.simulator.step_time import (
     StepContext,
     block_time_s,
     closed_form_step_s,
@@ -297,28 +295,45 @@ def split_problem(job: Job, profile: AnalyticProfile | None = None
     orders = node_group_orders(job)
     ctx = step_context(job, profile)
     dense, expert = block_params(model, model.is_moe)
-    one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0, replicated=0)
-    params = rank_params(job)
+    one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0,
+                            replicated=replicated_block_params(model, model.is_moe))
     in_flight = tuple(in_flight_microbatches(layout, r, ctx.microbatches) for r in range(layout.pp))
+    state_bytes = rank_model_states(one_layer, job.training, layout).total_bytes
+    activation_bytes = tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode)
+                             for mode in modes)
+    rebuild_bytes = block_activation_bytes(model, ctx.shard, model.is_moe, "none")
     extra_bytes = [0.0] * layout.num_virtual_stages
-    ends = ((0, 0, embedding_activation_bytes),
-            (layout.pp - 1, layout.num_virtual_stages - 1, head_activation_bytes))
-    for rank, v, activation_bytes in ends:
-        held = replace(params[rank], dense=params[rank].embedding + params[rank].lm_head,
-                       expert=0, replicated=0)
-        extra_bytes[v] += rank_model_states(held, job.training, layout).total_bytes
-        extra_bytes[v] += in_flight[rank] * activation_bytes(model, ctx.shard)
+    for rank, held in enumerate(_held_beyond_blocks(job, ctx, in_flight, state_bytes,
+                                                    activation_bytes[0], rebuild_bytes)):
+        extra_bytes[rank] = held  # on the rank's first virtual stage, which it always holds
     problem = SplitProblem(
         layers=model.num_layers, ranks=layout.pp, vpp=layout.vpp,
         microbatches=ctx.microbatches, modes=modes,
-        layer_state_bytes=rank_model_states(one_layer, job.training, layout).total_bytes,
-        layer_activation_bytes=tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode)
-                                     for mode in modes),
-        rebuild_bytes=block_activation_bytes(model, ctx.shard, model.is_moe, "none"),
-        in_flight=in_flight,
+        layer_state_bytes=state_bytes, layer_activation_bytes=activation_bytes,
+        rebuild_bytes=rebuild_bytes, in_flight=in_flight,
         stage_bytes=tuple(extra_bytes),
         placements=tuple(_placement(reordered(job, order), modes, profile) for order in orders))
     return problem, orders
+
+
+def _held_beyond_blocks(job: Job, ctx: StepContext, in_flight: tuple[float, ...],
+                        state_bytes: float, activation_bytes: float, rebuild_bytes: float
+                        ) -> list[float]:
+    """Per rank, the bytes `predict`'s memory model (`rank_memory`) holds beyond the ILP's
+    per-block terms: the embedding's and LM head's states and activations, the working
+    buffers (ZeRO-3's gathered weights), anything it adds. Its memory of the default split
+    less the per-block terms of that split; none of it depends on the split, so the ILP's
+    memory equals `rank_memory` for every split (one memory model, `tests/test_ilp.py`)."""
+    layout, params = job.layout, rank_params(job)
+    rebuilt = rebuild_bytes if layout.recompute == FULL else 0.0
+    held = []
+    for rank in range(layout.pp):
+        layers = sum(job.stage_layers[v] for v in range(rank, layout.num_virtual_stages,
+                                                        layout.pp))
+        total = rank_memory(ctx, rank, params[rank], in_flight[rank]).peak_bytes
+        held.append(total - layers * (state_bytes + in_flight[rank] * activation_bytes)
+                    - rebuilt)
+    return held
 
 
 def _placement(job: Job, modes: tuple[str, ...], profile) -> Placement:

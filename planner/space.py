@@ -14,13 +14,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 
-from simulator.checks import divisors
-from simulator.cost.profile import analytic_profile
-from simulator.errors import SpecError
-from simulator.job import Job, resolve_layout
-from simulator.layout import Layout
-from simulator.memory import rank_model_states
-from simulator.params import stage_params
+from parasim.simulator.checks import divisors
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.errors import SpecError
+from parasim.simulator.job import Job, resolve_layout
+from parasim.simulator.layout import Layout
+from parasim.simulator.memory import rank_model_states
+from parasim.simulator.params import stage_params
 
 MICRO_BATCHES = (1, 2, 4, 8)
 CONTEXT_PARALLEL = (1, 2, 4, 8)

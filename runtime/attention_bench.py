@@ -13,8 +13,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from runtime.tasks import Rates, Row, Task, row_task
-from runtime.timing import Timing, median_time_s
+from parasim.runtime.tasks import Rates, Row, Task, row_task
+from parasim.runtime.timing import Timing, median_time_s
 
 COLUMNS = ("batch", "heads", "seq_length", "head_dim", "forward_s", "backward_s")
 CAUSAL_WORK_FRACTION = 0.5  # the work estimate only

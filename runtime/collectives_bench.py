@@ -46,10 +46,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime import processes
-from runtime.parallel.groups import all_gather_single, reduce_scatter_single
-from runtime.tasks import Rates, Task, TaskResult, Tick, size_text
-from runtime.timing import Timing, median_time_s, run_time_s
+from parasim.runtime import processes
+from parasim.runtime.parallel.groups import all_gather_single, reduce_scatter_single
+from parasim.runtime.tasks import Rates, Task, TaskResult, Tick, size_text
+from parasim.runtime.timing import Timing, median_time_s, run_time_s
 
 COLUMNS = ("collective", "group_size", "bytes", "time_s")
 HOST = processes.HOST

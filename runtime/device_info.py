@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from simulator.errors import SpecError
+from parasim.simulator.errors import SpecError
 
 DEVICES = ("cpu", "cuda")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from runtime.fused import rms_norm, rope, rope_tables, swiglu
-from runtime.tasks import Rates, Row, Task, row_task, size_text
-from runtime.timing import Timing, median_time_s
+from parasim.runtime.fused import rms_norm, rope, rope_tables, swiglu
+from parasim.runtime.tasks import Rates, Row, Task, row_task, size_text
+from parasim.runtime.timing import Timing, median_time_s
 
 COLUMNS = ("kernel", "elements", "forward_s", "backward_s")
 TRAFFIC = {"layernorm": 2, "rmsnorm": 2, "gelu": 2, "swiglu": 3, "rope": 2, "softmax": 2,

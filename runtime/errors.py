@@ -6,11 +6,13 @@ and then fails, dies or hangs is a MeasurementError, with the failing rank's tra
 
 from __future__ import annotations
 
-from simulator.errors import ParasimError
+from parasim.simulator.errors import ParasimError
 
 
 class MeasurementError(ParasimError):
     """A measuring process failed, died or ran past its deadline; `detail` holds its traceback."""
+
+    exit_status = 1  # the run failed (bad input is 2)
 
     def __init__(self, message: str, detail: str = ""):
         self.detail = detail

@@ -11,8 +11,8 @@ import itertools
 
 import torch
 
-from runtime.tasks import Rates, Row, Task, row_task
-from runtime.timing import Timing, median_time_s
+from parasim.runtime.tasks import Rates, Row, Task, row_task
+from parasim.runtime.timing import Timing, median_time_s
 
 COLUMNS = ("m", "n", "k", "forward_s", "backward_input_s", "backward_weight_s")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.timing import Timing
+from parasim.runtime.timing import Timing
 
 ELEMENTWISE_KERNELS = ("layernorm", "rmsnorm", "gelu", "swiglu", "rope", "softmax", "add",
                        "copy", "embedding", "cross_entropy")

@@ -33,10 +33,10 @@ from typing import Any
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime import netns, processes
-from runtime.errors import MeasurementError
-from runtime.netns import Emulation, Network
-from simulator.errors import SpecError
+from parasim.runtime import netns, processes
+from parasim.runtime.errors import MeasurementError
+from parasim.runtime.netns import Emulation, Network
+from parasim.simulator.errors import SpecError
 
 MAX_PROCESSES = 256  # beyond any plan this runtime executes on one machine
 PROCESSES_PER_CPU = 4  # more ranks than that per core only measure the scheduler

@@ -23,8 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import MeasurementError
-from simulator.errors import SpecError
+from parasim.runtime.errors import MeasurementError
+from parasim.simulator.errors import SpecError
 
 SCHEMA_VERSION = 1
 

@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.fused import rms_norm, rope, rope_tables, swiglu
-from simulator.errors import SpecError
-from simulator.model import ModelSpec
+from parasim.runtime.fused import rms_norm, rope, rope_tables, swiglu
+from parasim.simulator.errors import SpecError
+from parasim.simulator.model import ModelSpec
 
 NORM_EPS = 1e-5
 INIT_STD = 0.02  # GPT-2 / Megatron-LM init_method_std

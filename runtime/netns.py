@@ -38,8 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import MeasurementError
-from simulator.errors import SpecError
+from parasim.runtime.errors import MeasurementError
+from parasim.simulator.errors import SpecError
 
 NETNS_DIR = Path("/var/run/netns")  # where `ip netns add` pins the namespaces
 PREFIX = "parasim-"

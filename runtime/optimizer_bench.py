@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from runtime.tasks import Rates, Row, Task, row_task, size_text
-from runtime.timing import Timing, median_time_s
+from parasim.runtime.tasks import Rates, Row, Task, row_task, size_text
+from parasim.runtime.timing import Timing, median_time_s
 
 COLUMNS = ("params", "step_s")
 CHUNK_PARAMS = 2**24  # largest single tensor (a 4096 x 4096 weight)

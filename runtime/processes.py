@@ -29,7 +29,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from runtime.errors import MeasurementError
+from parasim.runtime.errors import MeasurementError
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 5.0  # after SIGTERM, before SIGKILL

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 
-from runtime import attention_bench, collectives_bench, elementwise_bench, gemm_bench
-from runtime import optimizer_bench
-from runtime.device_info import check_device, default_dtype, meta, torch_dtype
-from runtime.grids import Grids, default_grids, default_timing
-from runtime.progress import Progress
-from runtime.tasks import Row, Task, nominal_rates
-from runtime.timing import Timing
-from simulator.errors import SpecError
+from parasim import profiles
+from parasim.runtime import attention_bench, collectives_bench, elementwise_bench, gemm_bench
+from parasim.runtime import optimizer_bench
+from parasim.runtime.device_info import check_device, default_dtype, meta, torch_dtype
+from parasim.runtime.grids import Grids, default_grids, default_timing
+from parasim.runtime.progress import Progress
+from parasim.runtime.tasks import Row, Task, nominal_rates
+from parasim.runtime.timing import Timing
+from parasim.simulator.errors import SpecError
 
 TABLE_COLUMNS = {
     "gemm": gemm_bench.COLUMNS,
@@ -55,8 +56,9 @@ class ProfileResult:
 
 
 def default_out_dir(device: str, dtype: str, quick: bool) -> Path:
-    """profiles/measured/<device>-<dtype>[-quick], relative to the current directory."""
-    return Path("profiles") / "measured" / f"{device}-{dtype}{'-quick' if quick else ''}"
+    """measured/<device>-<dtype>[-quick] in the user's parasim folder ($PARASIM_HOME or
+    ~/.parasim), where `--profile NAME` finds it again."""
+    return profiles.home() / "measured" / f"{device}-{dtype}{'-quick' if quick else ''}"
 
 
 def prepare_out_dir(out_dir: str | Path, force: bool = False) -> Path:

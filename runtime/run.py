@@ -13,22 +13,22 @@ import importlib
 import os
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from runtime import netns
-from runtime.errors import MeasurementError
-from runtime.launch import Worker, check_launch, launch_on
-from runtime.measure import Measurement, measurement, write_measurement
-from simulator.errors import ParasimError, SpecError
-from simulator.job import Job
-from simulator.params import total_params
+from parasim.planner.plan import Plan
+from parasim.runtime import netns
+from parasim.runtime.errors import MeasurementError
+from parasim.runtime.launch import Worker, check_launch, launch_on
+from parasim.runtime.measure import Measurement, measurement, write_measurement
+from parasim.simulator.errors import ParasimError, SpecError
+from parasim.simulator.job import Job
+from parasim.simulator.params import total_params
 
-# What `parasim run` (planner/run_cli.py, which imports this module lazily) uses.
-__all__ = ["MeasurementError", "RunArgs", "find_trainer", "netns", "run_plan",
+# What `parasim run` (app/run_cli.py, which imports this module lazily) uses.
+__all__ = ["MeasurementError", "RunArgs", "find_trainer", "netns", "measure_plan",
            "write_measurement"]
 
-TRAINER_MODULE = "runtime.train"
+TRAINER_MODULE = "parasim.runtime.train"
 TRAINER_FUNCTION = "train_worker"
 PROBE_S = 0.25  # the inter-node rate check sends about this long at the configured rate
 PROBE_BYTES = (1 << 20, 64 << 20)  # at least, at most
@@ -39,7 +39,6 @@ class RunArgs:
     """What the trainer of every rank gets (pickled to the ranks)."""
 
     job: Job  # the plan's job, its layout included
-    raw_job: dict  # the same, as the plan file holds it
     plan_path: str
     steps: int  # timed steps, one RankMeasurement.step_times_s entry each
     warmup_steps: int  # untimed steps before them
@@ -57,11 +56,16 @@ def find_trainer() -> Worker:
     return worker
 
 
-def run_plan(plan_path: str | Path, raw_job: dict, job: Job, *, steps: int, warmup_steps: int,
-             nproc: int, timeout_s: float, emulation: netns.Emulation | None = None
-             ) -> Measurement:
-    """Run and measure the plan; SpecError before any process starts if it cannot run here,
-    MeasurementError if a rank fails, dies or runs past `timeout_s`."""
+def measure_plan(plan: Plan, *, steps: int, warmup_steps: int, nproc: int, timeout_s: float,
+                 emulation: netns.Emulation | None = None, job: Job | None = None
+                 ) -> Measurement:
+    """Run and measure the plan read from its file (`job`: the plan's job shrunk, when the
+    layout runs on a small model of the family); SpecError before any process starts if it
+    cannot run here, MeasurementError if a rank fails, dies or runs past `timeout_s`."""
+    if plan.path is None:
+        raise SpecError("plan", None, "has no plan file: a measurement names the file it "
+                        "measured", "write the plan first (parasim.write_plan, or plan --out)")
+    plan_path, job = plan.path, job or plan.job
     check_launch(nproc, timeout_s, emulation)
     if nproc != job.layout.world_size:
         raise SpecError("--nproc", nproc, f"the plan's layout runs tp·cp·dp·pp = "
@@ -71,8 +75,7 @@ def run_plan(plan_path: str | Path, raw_job: dict, job: Job, *, steps: int, warm
     check = getattr(importlib.import_module(TRAINER_MODULE), "check_trainable", None)
     if check is not None:  # what the trainer cannot run, before any process starts
         check(job)
-    args = RunArgs(job=job, raw_job=raw_job, plan_path=str(plan_path), steps=steps,
-                   warmup_steps=warmup_steps)
+    args = RunArgs(job=job, plan_path=str(plan_path), steps=steps, warmup_steps=warmup_steps)
     if emulation is None:
         results = launch_on(None, worker, nproc, args, timeout_s)
         facts = None

@@ -38,10 +38,10 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from simulator.job import Job, num_microbatches, resolve_layout
-from simulator.layout import Layout
-from simulator.model import MLASpec, ModelSpec
-from simulator.training import TrainingSpec
+from parasim.simulator.job import Job, num_microbatches, resolve_layout
+from parasim.simulator.layout import Layout
+from parasim.simulator.model import MLASpec, ModelSpec
+from parasim.simulator.training import TrainingSpec
 
 HEAD_DIM = 8
 MAX_HIDDEN = 256

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from runtime.timing import Timing, median_time_s
-from simulator.profile import ProfileDB
+from parasim.runtime.timing import Timing, median_time_s
+from parasim.simulator.profile import ProfileDB
 
 PROBE_GEMM = (512, 512, 512)  # m, n, k: inside every CPU grid (runtime/grids.py)
 PROBE_ADD = 2**20  # elements: inside every elementwise grid

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from runtime.measure import RankMeasurement
-from runtime.model import Chunk, build_chunk
-from runtime.parallel.apply import Parallelized, check_runtime_layout, local_batch, parallelize
-from runtime.parallel.data import DistributedAdamW
-from runtime.parallel.groups import ParallelGroups, build_groups
-from runtime.parallel.pipeline import PipelineLink, check_schedule, pipeline_link, run_pipeline
-from runtime.run import RunArgs
-from runtime.saved_bytes import SavedBytes
-from simulator.job import Job, num_microbatches
+from parasim.runtime.measure import RankMeasurement
+from parasim.runtime.model import Chunk, build_chunk
+from parasim.runtime.parallel.apply import Parallelized, check_runtime_layout, local_batch, parallelize
+from parasim.runtime.parallel.data import DistributedAdamW
+from parasim.runtime.parallel.groups import ParallelGroups, build_groups
+from parasim.runtime.parallel.pipeline import PipelineLink, check_schedule, pipeline_link, run_pipeline
+from parasim.runtime.run import RunArgs
+from parasim.runtime.saved_bytes import SavedBytes
+from parasim.simulator.job import Job, num_microbatches
 
 SEED = 1234
 LEARNING_RATE = 1e-4

@@ -9,11 +9,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import profiles
-from simulator.yamlfile import load_data
-from simulator.errors import SpecError, suggest
-from simulator.hardware import DeviceSpec
-from simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
+from parasim import profiles
+from parasim.simulator.yamlfile import load_data
+from parasim.simulator.errors import SpecError, suggest
+from parasim.simulator.hardware import DeviceSpec
+from parasim.simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
 
 GiB = 2**30
 KINDS = {"gpus": "gpu", "clusters": "cluster", "models": "model"}

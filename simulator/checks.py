@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulator.errors import SpecError
+from parasim.simulator.errors import SpecError
 
 
 def require_int(field: str, value: object, minimum: int = 1) -> None:

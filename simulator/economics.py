@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from simulator.cost.profile import analytic_profile
-from simulator.energy import (
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.energy import (
     GpuPower,
     StepEnergy,
     compute_utilization,
@@ -22,11 +22,11 @@ from simulator.energy import (
     run_energy,
     step_energy,
 )
-from simulator.errors import SpecError
-from simulator.facility import power_model
-from simulator.hardware import NodeGroup
-from simulator.job import Job
-from simulator.reliability import (
+from parasim.simulator.errors import SpecError
+from parasim.simulator.facility import power_model
+from parasim.simulator.hardware import NodeGroup
+from parasim.simulator.job import Job
+from parasim.simulator.reliability import (
     FailureModel,
     Segments,
     expected_run,
@@ -36,7 +36,7 @@ from simulator.reliability import (
     split_run,
     system_mtbf_s,
 )
-from simulator.results import RunPrediction, StepPrediction
+from parasim.simulator.results import RunPrediction, StepPrediction
 
 
 # Prices -----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # results.py imports this module for RunPrediction
-    from simulator.results import TimeBreakdown
+    from parasim.simulator.results import TimeBreakdown
 
 # Which power each time component of a step runs at.
 PHASE_OF = {"compute_s": "compute", "optimizer_s": "memory"}  # everything else: "waiting"

@@ -16,6 +16,8 @@ from difflib import get_close_matches
 class ParasimError(Exception):
     """Base of the errors that are reported to the user as one line."""
 
+    exit_status = 2  # of the `parasim` command that ends with it
+
 
 class SpecError(ParasimError, ValueError):
     """Bad input: `field=value: why; valid: ...`."""

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-import profiles
-from simulator.checks import require_choice, require_positive
-from simulator.energy import PowerModel
-from simulator.errors import SpecError
-from simulator.yamlfile import load_data
+from parasim import profiles
+from parasim.simulator.checks import require_choice, require_positive
+from parasim.simulator.energy import PowerModel
+from parasim.simulator.errors import SpecError
+from parasim.simulator.yamlfile import load_data
 
 Pricing = Literal["on-demand", "reserved"]
 PRICINGS = ("on-demand", "reserved")

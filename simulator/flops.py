@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from simulator.layout import Recompute
-from simulator.model import ModelSpec
-from simulator.ops import Shard, block_ops, core_attention_ops, forward_flop, head_ops
-from simulator.params import BlockGroup, block_groups
-from simulator.training import TrainingSpec
+from parasim.simulator.layout import Recompute
+from parasim.simulator.model import ModelSpec
+from parasim.simulator.ops import Shard, block_ops, core_attention_ops, forward_flop, head_ops
+from parasim.simulator.params import BlockGroup, block_groups
+from parasim.simulator.training import TrainingSpec
 
 BACKWARD_FACTOR = 2  # a GEMM's backward computes the input and the weight gradient: 2 x forward
 

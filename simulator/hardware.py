@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simulator.checks import require_choice, require_int, require_positive
-from simulator.errors import SpecError
-from simulator.facility import FacilitySpec, default_facility
+from parasim.simulator.checks import require_choice, require_int, require_positive
+from parasim.simulator.errors import SpecError
+from parasim.simulator.facility import FacilitySpec, default_facility
 
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")

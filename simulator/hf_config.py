@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.errors import SpecError
-from simulator.model import MLASpec, ModelSpec
+from parasim.simulator.errors import SpecError
+from parasim.simulator.model import MLASpec, ModelSpec
 
 _MISSING = object()
 _SILU = ("silu", "swish")  # transformers ACT2FN: the same function under two names

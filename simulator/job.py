@@ -6,14 +6,15 @@ layout divide the model, fill the cluster, split the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from simulator.checks import divisors
-from simulator.errors import SpecError
-from simulator.hardware import ClusterSpec
-from simulator.layout import Layout, default_stage_layers
-from simulator.model import ModelSpec
-from simulator.training import TrainingSpec
+from parasim.simulator.checks import divisors
+from parasim.simulator.errors import SpecError
+from parasim.simulator.hardware import ClusterSpec
+from parasim.simulator.layout import Layout, default_stage_layers
+from parasim.simulator.model import ModelSpec
+from parasim.simulator.training import TrainingSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +26,9 @@ class Job:
     training: TrainingSpec  # batch, sequence, precision
     layout: Layout | None = None  # resolved (dp set, checked) when present
     source: str = ""  # where the job came from, for messages
+    # the job-file mapping it was built from (overrides applied), for plan files; None when
+    # built in code
+    mapping: Mapping | None = field(default=None, compare=False, repr=False)
 
     @property
     def stage_layers(self) -> tuple[int, ...]:

@@ -7,21 +7,22 @@ may start from a catalog entry with `base:`.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from simulator import catalog
-from simulator.errors import SpecError
-from simulator.facility import HOUR_S, KWH_J, FacilitySpec, default_facility
-from simulator.hardware import ClusterSpec, LinkSpec, NodeGroup
-from simulator.hf_config import load_hf_config
-from simulator.job import Job, resolve_layout
-from simulator.layout import Layout
-from simulator.model import ModelSpec
-from simulator.training import TrainingSpec
-from simulator.yamlfile import parse_text
+from parasim.simulator import catalog
+from parasim.simulator.errors import SpecError
+from parasim.simulator.facility import HOUR_S, KWH_J, FacilitySpec, default_facility
+from parasim.simulator.hardware import ClusterSpec, LinkSpec, NodeGroup
+from parasim.simulator.hf_config import load_hf_config
+from parasim.simulator.job import Job, resolve_layout
+from parasim.simulator.layout import Layout
+from parasim.simulator.model import ModelSpec
+from parasim.simulator.training import TrainingSpec
+from parasim.simulator.yamlfile import parse_text
 
 TOP_LEVEL = ("model", "cluster", "training", "parallel")
 NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node")
@@ -149,7 +150,8 @@ def job_from_mapping(raw: dict[str, Any], *, base_dir: Path, source: str) -> Job
     cluster = cluster_spec(raw["cluster"], layout, base_dir)
     if layout is not None:
         layout = resolve_layout(model, cluster, training, layout)
-    return Job(model=model, cluster=cluster, training=training, layout=layout, source=source)
+    return Job(model=model, cluster=cluster, training=training, layout=layout, source=source,
+               mapping=copy.deepcopy(raw))
 
 
 # Model ---------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
-from simulator.checks import require_bool, require_choice, require_int
-from simulator.errors import SpecError
+from parasim.simulator.checks import require_bool, require_choice, require_int
+from parasim.simulator.errors import SpecError
 
 Schedule = Literal["gpipe", "1f1b", "interleaved", "zero-bubble"]
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")
@@ -137,3 +137,9 @@ def default_stage_layers(num_layers: int, num_stages: int) -> tuple[int, ...]:
     for stage in ends[:excess]:
         split[stage] -= 1
     return tuple(split)
+
+def recompute_text(layout) -> str:
+    """`selective`, or `none + full for [11, 9] blocks per stage` (the block method)."""
+    if not layout.full_recompute_layers:
+        return layout.recompute
+    return f"{layout.recompute} + full for {list(layout.full_recompute_layers)} blocks per stage"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.layout import Layout, Recompute
-from simulator.model import ModelSpec
-from simulator.ops import Shard
-from simulator.params import StageParams
-from simulator.training import TrainingSpec
+from parasim.simulator.layout import Layout, Recompute
+from parasim.simulator.model import ModelSpec
+from parasim.simulator.ops import Shard
+from parasim.simulator.params import StageParams
+from parasim.simulator.training import TrainingSpec
 
 MASK_BYTES = 1  # dropout masks are stored as bytes
 

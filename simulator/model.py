@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from simulator.checks import divisors, require_bool, require_choice, require_int, require_positive
-from simulator.errors import SpecError
+from parasim.simulator.checks import divisors, require_bool, require_choice, require_int, require_positive
+from parasim.simulator.errors import SpecError
 
 Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]

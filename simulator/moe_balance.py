@@ -38,7 +38,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from simulator.errors import SpecError
+from parasim.simulator.errors import SpecError
 
 MAX_ROUTER_SKEW = 3.0  # Zipf exponents above this put nearly all slots on one expert
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
-from simulator.model import ModelSpec
+from parasim.simulator.model import ModelSpec
 
 OpKind = Literal["gemm", "attention", "memory"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from simulator.layout import Recompute
-from simulator.model import ModelSpec
+from parasim.simulator.layout import Recompute
+from parasim.simulator.model import ModelSpec
 
 
 def norm_params(model: ModelSpec, width: int | None = None) -> int:

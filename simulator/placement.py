@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from simulator.layout import Layout
+from parasim.simulator.layout import Layout
 
 AXES = ("tp", "cp", "dp", "pp", "dp_cp", "ep", "edp")
 AXIS_NAMES = {"tp": "tensor", "cp": "context", "dp": "data", "pp": "pipeline",

@@ -11,29 +11,36 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from simulator.cost.profile import AnalyticProfile, analytic_profile
-from simulator.economics import run_prediction
-from simulator.flops import hardware_flop_per_step, model_flop_per_step
-from simulator.hardware import DeviceSpec, NodeGroup
-from simulator.job import Job
-from simulator.memory import (
+from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile
+from parasim.simulator.economics import run_prediction
+from parasim.simulator.flops import hardware_flop_per_step, model_flop_per_step
+from parasim.simulator.hardware import DeviceSpec, NodeGroup
+from parasim.simulator.job import Job
+from parasim.simulator.memory import (
     block_activation_bytes,
     embedding_activation_bytes,
     head_activation_bytes,
     rank_model_states,
 )
-from simulator.params import BlockGroup, StageParams, active_params, stage_params, total_params
-from simulator.placement import axis_groups
-from simulator.profile import ProfileDB
-from simulator.results import RankMemory, StepPrediction
-from simulator.step_time import (
+from parasim.simulator.params import (
+    BlockGroup,
+    StageParams,
+    active_params,
+    norm_params,
+    stage_params,
+    total_params,
+)
+from parasim.simulator.placement import axis_groups
+from parasim.simulator.profile import ProfileDB
+from parasim.simulator.results import RankMemory, StepPrediction
+from parasim.simulator.step_time import (
     StepContext,
     chunk_blocks,
     rank_block_groups,
     simulate_step,
     step_context,
 )
-from simulator.uncertainty import step_band
+from parasim.simulator.uncertainty import step_band
 
 
 def predict(job: Job, profile: AnalyticProfile | None = None,
@@ -150,7 +157,9 @@ def _working_bytes(ctx: StepContext, rank: int, groups: list[BlockGroup], params
     working = max(rebuilt, default=0.0)
     if layout.zero_stage == 3:
         layers = sum(job.stage_layers[c] for c in range(rank, len(job.stage_layers), layout.pp))
-        blocks = params.dense - params.embedding - params.lm_head + params.expert / layout.ep
+        final_norm = norm_params(job.model) if rank == layout.pp - 1 else 0
+        blocks = params.dense - params.embedding - params.lm_head - final_norm \
+            + params.expert / layout.ep
         working += 2 * blocks / layers / layout.tp * job.training.weight_bytes_per_param
     return working
 

@@ -21,9 +21,9 @@ from typing import Literal
 
 import numpy as np
 
-import profiles
-from simulator.errors import SpecError
-from simulator.ops import Op
+from parasim import profiles
+from parasim.simulator.errors import SpecError
+from parasim.simulator.ops import Op
 
 Source = Literal["measured", "interpolated", "analytic"]
 SOURCES: tuple[Source, ...] = ("measured", "interpolated", "analytic")
@@ -298,16 +298,20 @@ def _load_optional(db: ProfileDB, path: Path) -> None:
 
 
 def resolve_profile(name: str) -> Path:
-    """A profile by path, or by name under profiles/measured/ (shipped with parasim)."""
+    """A profile by path, or by name under the user's measured/ folder ($PARASIM_HOME or
+    ~/.parasim, where `parasim profile` writes) or the ones shipped with parasim."""
     direct = Path(name)
     if direct.is_dir():
         return direct
-    shipped = Path(str(profiles.path("measured"))) / name
-    if shipped.is_dir():
-        return shipped
-    known = sorted(p.name for p in Path(str(profiles.path("measured"))).glob("*") if p.is_dir())
+    for folder in profiles.locations("measured"):
+        if (folder / name).is_dir():
+            return folder / name
+    known = sorted({p.name for folder in profiles.locations("measured")
+                    for p in folder.glob("*") if p.is_dir()})
     raise SpecError("--profile", name, "no such profile folder",
-                    "a path, or one of " + (", ".join(known) if known else "(none shipped yet)"))
+                    "a path, or one of " + (", ".join(known) if known else
+                                            f"the profiles in {profiles.home() / 'measured'} "
+                                            "(none yet: `parasim profile` writes them)"))
 
 
 @lru_cache(maxsize=8)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.checks import require_int, require_positive
-from simulator.errors import SpecError
+from parasim.simulator.checks import require_int, require_positive
+from parasim.simulator.errors import SpecError
 
 MAX_DRAWS = 5_000_000  # Monte Carlo: above this many failure times, their sums are drawn by the CLT
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from simulator.energy import GpuPower, RunEnergy
-from simulator.reliability import MonteCarlo, RunReliability
+from parasim.simulator.energy import GpuPower, RunEnergy
+from parasim.simulator.reliability import MonteCarlo, RunReliability
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Literal
 
-from simulator.layout import Layout
+from parasim.simulator.layout import Layout
 
 TaskKind = Literal["F", "B", "W"]
 

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from simulator.cost.comm import AxisNetwork, axis_network
-from simulator.cost.compute import ComputeModel
-from simulator.cost.profile import AnalyticProfile
-from simulator.cost.sourced import Sourced, total
-from simulator.job import Job
-from simulator.layout import Layout, Recompute
-from simulator.moe_balance import ExpertLoad, expert_load
-from simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
-from simulator.params import BlockGroup, StageParams, block_groups
-from simulator.placement import axis_signature
-from simulator.profile import ProfileDB, Timed
-from simulator.results import TimeBreakdown
-from simulator.schedule import Interval, TaskTimes, Timeline, simulate
+from parasim.simulator.cost.comm import AxisNetwork, axis_network
+from parasim.simulator.cost.compute import ComputeModel
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.cost.sourced import Sourced, total
+from parasim.simulator.job import Job
+from parasim.simulator.layout import Layout, Recompute
+from parasim.simulator.moe_balance import ExpertLoad, expert_load
+from parasim.simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
+from parasim.simulator.params import BlockGroup, StageParams, block_groups
+from parasim.simulator.placement import axis_signature
+from parasim.simulator.profile import ProfileDB, Timed
+from parasim.simulator.results import TimeBreakdown
+from parasim.simulator.schedule import Interval, TaskTimes, Timeline, simulate
 
 AXES = ("tp", "cp", "ep")
 

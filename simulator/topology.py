@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.errors import SpecError
-from simulator.hardware import ClusterSpec
+from parasim.simulator.errors import SpecError
+from parasim.simulator.hardware import ClusterSpec
 
 if TYPE_CHECKING:  # networkx is imported where a graph is built: estimates route without it
     import networkx as nx

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from simulator.errors import SpecError
-from simulator.schedule import Interval
+from parasim.simulator.errors import SpecError
+from parasim.simulator.schedule import Interval
 
 COMPUTE = "compute"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.checks import require_bool, require_choice, require_int, require_positive
-from simulator.hardware import PRECISIONS, Precision
+from parasim.simulator.checks import require_bool, require_choice, require_int, require_positive
+from parasim.simulator.hardware import PRECISIONS, Precision
 
 BYTES_PER_VALUE = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import SpecError
+from parasim.simulator.errors import SpecError
 
 # Phases the trainer times (runtime.train, mean seconds per step, busiest rank) and the
 # predicted components they are compared with (simulator.results.TimeBreakdown).

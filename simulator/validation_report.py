@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from simulator.errors import SpecError
-from simulator.validation import JobResult, Summary, read_results, results_csv, summarize
+from parasim.simulator.errors import SpecError
+from parasim.simulator.validation import JobResult, Summary, read_results, results_csv, summarize
 
 MiB = 2**20
 RESULTS, FACTS, README, SCATTER, ANALYSIS = ("results.csv", "facts.json", "README.md",
@@ -187,7 +187,7 @@ def readme(results: list[JobResult], facts: RunFacts, analysis: str | None) -> s
         "largest rank's parameter, gradient and optimizer buffers plus the peak of the tensors "
         "autograd saved. Error = (predicted - measured) / measured. Analytic share: the part of "
         "the predicted step not from the measured profile. Other load: cores that other processes "
-        "kept busy while the job ran (mean; `planner/host_load.py`): time they took from the "
+        "kept busy while the job ran (mean; `app/host_load.py`): time they took from the "
         "ranks, which own one core each. Machine speed: how fast probe kernels ran just before "
         "the job against the profile (1.00 as profiled, 0.90 10% slower; "
         "`runtime/speed_probe.py`): drift of the machine itself, reported, not corrected.", "",

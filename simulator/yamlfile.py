@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from simulator.errors import SpecError
+from parasim.simulator.errors import SpecError
 
 
 class Loader(yaml.SafeLoader):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulator.model import ModelSpec
+from parasim.simulator.model import ModelSpec
 
 
 def gpt(layers: int, hidden: int, heads: int, vocab: int = 51200, **kw) -> ModelSpec:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.cli import main
-from planner.search import break_ties, headroom, search
-from simulator.cost.profile import analytic_profile
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
-from simulator.uncertainty import ResidualBand
+from parasim.cli import main
+from parasim.planner.search import break_ties, headroom, search
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.uncertainty import ResidualBand
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from simulator.calibration.fit import calibrate
-from simulator.calibration.parameters import PARAMETERS, apply, parameters
-from simulator.calibration.runs import Run, read_runs, row_digest, split
-from simulator.cost.profile import analytic_profile, profile_from_mapping, profile_mapping
-from simulator.errors import Infeasible, SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
-from simulator.uncertainty import ResidualBand, band_of, step_band
+from parasim.simulator.calibration.fit import calibrate
+from parasim.simulator.calibration.parameters import PARAMETERS, apply, parameters
+from parasim.simulator.calibration.runs import Run, read_runs, row_digest, split
+from parasim.simulator.cost.profile import analytic_profile, profile_from_mapping, profile_mapping
+from parasim.simulator.errors import Infeasible, SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.uncertainty import ResidualBand, band_of, step_band
 
 VTRAIN_SINGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vtrain" / \
     "ground_truth_single.csv"
@@ -99,7 +99,7 @@ def _measured_job(hidden: int, seq: int, mb: int, tp: int, pp: int, dp: int):
 
 @pytest.fixture(scope="module")
 def measured_db(tmp_path_factory):
-    from simulator.profile import load_profile
+    from parasim.simulator.profile import load_profile
     from tests.profile_fixtures import write_profile
     return load_profile(write_profile(tmp_path_factory.mktemp("measured") / "p"))
 

@@ -59,9 +59,9 @@ MOE_MODEL = {  # 8 experts, top-2, Mixtral-like widths
 
 
 def run_cli(*args: str | os.PathLike) -> subprocess.CompletedProcess:
-    """`python -m planner.cli ARGS` from the repository root, output captured as text."""
+    """`python -m parasim ARGS` from the repository root, output captured as text."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "planner.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "parasim", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from simulator.cost.comm import AxisNetwork, axis_network, bus_factor
-from simulator.cost.profile import analytic_profile
-from simulator.jobfile import job_from_mapping
-from simulator.placement import axis_groups
-from simulator.topology import GraphTopology, build_topology
+from parasim.simulator.cost.comm import AxisNetwork, axis_network, bus_factor
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.placement import axis_groups
+from parasim.simulator.topology import GraphTopology, build_topology
 
 PERFECT = replace(analytic_profile(), intra_node_efficiency=1.0, inter_node_efficiency=1.0)
 NODE = {"gpu": "h100-sxm", "gpus_per_node": 8,

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from planner.search import Scored, economics
-from simulator.economics import (
+from parasim.planner.search import Scored, economics
+from parasim.simulator.economics import (
     checkpoint_bytes,
     gpu_powers,
     step_economics,
     step_energy_of,
     with_monte_carlo,
 )
-from simulator.energy import PowerModel, gpu_power, step_energy
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
-from simulator.reliability import expected_run, split_run
-from simulator.results import TimeBreakdown
+from parasim.simulator.energy import PowerModel, gpu_power, step_energy
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
+from parasim.simulator.reliability import expected_run, split_run
+from parasim.simulator.results import TimeBreakdown
 
 MODEL = {"name": "llama-like", "num_layers": 8, "hidden_size": 4096, "num_attention_heads": 32,
          "num_kv_heads": 8, "ffn_hidden_size": 14336, "vocab_size": 128256}

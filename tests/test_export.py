@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import profiles
-from planner.export import FORMATS, export_layout
-from simulator import catalog
-from simulator.errors import SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.yamlfile import load_data
+from parasim import profiles
+from parasim.planner.export import FORMATS, export_layout
+from parasim.simulator import catalog
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.yamlfile import load_data
 
 # Every flag the Megatron export may write, each checked in NVIDIA/Megatron-LM
 # megatron/training/arguments.py (commit 000c4ac): the oracle that no flag is made up.

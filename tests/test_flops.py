@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.flops import (
+from parasim.simulator.flops import (
     hardware_flop_per_step,
     model_flop_per_step,
     narayanan_flop_per_step,
     uniform_blocks,
 )
-from simulator.params import BlockGroup
-from simulator.training import TrainingSpec
+from parasim.simulator.params import BlockGroup
+from parasim.simulator.training import TrainingSpec
 from tests.builders import gpt
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.hf_config import SUPPORTED_MODEL_TYPES, load_hf_config, model_from_hf_config
-from simulator.model import MLASpec
+from parasim.simulator.errors import SpecError
+from parasim.simulator.hf_config import SUPPORTED_MODEL_TYPES, load_hf_config, model_from_hf_config
+from parasim.simulator.model import MLASpec
 from tests.hf_configs import CONFIGS, PUBLISHED_PARAMS
 
 

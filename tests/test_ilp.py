@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from planner.ilp import GiB, Placement, Split, SplitProblem, fits, pipeline_time_s, solve_split
-from simulator.errors import Infeasible, SpecError
+from parasim.planner.ilp import GiB, Placement, Split, SplitProblem, fits, pipeline_time_s, solve_split
+from parasim.simulator.errors import Infeasible, SpecError
 
 SEEDS = range(30)
 SHAPES = [(2, 1), (3, 1), (4, 1), (2, 2), (1, 1), (1, 2), (1, 4)]  # (P, vpp), P·vpp ≤ 4

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.layout import Layout, default_stage_layers
+from parasim.simulator.errors import SpecError
+from parasim.simulator.layout import Layout, default_stage_layers
 
 
 def test_llama3_405b_split():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.layout import Layout
-from simulator.memory import block_activation_bytes, in_flight_microbatches, model_states
-from simulator.ops import Shard
-from simulator.training import TrainingSpec
+from parasim.simulator.layout import Layout
+from parasim.simulator.memory import block_activation_bytes, in_flight_microbatches, model_states
+from parasim.simulator.ops import Shard
+from parasim.simulator.training import TrainingSpec
 from tests.builders import gpt
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.moe_balance import ExpertLoad, expert_capacity, expert_load
+from parasim.simulator.errors import SpecError
+from parasim.simulator.moe_balance import ExpertLoad, expert_capacity, expert_load
 
 # 64 experts top-8 on 8 EP ranks, 16384 tokens: 131072 slots, 2048 per expert on average.
 E, K, EP, TOKENS = 64, 8, 8, 16384

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from simulator import catalog
-from simulator.hf_config import model_from_hf_config
-from simulator.layout import default_stage_layers
-from simulator.params import active_params, embedding_params, stage_params, total_params
+from parasim.simulator import catalog
+from parasim.simulator.hf_config import model_from_hf_config
+from parasim.simulator.layout import default_stage_layers
+from parasim.simulator.params import active_params, embedding_params, stage_params, total_params
 from tests.hf_configs import CONFIGS, PUBLISHED_PARAMS
 
 TOLERANCE = 0.005  # the acceptance: within 0.5% of the published count

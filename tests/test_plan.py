@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.search import search
-from planner.space import enumerate_space
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
+from parasim.planner.search import search
+from parasim.planner.space import enumerate_space
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"model": {"name": "small", "num_layers": 8, "hidden_size": 1024,
@@ -54,7 +55,7 @@ def test_pareto_front_is_monotone():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "planner.cli", "plan", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "parasim", "plan", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -71,7 +72,7 @@ def test_plan_cli_writes_a_plan_that_estimate_reproduces(tmp_path):
     assert len(summary["runners_up"]) == 2 and all(r["why"] for r in summary["runners_up"])
     replay = tmp_path / "replay.yaml"
     replay.write_text(yaml.safe_dump(plan["job"]))
-    estimate = subprocess.run([sys.executable, "-m", "planner.cli", "estimate", replay, "--json"],
+    estimate = subprocess.run([sys.executable, "-m", "parasim", "estimate", replay, "--json"],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
     assert estimate.returncode == 0, estimate.stderr
     assert json.loads(estimate.stdout)["step_time_s"] == pytest.approx(
@@ -102,8 +103,10 @@ def test_export_prints_megatron_flags(tmp_path):
 def test_plan_is_no_worse_than_megatrons_published_layouts():
     """Narayanan et al. 2021 Table 1, GPT 1.7B to 1T on 32 to 3,072 A100s (the benchmark
     `benchmarks/megatron_comparison.py` prints the table and why each plan differs)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import megatron_comparison
+    spec = importlib.util.spec_from_file_location(
+        "megatron_comparison", REPO / "benchmarks" / "megatron_comparison.py")
+    megatron_comparison = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(megatron_comparison)
 
     for name, entry in megatron_comparison.published().items():
         row = megatron_comparison.compare(name, entry, {})
@@ -154,7 +157,7 @@ def test_plan_file_lists_the_node_groups_in_the_chosen_order(tmp_path):
     assert [g["base"] for g in plan["job"]["cluster"]["node_groups"]] == ["dgx-a100", "dgx-h100"]
     replay = tmp_path / "replay.yaml"
     replay.write_text(yaml.safe_dump(plan["job"]))
-    estimate = subprocess.run([sys.executable, "-m", "planner.cli", "estimate", replay, "--json"],
+    estimate = subprocess.run([sys.executable, "-m", "parasim", "estimate", replay, "--json"],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
     assert json.loads(estimate.stdout)["step_time_s"] == pytest.approx(
         plan["prediction"]["step_time_s"])
@@ -177,3 +180,29 @@ def test_plan_recomputes_only_the_blocks_that_must_be():
     assert 0 < recomputed < job.model.num_layers
     full = search(job, {**fixed, "recompute": "full"}).ranked[0]
     assert best.prediction.step_time_s < full.prediction.step_time_s
+
+
+@pytest.mark.parametrize("parallel", [
+    {"tp": 2, "pp": 4, "micro_batch_size": 1, "zero_stage": 3, "recompute": "selective"},
+    {"tp": 1, "pp": 2, "vpp": 2, "schedule": "interleaved", "zero_stage": 1,
+     "recompute": "full"},
+    {"tp": 2, "pp": 2, "zero_stage": 1, "recompute": "none"},
+])
+def test_the_ilp_memory_is_predicts_memory_for_every_split(parallel):
+    """One memory model: the split program's per-rank bytes (planner.ilp.rank_bytes) equal the
+    peak `predict` computes for the same split, ZeRO-3's gathered weights included, for the
+    default split and for uneven ones."""
+    from parasim.planner.ilp import Split, rank_bytes
+    from parasim.planner.search import apply_split, split_problem
+
+    job = job_from_mapping({**SMALL, "parallel": parallel}, base_dir=REPO, source="test")
+    problem, orders = split_problem(job)
+    stages = job.layout.num_virtual_stages
+    default = tuple(job.stage_layers)
+    uneven = tuple(default[0] + 1 if v == 0 else default[v] - (v == stages - 1)
+                   for v in range(stages))
+    for layers in (default, uneven):
+        split = Split.of_layers(layers, modes=len(problem.modes))
+        planned = apply_split(job, job.layout, problem, orders, split)
+        peaks = [stage.peak_bytes for stage in predict(planned).stages]
+        assert rank_bytes(problem, split) == pytest.approx(peaks, rel=1e-9), layers

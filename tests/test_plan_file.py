@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner.plan import read_plan
-from simulator.errors import SpecError
+from parasim.planner.plan import read_plan
+from parasim.simulator.errors import SpecError
 from tests.test_cli_errors import job_with, run_cli, write_job
 
 
@@ -18,8 +18,10 @@ def test_a_written_plan_reads_back(tmp_path):
     plan_path = tmp_path / "PLAN.json"
     result = run_cli("plan", job_path, "--out", plan_path)
     assert result.returncode == 0, result.stderr
-    raw, job = read_plan(plan_path)
+    plan = read_plan(plan_path)
+    raw, job = plan.job_mapping, plan.job
     assert raw["model"] == job_with()["model"] and raw["parallel"]["tp"] == job.layout.tp
+    assert plan.objective == "time" and plan.path == plan_path
     assert job.layout.world_size == job.cluster.world_size == 16
     assert job.source == str(plan_path)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.predict import predict
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.predict import predict
 
 CLUSTER = {
     "gpu": "h100-sxm", "gpus_per_node": 8,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from simulator import catalog
-from simulator.cost.compute import ComputeModel
-from simulator.cost.profile import analytic_profile
-from simulator.errors import SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.ops import Op, Shard, embedding_ops, gemm, memory
-from simulator.predict import predict
-from simulator.profile import LogGrid, load_profile
+from parasim.simulator import catalog
+from parasim.simulator.cost.compute import ComputeModel
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.ops import Op, Shard, embedding_ops, gemm, memory
+from parasim.simulator.predict import predict
+from parasim.simulator.profile import LogGrid, load_profile
 from tests.profile_fixtures import attention_time, gemm_time, write_profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def _edit_cell(path: Path, column: str, value: str) -> None:
 
 
 def _estimate(*args):
-    return subprocess.run([sys.executable, "-m", "planner.cli", "estimate",
+    return subprocess.run([sys.executable, "-m", "parasim", "estimate",
                            str(REPO / "examples/llama3-70b-dgx-h100.yaml"), *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 

@@ -20,16 +20,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime import collectives_bench  # noqa: E402  (after the importorskip)
-from runtime.device_info import catalog_gpu  # noqa: E402
-from runtime.errors import MeasurementError  # noqa: E402
-from runtime.grids import Grids, cpu_quick_grids  # noqa: E402
-from runtime.profiler import prepare_out_dir, profile  # noqa: E402
-from runtime.progress import Progress, bar_line  # noqa: E402
-from runtime.timing import Timing  # noqa: E402
-from simulator.catalog import entries  # noqa: E402
-from simulator.errors import SpecError  # noqa: E402
-from simulator.profile import load_profile  # noqa: E402
+from parasim.runtime import collectives_bench  # noqa: E402  (after the importorskip)
+from parasim.runtime.device_info import catalog_gpu  # noqa: E402
+from parasim.runtime.errors import MeasurementError  # noqa: E402
+from parasim.runtime.grids import Grids, cpu_quick_grids  # noqa: E402
+from parasim.runtime.profiler import prepare_out_dir, profile  # noqa: E402
+from parasim.runtime.progress import Progress, bar_line  # noqa: E402
+from parasim.runtime.timing import Timing  # noqa: E402
+from parasim.simulator.catalog import entries  # noqa: E402
+from parasim.simulator.errors import SpecError  # noqa: E402
+from parasim.simulator.profile import load_profile  # noqa: E402
 from tests.test_cli_errors import REPO, assert_user_error, run_cli  # noqa: E402
 
 README_COLUMNS = {  # profiles/README.md, "Tables"
@@ -237,7 +237,7 @@ def test_cli_threads_this_machine_has_no_cores_for(tmp_path, threads):
 
 
 def test_thread_count_is_set_inside_and_restored():
-    from runtime.profiler import thread_count
+    from parasim.runtime.profiler import thread_count
 
     before = torch.get_num_threads()
     with thread_count(1):
@@ -246,7 +246,7 @@ def test_thread_count_is_set_inside_and_restored():
 
 
 def test_cli_without_torch(tmp_path):
-    script = ("import sys; sys.modules['torch'] = None; from planner.cli import main; "
+    script = ("import sys; sys.modules['torch'] = None; from parasim.cli import main; "
               f"sys.exit(main(['profile', '--out', {str(tmp_path / 'p')!r}]))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
@@ -260,7 +260,7 @@ def test_cli_quick_cpu_profile_end_to_end(tmp_path):
     out = tmp_path / "cpu-quick"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start_s = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "planner.cli", "profile", "--quick",
+    result = subprocess.run([sys.executable, "-m", "parasim", "profile", "--quick",
                              "--device", "cpu", "--out", str(out)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     elapsed_s = time.monotonic() - start_s
@@ -274,7 +274,7 @@ def test_cli_quick_cpu_profile_end_to_end(tmp_path):
     assert f"wrote {out}" in result.stdout
     db = load_profile(out)  # the simulator reads what the profiler wrote
     assert db.gemm and db.attention and db.elementwise and db.optimizer and db.collectives
-    estimate = subprocess.run([sys.executable, "-m", "planner.cli", "estimate",
+    estimate = subprocess.run([sys.executable, "-m", "parasim", "estimate",
                                str(REPO / "examples/llama3-70b-dgx-h100.yaml"), "--profile",
                                str(out), "--json"], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=120)

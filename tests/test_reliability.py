@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from simulator import reliability
-from simulator.facility import HOUR_S, default_facility
-from simulator.reliability import (
+from parasim.simulator import reliability
+from parasim.simulator.facility import HOUR_S, default_facility
+from parasim.simulator.reliability import (
     FailureModel,
     daly_interval_s,
     expected_run,

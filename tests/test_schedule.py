@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.layout import Layout
-from simulator.memory import in_flight_microbatches
-from simulator.predict import predict
-from simulator.schedule import TaskTimes, rank_tasks, simulate
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.layout import Layout
+from parasim.simulator.memory import in_flight_microbatches
+from parasim.simulator.predict import predict
+from parasim.simulator.schedule import TaskTimes, rank_tasks, simulate
 
 F, B = 1.0, 2.0
 

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime import speed_probe  # noqa: E402
-from simulator.profile import load_profile  # noqa: E402
+from parasim.runtime import speed_probe  # noqa: E402
+from parasim.simulator.profile import load_profile  # noqa: E402
 from tests.profile_fixtures import write_profile  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """`parasim topo`: the graph summary, where each parallel group lands, and the PNG.
 
-Normal runs call `planner.cli.main` in-process (capsys); user errors run the real command line
+Normal runs call `parasim.cli.main` in-process (capsys); user errors run the real command line
 in a subprocess, so that "one line on stderr, exit 2, no traceback" is checked end to end.
 Oracles: the example's bisection is N/2 flows at one NIC's line rate (rail-optimized,
 non-blocking), and its groups follow the rank formula tp_i + tp·(dp_i + dp·pp_i).
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from planner.cli import main
-from planner.topo import ranks_text
+from parasim.cli import main
+from parasim.topo import ranks_text
 from tests.test_cli_errors import MOE_MODEL, assert_user_error, job_with, run_cli, \
     write_job
 

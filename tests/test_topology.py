@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.errors import SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.placement import axis_groups, pipeline_pairs
-from simulator.topology import bisection_bytes_per_s, build_topology, load_graph
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.placement import axis_groups, pipeline_pairs
+from parasim.simulator.topology import bisection_bytes_per_s, build_topology, load_graph
 
 NODE = {"gpu": "h100-sxm", "gpus_per_node": 8,
         "intra_node": {"bandwidth_GBps": 450, "latency_us": 3},

@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.layout import Layout
-from simulator.schedule import Interval, TaskTimes, simulate
-from simulator.trace import chrome_trace, write_chrome_trace
+from parasim.simulator.errors import SpecError
+from parasim.simulator.layout import Layout
+from parasim.simulator.schedule import Interval, TaskTimes, simulate
+from parasim.simulator.trace import chrome_trace, write_chrome_trace
 
 PP, MICROBATCHES = 4, 8
 

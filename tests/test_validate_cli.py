@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from planner.host_load import CpuSample, other_load_cores
-from planner.suite import load_suite, local_cluster, local_device, p2p_link
-from planner.validate_cli import _result, layout_words, suite_job
-from runtime.measure import Measurement, RankMeasurement
-from simulator.errors import SpecError
-from simulator.layout import Layout
-from simulator.predict import predict
-from simulator.profile import load_profile, mismatches
+from parasim.host_load import CpuSample, other_load_cores
+from parasim.suite import load_suite, local_cluster, local_device, p2p_link
+from parasim.validate_cli import _result, layout_words, suite_job
+from parasim.runtime.measure import Measurement, RankMeasurement
+from parasim.simulator.errors import SpecError
+from parasim.simulator.layout import Layout
+from parasim.simulator.predict import predict
+from parasim.simulator.profile import load_profile, mismatches
 from tests.profile_fixtures import GEMM_FLOP_PER_S, write_profile
 from tests.test_cli_errors import assert_user_error, run_cli
 
@@ -106,7 +106,7 @@ def test_the_phases_are_the_busiest_ranks(cpu_profile):
 
 def test_the_emulated_link_is_the_measured_rate(cpu_profile):
     """The model's effective rate (line rate x its efficiency) is the rate that was measured."""
-    from simulator.cost.profile import analytic_profile
+    from parasim.simulator.cost.profile import analytic_profile
 
     cluster = local_cluster(cpu_profile, 1, nodes=2, inter_node_bits_per_s=0.95e9)
     effective = cluster["inter_node"]["bandwidth_Gbps"] * analytic_profile().inter_node_efficiency
@@ -169,9 +169,9 @@ def test_runs_csv_is_a_calibration_runs_file_of_the_measured_jobs(cpu_profile, t
     (jobs/NAME.json) and its measured step; a failed job is left out."""
     import json
 
-    from planner.validate_cli import JOBS, RUNS, _write_runs
-    from simulator.calibration.runs import read_runs
-    from simulator.validation import JobResult
+    from parasim.validate_cli import JOBS, RUNS, _write_runs
+    from parasim.simulator.calibration.runs import read_runs
+    from parasim.simulator.validation import JobResult
 
     suite = {j.name: j for j in load_suite("local-calibration").jobs}
     (tmp_path / JOBS).mkdir()
@@ -201,7 +201,7 @@ def test_an_out_folder_that_is_not_empty_is_refused(tmp_path):
 
 def test_render_rebuilds_a_report_from_its_data(tmp_path):
     from tests.test_validation import FACTS, RESULTS
-    from simulator.validation_report import write_report
+    from parasim.simulator.validation_report import write_report
 
     write_report(Path(tmp_path), RESULTS, FACTS)
     (tmp_path / "README.md").unlink()

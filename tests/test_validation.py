@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator.errors import SpecError
-from simulator.validation import (
+from parasim.simulator.errors import SpecError
+from parasim.simulator.validation import (
     JobResult,
     average_ranks,
     read_results,
@@ -23,7 +23,7 @@ from simulator.validation import (
     spearman,
     summarize,
 )
-from simulator.validation_report import (RunFacts, read_facts, render_report, summary_lines,
+from parasim.simulator.validation_report import (RunFacts, read_facts, render_report, summary_lines,
                                          write_report)
 
 MiB = 2**20

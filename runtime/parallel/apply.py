@@ -33,16 +33,16 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime.model import Chunk, check_buildable
-from runtime.parallel.context import apply_context_parallel, local_positions, split_sequence
-from runtime.parallel.data import DEFAULT_BUCKET_BYTES, GradSync, check_zero_stage
-from runtime.parallel.expert import shard_experts
-from runtime.parallel.groups import ParallelGroups
-from runtime.parallel.recompute import apply_recompute
-from runtime.parallel.tensor import TensorParallel, apply_plan
-from simulator.errors import SpecError
-from simulator.layout import Layout
-from simulator.model import ModelSpec
+from parasim.runtime.model import Chunk, check_buildable
+from parasim.runtime.parallel.context import apply_context_parallel, local_positions, split_sequence
+from parasim.runtime.parallel.data import DEFAULT_BUCKET_BYTES, GradSync, check_zero_stage
+from parasim.runtime.parallel.expert import shard_experts
+from parasim.runtime.parallel.groups import ParallelGroups
+from parasim.runtime.parallel.recompute import apply_recompute
+from parasim.runtime.parallel.tensor import TensorParallel, apply_plan
+from parasim.simulator.errors import SpecError
+from parasim.simulator.layout import Layout
+from parasim.simulator.model import ModelSpec
 
 
 @dataclass(frozen=True, kw_only=True)

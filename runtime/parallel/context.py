@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
-from runtime.model import Attention, Chunk
-from runtime.parallel.groups import Axis
+from parasim.runtime.model import Attention, Chunk
+from parasim.runtime.parallel.groups import Axis
 
 
 def chunk_indices(rank: int, size: int) -> tuple[int, int]:

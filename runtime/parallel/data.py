@@ -50,8 +50,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime.parallel.groups import Axis, ParallelGroups, all_gather_single, reduce_scatter_single
-from simulator.errors import SpecError
+from parasim.runtime.parallel.groups import Axis, ParallelGroups, all_gather_single, reduce_scatter_single
+from parasim.simulator.errors import SpecError
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # PyTorch DDP's bucket_cap_mb
 SUPPORTED_ZERO_STAGES = (0, 1)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from runtime.model import Chunk, Experts, MoE
-from runtime.parallel.groups import Axis
-from simulator.errors import SpecError
+from parasim.runtime.model import Chunk, Experts, MoE
+from parasim.runtime.parallel.groups import Axis
+from parasim.simulator.errors import SpecError
 
 
 class _AllToAll(Function):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from simulator.layout import Layout
-from simulator.placement import axis_groups
+from parasim.simulator.layout import Layout
+from parasim.simulator.placement import axis_groups
 
 AXES = ("tp", "cp", "dp", "dp_cp", "ep", "edp", "pp")
 

@@ -47,11 +47,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime.timing import synchronize
-from simulator.errors import SpecError
-from simulator.layout import Layout
-from simulator.placement import axis_groups
-from simulator.schedule import Task, rank_tasks
+from parasim.runtime.timing import synchronize
+from parasim.simulator.errors import SpecError
+from parasim.simulator.layout import Layout
+from parasim.simulator.placement import axis_groups
+from parasim.simulator.schedule import Task, rank_tasks
 
 SUPPORTED_SCHEDULES = ("gpipe", "1f1b", "interleaved")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

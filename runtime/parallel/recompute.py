@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from runtime.model import Chunk
-from simulator.layout import Recompute
+from parasim.runtime.model import Chunk
+from parasim.simulator.layout import Recompute
 
 recompute_call: Callable[..., torch.Tensor] = partial(checkpoint, use_reentrant=False)
 

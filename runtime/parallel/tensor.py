@@ -36,9 +36,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd import Function
 
-from runtime.model import Boundary, Chunk, Experts, Head, Linear, PositionTable, VocabEmbedding
-from runtime.parallel.groups import Axis
-from simulator.errors import SpecError
+from parasim.runtime.model import Boundary, Chunk, Experts, Head, Linear, PositionTable, VocabEmbedding
+from parasim.runtime.parallel.groups import Axis
+from parasim.simulator.errors import SpecError
 
 Style = Literal["colwise", "rowwise", "kv", "vocab", "partial", "sequence", "experts",
                 "region_in", "region_out"]

@@ -26,14 +26,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from simulator.calibration.parameters import FitParameter, apply, parameters
-from simulator.calibration.runs import Run
-from simulator.calibration.stats import ErrorSummary
-from simulator.cost.profile import AnalyticProfile
-from simulator.errors import Infeasible, SpecError
-from simulator.predict import predict
-from simulator.profile import ProfileDB
-from simulator.uncertainty import band_of
+from parasim.simulator.calibration.parameters import FitParameter, apply, parameters
+from parasim.simulator.calibration.runs import Run
+from parasim.simulator.calibration.stats import ErrorSummary
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.errors import Infeasible, SpecError
+from parasim.simulator.predict import predict
+from parasim.simulator.profile import ProfileDB
+from parasim.simulator.uncertainty import band_of
 
 SENSITIVITY_STEP = 0.1  # rule 1: share of a parameter's internal range
 SENSITIVITY_MIN = 1e-4  # rule 1: the least change of some log prediction that counts

@@ -17,21 +17,22 @@ from typing import Any
 
 import yaml
 
-import profiles
-from simulator.calibration.fit import CONFIDENCE, Calibration
-from simulator.cost.profile import AnalyticProfile, analytic_profile, profile_from_mapping, \
+from parasim import profiles
+from parasim.simulator.calibration.fit import CONFIDENCE, Calibration
+from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile, profile_from_mapping, \
     profile_mapping
-from simulator.errors import SpecError
-from simulator.profile import ProfileDB, profile_db
-from simulator.yamlfile import load_data
+from parasim.simulator.errors import SpecError
+from parasim.simulator.profile import ProfileDB, profile_db
+from parasim.simulator.yamlfile import load_data
 
 PROFILE_FILE = "profile.yaml"
 RESIDUALS_FILE = "residuals.csv"
 
 
 def fitted_dir(name: str) -> Path | None:
-    """A fitted profile folder by path or by name under profiles/fitted/, else None."""
-    for candidate in (Path(name), Path(str(profiles.path("fitted"))) / name):
+    """A fitted profile folder by path, or by name under the user's fitted/ folder
+    ($PARASIM_HOME or ~/.parasim) or the ones shipped with parasim; else None."""
+    for candidate in (Path(name), *(folder / name for folder in profiles.locations("fitted"))):
         if (candidate / PROFILE_FILE).is_file():
             return candidate
     return None

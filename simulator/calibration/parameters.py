@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from simulator.cost.profile import AnalyticProfile
-from simulator.errors import SpecError
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.errors import SpecError
 
 
 @dataclass(frozen=True, kw_only=True)

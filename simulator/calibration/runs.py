@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulator.datasets import vtrain
-from simulator.errors import SpecError
-from simulator.job import Job
-from simulator.jobfile import apply_override, job_from_mapping, load_raw
+from parasim.simulator.datasets import vtrain
+from parasim.simulator.errors import SpecError
+from parasim.simulator.job import Job
+from parasim.simulator.jobfile import apply_override, job_from_mapping, load_raw
 
 PARASIM_COLUMNS = ("job", "step_time_s")
 SPLIT_RULE = ("calibration half: rows whose sha256 (cells joined by commas, in the file's "

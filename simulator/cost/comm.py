@@ -34,11 +34,11 @@ from typing import Literal
 
 import numpy as np
 
-from simulator.cost.profile import AnalyticProfile
-from simulator.hardware import ClusterSpec
-from simulator.layout import Layout
-from simulator.placement import axis_groups, axis_signature, pipeline_pairs
-from simulator.topology import NVLINK, Topology, build_topology
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.hardware import ClusterSpec
+from parasim.simulator.layout import Layout
+from parasim.simulator.placement import axis_groups, axis_signature, pipeline_pairs
+from parasim.simulator.topology import NVLINK, Topology, build_topology
 
 Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "p2p"]
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "p2p")

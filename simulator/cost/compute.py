@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.cost.profile import AnalyticProfile
-from simulator.cost.sourced import Sourced, total
-from simulator.hardware import DeviceSpec, Precision
-from simulator.ops import Op
-from simulator.profile import ProfileDB, Timed
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.cost.sourced import Sourced, total
+from parasim.simulator.hardware import DeviceSpec, Precision
+from parasim.simulator.ops import Op
+from parasim.simulator.profile import ProfileDB, Timed
 
 
 def backward_factor(op: Op, profile: AnalyticProfile) -> float:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import profiles
-from simulator.uncertainty import NO_BAND, ResidualBand
-from simulator.yamlfile import load_data
+from parasim import profiles
+from parasim.simulator.uncertainty import NO_BAND, ResidualBand
+from parasim.simulator.yamlfile import load_data
 
 GiB = 2**30
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from simulator.profile import Source
+from parasim.simulator.profile import Source
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ vTrain, commit f8dda84, `data/`): 1,440 runs on one node of 2-8 A100s and 109 ru
 Each row names the model (hidden size, heads, layers, sequence length), the batch and the
 layout; `vtrain_job` adds what the vTrain repository states about all of them (ASSUMPTIONS).
 One definition: the published baseline (benchmarks/published_baseline.py), the calibration
-runs reader (simulator.calibration.runs) and the vtrain suite (planner.vtrain_suite) use it.
+runs reader (simulator.calibration.runs) and the vtrain suite (parasim.vtrain_suite) use it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from runtime.launch import launch
+from parasim.runtime.launch import launch
 
 DEFAULT_TIMEOUT_S = 90.0
 

@@ -113,7 +113,7 @@ def unpicklable_result(rank: int, world_size: int, args: dict):
 def fake_train_worker(rank: int, world_size: int, args) -> object:
     """Stands in for runtime.train.train_worker: each step an all-reduce and a sleep (longer on
     higher ranks), timed as a trainer times its steps (warm-up steps not kept)."""
-    from runtime.measure import RankMeasurement
+    from parasim.runtime.measure import RankMeasurement
     times_s = []
     for step in range(args.warmup_steps + args.steps):
         start_s = time.perf_counter()

@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.model import Chunk, build_model
-from runtime.parallel.apply import local_batch, parallelize
-from runtime.parallel.data import DistributedAdamW, GradSync, average_loss
-from runtime.parallel.expert import shard_experts
-from runtime.parallel.groups import Axis, build_groups
-from runtime.parallel.tensor import TensorParallel, apply_plan
-from simulator.layout import Layout
-from simulator.model import ModelSpec
-from simulator.placement import axis_groups
+from parasim.runtime.model import Chunk, build_model
+from parasim.runtime.parallel.apply import local_batch, parallelize
+from parasim.runtime.parallel.data import DistributedAdamW, GradSync, average_loss
+from parasim.runtime.parallel.expert import shard_experts
+from parasim.runtime.parallel.groups import Axis, build_groups
+from parasim.runtime.parallel.tensor import TensorParallel, apply_plan
+from parasim.simulator.layout import Layout
+from parasim.simulator.model import ModelSpec
+from parasim.simulator.placement import axis_groups
 from tests.runtime.harness import to_numpy
 
 STEPS = 3

@@ -17,12 +17,12 @@ torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other 
 
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.parallel.context import (  # noqa: E402
+from parasim.runtime.parallel.context import (  # noqa: E402
     _expand, _merge, block_attention, block_attention_backward, local_positions,
     matmul_block_attention, matmul_block_attention_backward, ring_blocks,
     split_sequence)
-from runtime.parallel.groups import Axis  # noqa: E402
-from simulator.layout import Layout  # noqa: E402
+from parasim.runtime.parallel.groups import Axis  # noqa: E402
+from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks  # noqa: E402
 from tests.runtime.oracle import (  # noqa: E402
     Scenario, check_scenario, gpt, llama, results_of, run_scenarios)

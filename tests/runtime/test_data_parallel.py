@@ -18,13 +18,13 @@ torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other 
 
 import torch.distributed as dist  # noqa: E402
 
-from runtime.model import build_chunk, build_model  # noqa: E402
-from runtime.parallel.apply import check_runtime_layout, parallelize  # noqa: E402
-from runtime.parallel.data import (  # noqa: E402
+from parasim.runtime.model import build_chunk, build_model  # noqa: E402
+from parasim.runtime.parallel.apply import check_runtime_layout, parallelize  # noqa: E402
+from parasim.runtime.parallel.data import (  # noqa: E402
     DistributedAdamW, GradSync, _bucket_plan, adamw_, check_zero_stage)
-from runtime.parallel.groups import ParallelGroups, build_groups  # noqa: E402
-from simulator.errors import SpecError  # noqa: E402
-from simulator.layout import Layout  # noqa: E402
+from parasim.runtime.parallel.groups import ParallelGroups, build_groups  # noqa: E402
+from parasim.simulator.errors import SpecError  # noqa: E402
+from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks, to_numpy  # noqa: E402
 from tests.runtime.oracle import (  # noqa: E402
     EPS, LOSS_TOL, LR, SEED, WEIGHT_DECAY, WEIGHT_TOL, Scenario, batches, check_scenario, gpt,

@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other processes
 
-from runtime.parallel.expert import expert_major_order  # noqa: E402
-from simulator.layout import Layout  # noqa: E402
+from parasim.runtime.parallel.expert import expert_major_order  # noqa: E402
+from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks  # noqa: E402
 from tests.runtime.oracle import (  # noqa: E402
     Scenario, check_scenario, moe, results_of, run_scenarios)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.fused import rms_norm, rope, rope_tables, swiglu  # noqa: E402
+from parasim.runtime.fused import rms_norm, rope, rope_tables, swiglu  # noqa: E402
 
 DOUBLE = {"dtype": torch.float64}
 

@@ -24,13 +24,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from planner.cli import main  # noqa: E402  (after the importorskip)
-from runtime import launch as launch_module  # noqa: E402
-from runtime import netns, processes  # noqa: E402
-from runtime import run as run_module  # noqa: E402
-from runtime.errors import MeasurementError  # noqa: E402
-from runtime.launch import check_launch, launch, process_limit  # noqa: E402
-from simulator.errors import SpecError  # noqa: E402
+from parasim.cli import main  # noqa: E402  (after the importorskip)
+from parasim.runtime import launch as launch_module  # noqa: E402
+from parasim.runtime import netns, processes  # noqa: E402
+from parasim.runtime import run as run_module  # noqa: E402
+from parasim.runtime.errors import MeasurementError  # noqa: E402
+from parasim.runtime.launch import check_launch, launch, process_limit  # noqa: E402
+from parasim.simulator.errors import SpecError  # noqa: E402
 from tests.runtime import launch_workers as workers  # noqa: E402
 from tests.test_cli_errors import REPO, assert_user_error, job_with, run_cli  # noqa: E402
 from tests.test_profiler import assert_no_children_left  # noqa: E402
@@ -40,9 +40,9 @@ HANG_TIMEOUT_S = 6.0
 INTERRUPTED = "parasim: interrupted; no measurement written, every rank stopped"
 CLI_WITH_TRAINER = """
 import sys
-from runtime import run
+from parasim.runtime import run
 run.TRAINER_MODULE, run.TRAINER_FUNCTION = "tests.runtime.launch_workers", sys.argv[1]
-from planner.cli import main
+from parasim.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 STOP_SLACK_S = processes.STOP_GRACE_S + processes.SETTLE_S + 3.0  # stopping, reaping, polling
@@ -339,7 +339,7 @@ def test_cli_bad_options(tmp_path, capsys, tripwires, options, fragments):
 
 
 def test_cli_without_the_trainer(tmp_path, capsys, tripwires, monkeypatch):
-    monkeypatch.setattr(run_module, "TRAINER_MODULE", "runtime.no_such_trainer")
+    monkeypatch.setattr(run_module, "TRAINER_MODULE", "parasim.runtime.no_such_trainer")
     status, err = run_in_process(capsys, write_plan(tmp_path, small_plan_document()), "--nproc", 2)
     assert status == 2
     assert_one_line(err, "parasim run needs the runtime trainer (runtime/train.py), "

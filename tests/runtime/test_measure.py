@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from runtime.errors import MeasurementError
-from runtime.measure import (RankMeasurement, Spread, measurement, pooled,
+from parasim.runtime.errors import MeasurementError
+from parasim.runtime.measure import (RankMeasurement, Spread, measurement, pooled,
                              write_measurement)
-from simulator.errors import SpecError
+from parasim.simulator.errors import SpecError
 
 
 def ranks() -> list[RankMeasurement]:

@@ -16,9 +16,9 @@ torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other 
 
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.model import MoE, build_chunk, build_model, capacity_keep, rotary  # noqa: E402
-from simulator.errors import SpecError  # noqa: E402
-from simulator.model import MLASpec  # noqa: E402
+from parasim.runtime.model import MoE, build_chunk, build_model, capacity_keep, rotary  # noqa: E402
+from parasim.simulator.errors import SpecError  # noqa: E402
+from parasim.simulator.model import MLASpec  # noqa: E402
 from tests.runtime.oracle import gpt, llama, moe  # noqa: E402
 
 CLOSE = {"rtol": 1e-5, "atol": 1e-6}

@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-from runtime import netns
-from runtime.netns import Emulation, emulated_network
-from simulator.errors import SpecError
+from parasim.runtime import netns
+from parasim.runtime.netns import Emulation, emulated_network
+from parasim.simulator.errors import SpecError
 
 RATE_BITS_PER_S = 1e9
 TRANSFER_BYTES = 32 << 20  # about 0.27 s at 1 Gbit/s
@@ -144,7 +144,7 @@ def _echo(server: socket.socket) -> None:
 @pytest.mark.slow
 def test_ranks_run_in_their_nodes_namespace_and_reach_each_other(network):
     pytest.importorskip("torch")  # `network`: namespaces can be built here (else: skipped)
-    from runtime.launch import launch
+    from parasim.runtime.launch import launch
     from tests.runtime import launch_workers as workers
     from tests.test_profiler import assert_no_children_left
     views = launch(workers.network_view, 4, {}, 120.0,
@@ -163,7 +163,7 @@ def test_ranks_run_in_their_nodes_namespace_and_reach_each_other(network):
 @pytest.mark.slow
 def test_gloo_between_nodes_runs_at_the_link_rate(network):
     pytest.importorskip("torch")  # `network`: namespaces can be built here (else: skipped)
-    from runtime.launch import launch
+    from parasim.runtime.launch import launch
     from tests.runtime import launch_workers as workers
     rates = launch(workers.send_recv_rate, 4, {"bytes": 16 << 20}, 120.0,
                    Emulation(nodes=2, inter_node_bits_per_s=RATE_BITS_PER_S))
@@ -178,8 +178,8 @@ def test_gloo_between_nodes_runs_at_the_link_rate(network):
 @pytest.mark.slow
 def test_a_crash_in_an_emulated_run_removes_everything():
     pytest.importorskip("torch")
-    from runtime.errors import MeasurementError
-    from runtime.launch import launch
+    from parasim.runtime.errors import MeasurementError
+    from parasim.runtime.launch import launch
     from tests.runtime import launch_workers as workers
     from tests.test_profiler import assert_no_children_left
     try:

@@ -32,14 +32,14 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as functional  # noqa: E402  (after the importorskip)
 from torch import nn  # noqa: E402
 
-from runtime.launch import launch  # noqa: E402
-from runtime.parallel.pipeline import (  # noqa: E402
+from parasim.runtime.launch import launch  # noqa: E402
+from parasim.runtime.parallel.pipeline import (  # noqa: E402
     PipelineLink, pipeline_link, run_pipeline, send_orders)
-from runtime.processes import MeasurementError  # noqa: E402
-from simulator.errors import SpecError  # noqa: E402
-from simulator.layout import Layout  # noqa: E402
-from simulator.memory import in_flight_microbatches  # noqa: E402
-from simulator.schedule import rank_tasks  # noqa: E402
+from parasim.runtime.processes import MeasurementError  # noqa: E402
+from parasim.simulator.errors import SpecError  # noqa: E402
+from parasim.simulator.layout import Layout  # noqa: E402
+from parasim.simulator.memory import in_flight_microbatches  # noqa: E402
+from parasim.simulator.schedule import rank_tasks  # noqa: E402
 
 HIDDEN, SEQ, VOCAB, MICRO_BATCH = 8, 4, 11, 2
 SHAPE = (MICRO_BATCH, SEQ, HIDDEN)

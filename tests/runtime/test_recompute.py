@@ -18,8 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other processes
 
-from runtime.model import Block, CoreAttention, build_model  # noqa: E402
-from runtime.parallel.recompute import Checkpointed, apply_recompute  # noqa: E402
+from parasim.runtime.model import Block, CoreAttention, build_model  # noqa: E402
+from parasim.runtime.parallel.recompute import Checkpointed, apply_recompute  # noqa: E402
 from tests.runtime.oracle import llama, moe  # noqa: E402
 
 

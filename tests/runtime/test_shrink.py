@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.shrink import shrink_job
-from simulator import catalog
-from simulator.errors import SpecError
-from simulator.jobfile import job_from_mapping
-from simulator.params import total_params
+from parasim.runtime.shrink import shrink_job
+from parasim.simulator import catalog
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.params import total_params
 
 NODE = {"gpu": "h100-sxm", "gpus_per_node": 8,
         "intra_node": {"bandwidth_GBps": 450, "latency_us": 3},
@@ -79,8 +79,8 @@ def test_per_stage_full_recompute_keeps_its_fraction():
     full become round(30/38 · n) and 0 of the shrunk stages' blocks."""
     from pathlib import Path
 
-    from runtime.shrink import shrink_job
-    from simulator.jobfile import job_from_mapping
+    from parasim.runtime.shrink import shrink_job
+    from parasim.simulator.jobfile import job_from_mapping
 
     raw = {"model": "llama3-70b", "cluster": {"base": "dgx-h100", "num_nodes": 2},
            "training": {"seq_length": 4096, "global_batch_size": 64},

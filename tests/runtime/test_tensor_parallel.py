@@ -18,11 +18,11 @@ torch.set_num_threads(1)  # tiny tensors; a 2nd thread only spins against other 
 
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.parallel.groups import Axis, build_groups  # noqa: E402
-from runtime.parallel.tensor import (  # noqa: E402
+from parasim.runtime.parallel.groups import Axis, build_groups  # noqa: E402
+from parasim.runtime.parallel.tensor import (  # noqa: E402
     TP_PLAN, TensorParallel, check_tensor_parallel, style_of, vocab_parallel_cross_entropy)
-from simulator.errors import SpecError  # noqa: E402
-from simulator.layout import Layout  # noqa: E402
+from parasim.simulator.errors import SpecError  # noqa: E402
+from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks  # noqa: E402
 from tests.runtime.oracle import (  # noqa: E402
     Scenario, check_scenario, gpt, llama, moe, results_of, run_scenarios)
@@ -88,7 +88,7 @@ def test_tp2_dp2_matches_single_process():
 def test_plan_covers_every_parameter_of_every_family():
     """Every parameter of every model family lies in a module the plan names (a new module
     missing from TP_PLAN would silently stay replicated)."""
-    from runtime.model import build_model
+    from parasim.runtime.model import build_model
     for spec in (gpt(), llama(qk_norm=True), moe(linear_bias=True, shared_expert_gate=True)):
         for name, _ in build_model(spec).named_parameters():
             owner = name.rsplit(".", 1)[0]

@@ -13,10 +13,10 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from runtime.parallel.groups import ParallelGroups  # noqa: E402
-from runtime.train import Trainer  # noqa: E402
-from simulator.jobfile import job_from_mapping  # noqa: E402
-from simulator.predict import predict  # noqa: E402
+from parasim.runtime.parallel.groups import ParallelGroups  # noqa: E402
+from parasim.runtime.train import Trainer  # noqa: E402
+from parasim.simulator.jobfile import job_from_mapping  # noqa: E402
+from parasim.simulator.predict import predict  # noqa: E402
 from tests.test_cli_errors import REPO  # noqa: E402
 
 TINY = {"model": {"name": "tiny", "num_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
@@ -26,7 +26,7 @@ TINY = {"model": {"name": "tiny", "num_layers": 4, "hidden_size": 64, "num_atten
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "parasim", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -19,9 +19,9 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from planner.plan import read_plan  # noqa: E402  (after the importorskip)
-from runtime.profiler import profile  # noqa: E402
-from simulator.validation import read_results  # noqa: E402
+from parasim.planner.plan import read_plan  # noqa: E402  (after the importorskip)
+from parasim.runtime.profiler import profile  # noqa: E402
+from parasim.simulator.validation import read_results  # noqa: E402
 from tests.test_cli_errors import REPO  # noqa: E402
 from tests.test_profiler import TINY, TINY_TIMING  # noqa: E402
 
@@ -45,7 +45,7 @@ def test_a_two_job_suite_end_to_end(tmp_path):
     out = tmp_path / "report"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "validate", "--suite", str(suite), "--profile",
+        [sys.executable, "-m", "parasim", "validate", "--suite", str(suite), "--profile",
          str(tmp_path / "profile"), "--steps", "2", "--warmup", "1", "--repeat", "2",
          "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -67,10 +67,10 @@ def test_a_two_job_suite_end_to_end(tmp_path):
     pooled = json.loads((out / "measurements" / "tp2.json").read_text())
     assert pooled["steps"] == 4 and all(len(r["step_times_s"]) == 4 for r in pooled["ranks"])
     assert json.loads((out / "facts.json").read_text())["repeats"] == 2
-    raw, job = read_plan(out / "plans" / "tp2.json")
-    assert job.layout.tp == 2 and raw["cluster"]["gpu"]["name"] == "cpu"
+    plan = read_plan(out / "plans" / "tp2.json")
+    assert plan.job.layout.tp == 2 and plan.job_mapping["cluster"]["gpu"]["name"] == "cpu"
     (out / "README.md").unlink()
-    rendered = subprocess.run([sys.executable, "-m", "planner.cli", "validate", "--render",
+    rendered = subprocess.run([sys.executable, "-m", "parasim", "validate", "--render",
                                str(out)], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=60)
     assert rendered.returncode == 0 and (out / "README.md").is_file(), rendered.stderr
@@ -86,7 +86,7 @@ def test_a_two_job_suite_end_to_end(tmp_path):
                                for r in rows]) + "\n")
     fitted = tmp_path / "fitted"
     calibrated = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "calibrate", "--runs", str(out / "runs.csv"),
+        [sys.executable, "-m", "parasim", "calibrate", "--runs", str(out / "runs.csv"),
          "--profile", str(tmp_path / "profile"), "--params", "overhead.step_s",
          "--out", str(fitted)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert calibrated.returncode == 0, calibrated.stderr
@@ -94,7 +94,7 @@ def test_a_two_job_suite_end_to_end(tmp_path):
     assert fit["measured_profile"] == str(tmp_path / "profile") and fit["runs_used"] == 2
     again = tmp_path / "again"
     result = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "validate", "--suite", str(suite), "--profile",
+        [sys.executable, "-m", "parasim", "validate", "--suite", str(suite), "--profile",
          str(tmp_path / "profile"), "--profile", str(fitted), "--steps", "1", "--warmup", "0",
          "--out", str(again)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

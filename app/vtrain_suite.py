@@ -10,24 +10,22 @@
    from profiles/analytic.yaml (`simulator.calibration.fit`); parameters no calibration run
    depends on stay at their analytic values.
 3. Predicts every run with the fitted profile (and, for comparison, the uncalibrated one) and
-   writes the report folder (`planner.vtrain_report`) and the fitted profile in it.
+   writes the report folder (`parasim.vtrain_report`) and the fitted profile in it.
 Prints the calibration error and the test errors, single-node and multi-node.
 Torch-free; a few minutes on two cores.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from planner.calibrate_cli import calibration_lines
-from planner.vtrain_report import (
+from parasim.calibrate_cli import calibration_lines
+from parasim.data_dir import data_dir as find_data_dir
+from parasim.vtrain_report import (
     FACTS,
     PROFILE_DIR,
     RESULTS,
@@ -36,61 +34,48 @@ from planner.vtrain_report import (
     summary_lines,
     write_results,
 )
-from simulator.calibration.fit import calibrate
-from simulator.calibration.fitted import write_fitted
-from simulator.calibration.parameters import DEFAULT_NAMES
-from simulator.calibration.runs import SPLIT_RULE, Run, file_sha256, read_runs, split
-from simulator.calibration.stats import ErrorSummary
-from simulator.cost.profile import AnalyticProfile, analytic_profile
-from simulator.datasets import vtrain
-from simulator.errors import ParasimError, SpecError
-from simulator.predict import predict
-from simulator.uncertainty import band_of
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-EXIT_USER_ERROR = 2
+from parasim.simulator.calibration.fit import calibrate
+from parasim.simulator.calibration.fitted import write_fitted
+from parasim.simulator.calibration.parameters import DEFAULT_NAMES
+from parasim.simulator.calibration.runs import SPLIT_RULE, Run, file_sha256, read_runs, split
+from parasim.simulator.calibration.stats import ErrorSummary
+from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile
+from parasim.simulator.datasets import vtrain
+from parasim.simulator.errors import SpecError
+from parasim.simulator.predict import predict
+from parasim.simulator.uncertainty import band_of
 
 
-def add_vtrain_arguments(validate: argparse.ArgumentParser) -> None:
-    validate.add_argument("--data-dir", metavar="DIR", default=str(DEFAULT_DATA_DIR),
-                          help="vtrain suite: the folder holding vtrain/ (default "
-                          f"{DEFAULT_DATA_DIR})")
+
+def validate_vtrain(*, data_dir: str | Path | None = None, out: str | Path | None = None,
+                    force: bool = False, command: str = "parasim.validate('vtrain')"
+                    ) -> list[RowResult]:
+    """Calibrate on the vTrain single-node calibration half, test on the rest and on the
+    multi-node runs; write the report folder (default reports/vtrain); its rows."""
+    folder = find_data_dir(data_dir, "vtrain")
+    target = _out_dir(out, force)
+    single, multi = (read_runs(_data_file(folder, kind)) for kind in ("single", "multi"))
+    return _run(folder, command, target, single, multi)
 
 
-def vtrain_command(args: argparse.Namespace, argv: list[str]) -> int:
-    """Exit status of `parasim validate --suite vtrain`; errors are one line on stderr."""
-    try:
-        if args.render:
-            rows = render(Path(args.render))
-            print("\n".join(summary_lines(rows) + [f"rendered {args.render}"]), flush=True)
-            return 0
-        out = _out_dir(args)
-        single, multi = (read_runs(_data_file(args, kind)) for kind in ("single", "multi"))
-        _run(args, argv, out, single, multi)
-    except ParasimError as err:
-        print(f"parasim: error: {err}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    return 0
-
-
-def _data_file(args: argparse.Namespace, kind: str) -> Path:
-    path = Path(args.data_dir) / vtrain.FILES[kind]
+def _data_file(folder: Path, kind: str) -> Path:
+    path = folder / vtrain.FILES[kind]
     if not path.is_file():
-        raise SpecError("--data-dir", args.data_dir, f"has no {vtrain.FILES[kind]}",
-                        "the folder holding vtrain/ (../shared/data)")
+        raise SpecError("--data-dir", str(folder), f"has no {vtrain.FILES[kind]}",
+                        "the folder holding vtrain/ (a copy of shared/data)")
     return path
 
 
-def _out_dir(args: argparse.Namespace) -> Path:
-    out = Path(args.out or "reports/vtrain")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+def _out_dir(out: str | Path | None, force: bool) -> Path:
+    out = Path(out or "reports/vtrain")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
                         "a new or empty folder, or --force")
     return out
 
 
-def _run(args: argparse.Namespace, argv: list[str], out: Path, single: tuple[Run, ...],
-         multi: tuple[Run, ...]) -> None:
+def _run(data: Path, command: str, out: Path, single: tuple[Run, ...],
+         multi: tuple[Run, ...]) -> list[RowResult]:
     start = time.perf_counter()
     calibration, test = split(single)
     base = analytic_profile()
@@ -108,11 +93,12 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path, single: tuple[Run
         for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     write_results(out / RESULTS, rows)
-    write_fitted(out / PROFILE_DIR, result, _fit_facts(args, argv, single, calibration))
-    facts = _facts(args, argv, out, calibration, test, multi, result.profile, start)
+    write_fitted(out / PROFILE_DIR, result, _fit_facts(data, command, single, calibration))
+    facts = _facts(data, command, out, calibration, test, multi, result.profile, start)
     (out / FACTS).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     render(out)
     print("\n".join(summary_lines(rows) + [f"wrote {out}/README.md"]), flush=True)
+    return rows
 
 
 def _uncalibrated_lines(predicted: list[float], runs: tuple[Run, ...]) -> list[str]:
@@ -140,26 +126,21 @@ def _row(run: Run, part: str, file: str, base: AnalyticProfile, fitted: Analytic
         low_s=p.step_time_s_low, high_s=p.step_time_s_high)
 
 
-def _command(argv: list[str]) -> str:
-    return "parasim " + " ".join(shlex.quote(a) for a in argv)
-
-
-def _fit_facts(args: argparse.Namespace, argv: list[str], runs: tuple[Run, ...],
-               used: tuple[Run, ...]) -> dict:
-    path = Path(args.data_dir) / vtrain.FILES["single"]
-    return {"command": _command(argv), "created": _now(), "base_profile": "profiles/analytic.yaml",
+def _fit_facts(data: Path, command: str, runs: tuple[Run, ...], used: tuple[Run, ...]) -> dict:
+    path = data / vtrain.FILES["single"]
+    return {"command": command, "created": _now(), "base_profile": "profiles/analytic.yaml",
             "runs_file": vtrain.FILES["single"], "runs_sha256": file_sha256(path),
             "runs_in_file": len(runs), "runs_used": len(used), "selection": SPLIT_RULE,
             "lines": [r.line for r in used]}
 
 
-def _facts(args: argparse.Namespace, argv: list[str], out: Path, calibration, test, multi,
+def _facts(data: Path, command: str, out: Path, calibration, test, multi,
            fitted: AnalyticProfile, start: float) -> dict:
     band = fitted.band
     return {
-        "command": _command(argv), "created": _now(), "out": str(out),
-        "data": str(args.data_dir), "split_rule": SPLIT_RULE,
-        "sha256": {kind: file_sha256(Path(args.data_dir) / rel)
+        "command": command, "created": _now(), "out": str(out),
+        "data": str(data), "split_rule": SPLIT_RULE,
+        "sha256": {kind: file_sha256(data / rel)
                    for kind, rel in vtrain.FILES.items()},
         "calibration_runs": len(calibration), "test_single_runs": len(test),
         "test_multi_runs": len(multi),

@@ -14,11 +14,11 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from simulator.calibration.fitted import PROFILE_FILE
-from simulator.calibration.stats import ErrorSummary
-from simulator.datasets.vtrain import PUBLISHED_MAPE_PCT
-from simulator.errors import SpecError
-from simulator.yamlfile import load_data
+from parasim.simulator.calibration.fitted import PROFILE_FILE
+from parasim.simulator.calibration.stats import ErrorSummary
+from parasim.simulator.datasets.vtrain import PUBLISHED_MAPE_PCT
+from parasim.simulator.errors import SpecError
+from parasim.simulator.yamlfile import load_data
 
 RESULTS, FACTS, README, ANALYSIS = "results.csv", "facts.json", "README.md", "analysis.md"
 HISTOGRAM, SCATTER, PROFILE_DIR = "errors.png", "scatter.png", "profile"

@@ -2,92 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from planner.plan import layout_mapping, plan_document, write_plan
-from planner.report import duration, format_estimate, recompute_text
-from planner.search import Scored, SearchResult, headroom, search, smallest_fix
-from planner.space import fixed_fields
-from simulator.calibration.fitted import base_profile
-from simulator.cost.profile import AnalyticProfile
-from simulator.errors import Infeasible, SpecError
-from simulator.job import Job
-from simulator.jobfile import job_from_mapping, load_raw
-
-
-def load_plan_job(path: str, overrides: list[str]) -> tuple[dict, Job, dict]:
-    """(raw job, job without a layout, fixed `parallel:` fields)."""
-    raw = load_raw(path, overrides)
-    fixed = fixed_fields(raw.get("parallel"))
-    unlaid = {k: v for k, v in raw.items() if k != "parallel"}
-    job = job_from_mapping(unlaid, base_dir=Path(path).parent, source=path)
-    return unlaid, job, fixed
-
-
-def with_max_gpus(job: Job, max_gpus: int | None) -> list[Job]:
-    """The job on its cluster, or on every power-of-two number of its nodes up to max_gpus."""
-    if max_gpus is None:
-        return [job]
-    groups = job.cluster.node_groups
-    if len(groups) != 1:
-        raise SpecError("--max-gpus", max_gpus, "needs a cluster of one node group",
-                        "a homogeneous cluster")
-    per_node = groups[0].gpus_per_node
-    if max_gpus < per_node:
-        raise SpecError("--max-gpus", max_gpus, f"is less than one {per_node}-GPU node",
-                        f"a number >= {per_node}")
-    counts, nodes = [], 1
-    while nodes * per_node <= max_gpus:
-        counts.append(nodes)
-        nodes *= 2
-    if max_gpus // per_node not in counts:
-        counts.append(max_gpus // per_node)
-    return [replace(job, cluster=replace(job.cluster, node_groups=(
-        replace(groups[0], num_nodes=n),))) for n in counts]
-
-
-def run_plan(path: str, overrides: list[str], objective: str, max_gpus: int | None, top: int,
-             profile: AnalyticProfile | None = None) -> tuple[dict, Job, SearchResult]:
-    raw, job, fixed = load_plan_job(path, overrides)
-    results = []
-    for variant in with_max_gpus(job, max_gpus):
-        try:
-            results.append((variant, search(variant, fixed, objective, top, progress=_bar(),
-                                             profile=profile)))
-        except Infeasible:
-            continue
-    _clear_bar()
-    if not results:
-        raise Infeasible(f"no layout of {job.model.name} fits on {job.cluster.world_size} GPUs; "
-                         f"smallest change: {smallest_fix(job, fixed)}")
-    variant, result = min(results, key=lambda r: r[1].chosen.value(objective))
-    best = result.chosen
-    if variant is not job:
-        raw = {**raw, "cluster": _cluster_with_nodes(raw["cluster"], variant)}
-    if best.cluster != variant.cluster:
-        raw = {**raw, "cluster": _cluster_reordered(raw["cluster"], variant, best.cluster)}
-    return raw, replace(variant, cluster=best.cluster, layout=best.layout), result
-
-
-def _cluster_reordered(cluster, job: Job, chosen) -> dict:
-    """The job file's `node_groups` list in the order the plan chose (the same groups)."""
-    assert isinstance(cluster, dict) and isinstance(cluster.get("node_groups"), list), cluster
-    remaining = list(range(len(job.cluster.node_groups)))
-    order = []
-    for group in chosen.node_groups:
-        index = next(i for i in remaining if job.cluster.node_groups[i] == group)
-        remaining.remove(index)
-        order.append(index)
-    return {**cluster, "node_groups": [cluster["node_groups"][i] for i in order]}
-
-
-def _cluster_with_nodes(cluster, job: Job):
-    nodes = job.cluster.node_groups[0].num_nodes
-    return {**cluster, "num_nodes": nodes} if isinstance(cluster, dict) else \
-        {"base": cluster, "num_nodes": nodes}
+from parasim.planner.plan import layout_mapping, make_plan, write_plan
+from parasim.report import duration, format_estimate
+from parasim.simulator.layout import recompute_text
+from parasim.planner.search import Scored, SearchResult, headroom
+from parasim.simulator.calibration.fitted import base_profile
+from parasim.simulator.errors import SpecError
+from parasim.simulator.job import Job
+from parasim.simulator.jobfile import load_raw
 
 
 def _bar():
@@ -179,17 +106,25 @@ def plan_json(job: Job, result: SearchResult, objective: str) -> dict:
     }
 
 
-def plan_command(args) -> None:
-    """Raises SpecError or Infeasible for the CLI to report."""
-    profile = base_profile(args.profile) if args.profile else None
-    raw, job, result = run_plan(args.job, args.overrides, args.objective, args.max_gpus, args.top,
-                                profile)
+def plan_command(args: argparse.Namespace, argv: list[str]) -> None:
+    """`parasim plan`: SpecError or Infeasible for the CLI to report."""
+    if args.out and Path(args.out).exists() and not args.force:
+        raise SpecError("--out", args.out, "exists; refusing to overwrite it",
+                        "another path, or --force")
+    try:
+        plan = make_plan(load_raw(args.job, args.overrides), base_dir=Path(args.job).parent,
+                         source=args.job, objective=args.objective, top=args.top,
+                         max_gpus=args.max_gpus,
+                         profile=base_profile(args.profile) if args.profile else None,
+                         progress=_bar())
+    finally:
+        _clear_bar()
     if args.out:
-        write_plan(args.out, plan_document(raw, result.chosen, args.objective))
+        write_plan(args.out, plan.document())
     if args.json:
-        print(json.dumps(plan_json(job, result, args.objective)))
+        print(json.dumps(plan_json(plan.job, plan.result, args.objective)))
     else:
-        print(format_plan(job, result, args.objective))
+        print(format_plan(plan.job, plan.result, args.objective))
     if args.export:
-        from planner.export import export_layout
-        print(export_layout(job, args.export))
+        from parasim.planner.export import export_layout
+        print(export_layout(plan.job, args.export))

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from planner.report import duration, table
-from simulator.cost.comm import CollectiveCost, axis_network
-from simulator.cost.profile import analytic_profile
-from simulator.errors import SpecError
-from simulator.job import Job
-from simulator.placement import AXIS_NAMES, axis_groups
-from simulator.step_time import message_bytes, step_context
-from simulator.topology import FabricTopology, Topology, bisection_bytes_per_s, build_topology
+from parasim.report import duration, table
+from parasim.simulator.cost.comm import CollectiveCost, axis_network
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.errors import SpecError
+from parasim.simulator.job import Job
+from parasim.simulator.placement import AXIS_NAMES, axis_groups
+from parasim.simulator.step_time import message_bytes, step_context
+from parasim.simulator.topology import FabricTopology, Topology, bisection_bytes_per_s, build_topology
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -19,15 +19,15 @@ import argparse
 import math
 import shlex
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 
-from simulator.calibration.fit import Calibration, FittedParameter, calibrate
-from simulator.calibration.fitted import fitted_dir, load_profiles, write_fitted
-from simulator.calibration.parameters import DEFAULT_NAMES
-from simulator.calibration.runs import SPLIT_RULE, Run, file_sha256, read_runs, split
-from simulator.cost.profile import analytic_profile
-from simulator.errors import SpecError
-from simulator.profile import ProfileDB
+from parasim.simulator.calibration.fit import Calibration, FittedParameter, calibrate
+from parasim.simulator.calibration.fitted import fitted_dir, load_profiles, write_fitted
+from parasim.simulator.calibration.parameters import DEFAULT_NAMES
+from parasim.simulator.calibration.runs import SPLIT_RULE, file_sha256, read_runs, split
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.errors import SpecError
 
 
 def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
@@ -53,39 +53,46 @@ def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def calibrate_command(args: argparse.Namespace, argv: list[str]) -> None:
-    """Raises SpecError or Infeasible (no convergence) for the CLI to report."""
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    """`parasim calibrate`: SpecError or Infeasible (no convergence) for the CLI to report."""
+    names = tuple(n.strip() for n in args.params.split(",") if n.strip())
+    fit_profile(args.runs, out=args.out, params=names, profiles=args.profile or (),
+                calibration_half=args.calibration_half, max_evaluations=args.max_evaluations,
+                force=args.force, command="parasim " + " ".join(shlex.quote(a) for a in argv))
+
+
+def fit_profile(runs_file: str | Path, *, out: str | Path, params: Sequence[str] = DEFAULT_NAMES,
+                profiles: Sequence[str] = (), calibration_half: bool = False,
+                max_evaluations: int = 200, force: bool = False,
+                command: str = "parasim.calibrate()") -> Calibration:
+    """Fit `params` to the runs of `runs_file` over the given base and measured profiles,
+    print the fit and write the fitted profile folder `out`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
                         "a new or empty folder, or --force")
-    if args.max_evaluations < 1:
-        raise SpecError("--max-evaluations", args.max_evaluations, "must be positive", "e.g. 200")
-    runs = read_runs(args.runs)
-    used = split(runs)[0] if args.calibration_half else runs
-    names = tuple(n.strip() for n in args.params.split(",") if n.strip())
-    source = f"{len(used)} runs of {Path(args.runs).name}" + (
-        " (calibration half)" if args.calibration_half else "")
-    fitted, measured = load_profiles(args.profile or [])
-    result = calibrate(used, fitted or analytic_profile(), names, source, args.max_evaluations,
-                       measured)
+    if max_evaluations < 1:
+        raise SpecError("--max-evaluations", max_evaluations, "must be positive", "e.g. 200")
+    runs = read_runs(runs_file)
+    used = split(runs)[0] if calibration_half else runs
+    source = f"{len(used)} runs of {Path(runs_file).name}" + (
+        " (calibration half)" if calibration_half else "")
+    fitted, measured = load_profiles(list(profiles))
+    result = calibrate(used, fitted or analytic_profile(), tuple(params), source,
+                       max_evaluations, measured)
     print("\n".join(calibration_lines(result)), flush=True)
-    write_fitted(out, result, _facts(args, argv, runs, used, measured))
-    print(f"wrote {out}/profile.yaml and residuals.csv", flush=True)
-
-
-def _facts(args: argparse.Namespace, argv: list[str], runs: tuple[Run, ...],
-           used: tuple[Run, ...], measured: ProfileDB | None) -> dict:
-    return {
-        "command": "parasim " + " ".join(shlex.quote(a) for a in argv),
+    facts = {
+        "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_profile": next((p for p in args.profile or [] if fitted_dir(p)),
-                             "profiles/analytic.yaml"),
+        "base_profile": next((p for p in profiles if fitted_dir(p)), "profiles/analytic.yaml"),
         "measured_profile": measured.path if measured is not None else None,
-        "runs_file": str(args.runs), "runs_sha256": file_sha256(Path(args.runs)),
+        "runs_file": str(runs_file), "runs_sha256": file_sha256(Path(runs_file)),
         "runs_in_file": len(runs), "runs_used": len(used),
-        "selection": SPLIT_RULE if args.calibration_half else "every run of the file",
+        "selection": SPLIT_RULE if calibration_half else "every run of the file",
         "lines": [r.line for r in used],
     }
+    write_fitted(out, result, facts)
+    print(f"wrote {out}/profile.yaml and residuals.csv", flush=True)
+    return result
 
 
 def calibration_lines(result: Calibration) -> list[str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from simulator import catalog
-from simulator.job import Job
-from simulator.params import active_params, total_params
-from simulator.results import RunPrediction, StepPrediction
+from parasim.simulator import catalog
+from parasim.simulator.job import Job
+from parasim.simulator.layout import recompute_text
+from parasim.simulator.params import active_params, total_params
+from parasim.simulator.results import RunPrediction, StepPrediction
 
 GiB = 2**30
 
@@ -37,11 +38,6 @@ def duration(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
-def recompute_text(layout) -> str:
-    """`selective`, or `none + full for [11, 9] blocks per stage` (the block method)."""
-    if not layout.full_recompute_layers:
-        return layout.recompute
-    return f"{layout.recompute} + full for {list(layout.full_recompute_layers)} blocks per stage"
 
 
 def _layout_line(job: Job) -> str:

@@ -1,7 +1,7 @@
 """`parasim run PLAN.json`: execute a plan in local ranks and write MEASUREMENT.json.
 
 The plan file and the options are checked here, torch-free; the runtime (torch) is imported
-only to run, so that `import planner` never needs it. Exit status: 0 measured, 2 bad input
+only to run, so that the other commands never need it. Exit status: 0 measured, 2 bad input
 (one line, before any process starts), 1 the run failed (a rank raised, died or hung: the line
 names it), 130 interrupted. Every rank and emulated namespace is gone in every case.
 """
@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from planner.plan import read_plan
-from planner.report import GiB, duration
-from runtime.shrink import shrink_job
-from simulator.errors import ParasimError, SpecError
-
-EXIT_USER_ERROR = 2
-EXIT_RUN_FAILED = 1
-EXIT_INTERRUPTED = 130
+from parasim.planner.plan import Plan, read_plan
+from parasim.report import GiB, duration
+from parasim.runtime.shrink import shrink_job
+from parasim.simulator.errors import SpecError
 
 
 def add_run_parser(commands: argparse._SubParsersAction) -> None:
@@ -51,68 +46,62 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
                      help="where to write the measurement (MEASUREMENT.json)")
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Exit status of `parasim run`; every message is one line on stderr."""
-    try:
-        raw_job, job = read_plan(args.plan)
-        _check_options(args)
-        job = shrink_job(job) if args.shrink else job
-        run = _load_runtime(args)
-    except ParasimError as err:
-        return _fail(err, EXIT_USER_ERROR)
-    try:
-        with sigterm_as_exit():
-            measured = _execute(run, args, raw_job, job)
-    except KeyboardInterrupt:
-        print("parasim: interrupted; no measurement written, every rank stopped",
-              file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except run.MeasurementError as err:
-        return _fail(err, EXIT_RUN_FAILED)
-    except ParasimError as err:
-        return _fail(err, EXIT_USER_ERROR)
+def run_command(args: argparse.Namespace, argv: list[str]) -> None:
+    """`parasim run`: measure the plan and write the measurement. SpecError (bad input, before
+    any process starts) or MeasurementError (exit status 1) for the CLI to report."""
+    measured = measure(read_plan(args.plan), steps=args.steps, warmup=args.warmup,
+                       nproc=args.nproc, timeout_s=args.timeout, shrink=args.shrink,
+                       emulate_nodes=args.emulate_nodes, inter_node_Gbps=args.inter_node_Gbps,
+                       inter_node_latency_us=args.inter_node_latency_us)
+    from parasim.runtime.measure import write_measurement
+
+    write_measurement(args.out, measured)
     print(_summary(measured, args.out), flush=True)
-    return 0
 
 
-def _execute(run: ModuleType, args: argparse.Namespace, raw_job: dict, job):
+def measure(plan: Plan, *, steps: int, warmup: int, nproc: int | None, timeout_s: float,
+            shrink: bool, emulate_nodes: int | None, inter_node_Gbps: float | None,
+            inter_node_latency_us: float):
+    """`parasim.run`: the plan's Measurement (runtime.run.measure_plan, which imports torch)."""
+    _check_options(steps, warmup, emulate_nodes, inter_node_Gbps)
+    job = shrink_job(plan.job) if shrink else plan.job
+    run = _load_runtime(plan, emulate_nodes is not None)
     emulation = None
-    if args.emulate_nodes is not None:
-        emulation = run.netns.Emulation(nodes=args.emulate_nodes,
-                                        inter_node_bits_per_s=args.inter_node_Gbps * 1e9,
-                                        latency_s=args.inter_node_latency_us * 1e-6)
-    nproc = args.nproc if args.nproc is not None else job.layout.world_size
-    measured = run.run_plan(args.plan, raw_job, job, steps=args.steps,
-                            warmup_steps=args.warmup, nproc=nproc, timeout_s=args.timeout,
-                            emulation=emulation)
-    run.write_measurement(args.out, measured)
-    return measured
+    if emulate_nodes is not None:
+        emulation = run.netns.Emulation(nodes=emulate_nodes,
+                                        inter_node_bits_per_s=inter_node_Gbps * 1e9,
+                                        latency_s=inter_node_latency_us * 1e-6)
+    with sigterm_as_exit():
+        return run.measure_plan(plan, job=job, steps=steps, warmup_steps=warmup,
+                                nproc=nproc if nproc is not None else job.layout.world_size,
+                                timeout_s=timeout_s, emulation=emulation)
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    if args.steps < 1:
-        raise SpecError("--steps", args.steps, "must time at least one step", "1 or more")
-    if args.warmup < 0:
-        raise SpecError("--warmup", args.warmup, "must not be negative", "0 or more")
-    if (args.emulate_nodes is None) != (args.inter_node_Gbps is None):
-        given = "--emulate-nodes" if args.emulate_nodes is not None else "--inter-node-Gbps"
-        raise SpecError(given, args.emulate_nodes or args.inter_node_Gbps,
+def _check_options(steps: int, warmup: int, emulate_nodes: int | None,
+                   inter_node_Gbps: float | None) -> None:
+    if steps < 1:
+        raise SpecError("--steps", steps, "must time at least one step", "1 or more")
+    if warmup < 0:
+        raise SpecError("--warmup", warmup, "must not be negative", "0 or more")
+    if (emulate_nodes is None) != (inter_node_Gbps is None):
+        given = "--emulate-nodes" if emulate_nodes is not None else "--inter-node-Gbps"
+        raise SpecError(given, emulate_nodes or inter_node_Gbps,
                         "emulating nodes needs both the node count and the link rate",
                         "--emulate-nodes K --inter-node-Gbps X together")
 
 
-def _load_runtime(args: argparse.Namespace) -> ModuleType:
+def _load_runtime(plan: Plan, emulates: bool) -> ModuleType:
     """runtime.run (imports torch), or a SpecError naming the missing PyTorch."""
-    if args.emulate_nodes is not None:
+    if emulates:
         # The namespaces' addresses have no host names: without this every rank's store client
         # warns once that it cannot look its own up (harmless). Set before torch loads.
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
-        from runtime import run
+        from parasim.runtime import run
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "torch":
             raise
-        raise SpecError("plan", args.plan, "parasim run needs PyTorch",
+        raise SpecError("plan", str(plan.path), "parasim run needs PyTorch",
                         "pip install '.[runtime]'") from None
     return run
 
@@ -140,8 +129,3 @@ def _summary(measured, out: str) -> str:
 
 def _size(nbytes: float) -> str:
     return f"{nbytes / GiB:.2f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:.1f} MiB"
-
-
-def _fail(err: ParasimError, status: int) -> int:
-    print(f"parasim: error: {err}", file=sys.stderr, flush=True)
-    return status

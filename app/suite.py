@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-import profiles
-from simulator.cost.profile import analytic_profile
-from simulator.errors import SpecError
-from simulator.jobfile import read_text
-from simulator.profile import ProfileDB
-from simulator.yamlfile import parse_text
+from parasim import profiles
+from parasim.simulator.cost.profile import analytic_profile
+from parasim.simulator.errors import SpecError
+from parasim.simulator.jobfile import read_text
+from parasim.simulator.profile import ProfileDB
+from parasim.simulator.yamlfile import parse_text
 
 GiB = 2**30
 SUITES = ("local", "local-calibration")  # shipped under profiles/suites/NAME.yaml

@@ -5,9 +5,9 @@
 
 Profiles this machine (quick grids, at the thread count each rank will compute with) unless
 given a profile, then for each job of the suite: builds the job on this machine's cluster
-(`planner.suite.local_cluster`), predicts it (`simulator.predict`, with the profile, and a
+(`parasim.suite.local_cluster`), predicts it (`simulator.predict`, with the profile, and a
 fitted profile over it when given one), writes its plan file (the one `parasim run` reads) and
-runs it (`runtime.run.run_plan`), and compares (`simulator.validation`). A job that cannot be
+runs it (`runtime.run.measure_plan`), and compares (`simulator.validation`). A job that cannot be
 planned or run is reported as failed with its one-line reason, and the suite goes on. The
 report folder (`simulator.validation_report`) holds README.md, results.csv, facts.json,
 scatter.png, the plans and the measurements, and runs.csv: the measured step times as a
@@ -16,7 +16,7 @@ model that another is then validated with.
 `--render DIR` rebuilds a report's README.md and scatter.png from its data (no torch).
 
 Exit status: 0 report written, 2 bad input (one line, before anything runs), 130 interrupted.
-The runtime (torch) is imported only to run, so that `import planner` never needs it.
+The runtime (torch) is imported only to run, so that the app's other commands never need it.
 """
 
 from __future__ import annotations
@@ -36,23 +36,25 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from planner.host_load import cpu_sample, other_load_cores
-from planner.plan import plan_document, read_plan, write_plan
-from planner.run_cli import sigterm_as_exit
-from planner.search import Scored, economics
-from planner.suite import Suite, SuiteJob, load_suite, local_cluster
-from planner.vtrain_suite import add_vtrain_arguments, vtrain_command
-from simulator.calibration.fitted import fitted_dir, load_profiles
-from simulator.cost.profile import AnalyticProfile
-from simulator.errors import ParasimError, SpecError
-from simulator.job import Job
-from simulator.jobfile import job_from_mapping
-from simulator.layout import Layout
-from simulator.predict import predict
-from simulator.profile import ProfileDB, load_profile, mismatches
-from simulator.results import StepPrediction
-from simulator.validation import JobResult, summarize
-from simulator.validation_report import (
+from parasim.host_load import cpu_sample, other_load_cores
+from parasim.planner.plan import Plan, plan_document, read_plan, write_plan
+from parasim.run_cli import sigterm_as_exit
+from parasim.planner.search import Scored, economics
+from parasim.suite import Suite, SuiteJob, load_suite, local_cluster
+from parasim.vtrain_report import render as render_vtrain
+from parasim.vtrain_report import summary_lines as vtrain_summary_lines
+from parasim.vtrain_suite import validate_vtrain
+from parasim.simulator.calibration.fitted import fitted_dir, load_profiles
+from parasim.simulator.cost.profile import AnalyticProfile
+from parasim.simulator.errors import ParasimError, SpecError
+from parasim.simulator.job import Job
+from parasim.simulator.jobfile import job_from_mapping
+from parasim.simulator.layout import Layout
+from parasim.simulator.predict import predict
+from parasim.simulator.profile import ProfileDB, load_profile, mismatches
+from parasim.simulator.results import StepPrediction
+from parasim.simulator.validation import JobResult, Summary, summarize
+from parasim.simulator.validation_report import (
     RunFacts,
     mebibytes,
     percent,
@@ -61,8 +63,6 @@ from simulator.validation_report import (
     write_report,
 )
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 PLANS, MEASUREMENTS, PROFILE, JOBS, RUNS = "plans", "measurements", "profile", "jobs", "runs.csv"
 
 
@@ -92,62 +92,79 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
                           help="write into an --out folder that is not empty")
     validate.add_argument("--render", metavar="DIR", help="only rebuild DIR's README.md and "
                           "scatter.png from its results.csv and facts.json (no torch)")
-    add_vtrain_arguments(validate)
+    validate.add_argument("--data-dir", metavar="DIR",
+                          help="vtrain suite: the folder holding vtrain/ (default: "
+                          "$PARASIM_DATA, or the first shared/data beside or above this "
+                          "folder)")
 
 
-def validate_command(args: argparse.Namespace, argv: list[str]) -> int:
-    """Exit status of `parasim validate`; every error is one line on stderr."""
-    if args.suite == "vtrain":
-        return vtrain_command(args, argv)
-    if args.render:
-        try:
-            summary = render_report(Path(args.render))
-        except ParasimError as err:
-            return _fail(err)
-        print("\n".join(summary_lines(summary) + [f"rendered {args.render}"]), flush=True)
-        return 0
-    try:
-        _check_options(args)
-        fitted, measured = load_profiles(args.profile or [])
-        suite = load_suite(args.suite)
-        out = _out_dir(args, suite)
-        runtime = _load_runtime(emulates=any(job.nodes > 1 for job in suite.jobs))
-    except ParasimError as err:
-        return _fail(err)
+@dataclass(frozen=True, kw_only=True)
+class ValidateOptions:
+    """How a local suite is run (`parasim validate`'s options)."""
+
+    profiles: tuple[str, ...] = ()  # a measured profile and/or a fitted one (else profile first)
+    steps: int = 10  # timed steps per job
+    warmup: int = 2  # untimed steps before them
+    repeat: int = 1  # runs of the suite, interleaved, each job's timed steps pooled
+    timeout_s: float = 600.0  # a job's ranks are stopped after this long
+    out: str | Path | None = None  # the report folder (default reports/SUITE)
+    force: bool = False  # write into an --out folder that is not empty
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise SpecError("--steps", self.steps, "must time at least one step", "1 or more")
+        if self.warmup < 0:
+            raise SpecError("--warmup", self.warmup, "must not be negative", "0 or more")
+        if self.repeat < 1:
+            raise SpecError("--repeat", self.repeat, "must run the suite at least once",
+                            "1 or more")
+        if not self.timeout_s > 0 or self.timeout_s == float("inf"):
+            raise SpecError("--timeout", self.timeout_s, "must be a positive number of seconds",
+                            "seconds, e.g. 600")
+        if self.profiles and not any(fitted_dir(name) is None for name in self.profiles):
+            raise SpecError("--profile", self.profiles[0], "is a fitted profile, which sits on "
+                            "a measured one", "add --profile with the measured profile it was "
+                            "fitted over (its fit section names it)")
+
+
+def validate_command(args: argparse.Namespace, argv: list[str]) -> None:
+    """`parasim validate`: SpecError for the CLI to report; KeyboardInterrupt passes."""
     command = "parasim " + " ".join(shlex.quote(a) for a in argv)
-    try:
-        with sigterm_as_exit():
-            _validate(args, suite, out, runtime, command, (fitted, measured))
-    except KeyboardInterrupt:
-        print("parasim: interrupted; every rank stopped, no report written", file=sys.stderr,
-              flush=True)
-        return EXIT_INTERRUPTED
-    except ParasimError as err:  # the profile could not be measured or read
-        return _fail(err)
-    return 0
+    if args.suite == "vtrain":
+        if args.render:
+            rows = render_vtrain(Path(args.render))
+            print("\n".join(vtrain_summary_lines(rows) + [f"rendered {args.render}"]),
+                  flush=True)
+            return
+        validate_vtrain(data_dir=args.data_dir, out=args.out, force=args.force, command=command)
+        return
+    if args.render:
+        summary = render_report(Path(args.render))
+        print("\n".join(summary_lines(summary) + [f"rendered {args.render}"]), flush=True)
+        return
+    options = ValidateOptions(profiles=tuple(args.profile or ()), steps=args.steps,
+                              warmup=args.warmup, repeat=args.repeat, timeout_s=args.timeout,
+                              out=args.out, force=args.force)
+    validate_suite(args.suite, options, command)
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    if args.steps < 1:
-        raise SpecError("--steps", args.steps, "must time at least one step", "1 or more")
-    if args.warmup < 0:
-        raise SpecError("--warmup", args.warmup, "must not be negative", "0 or more")
-    if args.repeat < 1:
-        raise SpecError("--repeat", args.repeat, "must run the suite at least once", "1 or more")
-    if not args.timeout > 0:
-        raise SpecError("--timeout", args.timeout, "must be positive", "seconds, e.g. 600")
-    if args.profile and not any(fitted_dir(name) is None for name in args.profile):
-        raise SpecError("--profile", args.profile[0], "is a fitted profile, which sits on a "
-                        "measured one", "add --profile with the measured profile it was "
-                        "fitted over (its fit section names it)")
+def validate_suite(name: str, options: ValidateOptions, command: str) -> Summary:
+    """Profile (unless given a profile), plan, predict, run and compare every job of the suite
+    `name` (local, local-calibration or a suite file); write the report; its summary."""
+    fitted, measured = load_profiles(list(options.profiles))
+    suite = load_suite(name)
+    out = _out_dir(options, suite)
+    runtime = _load_runtime(emulates=any(job.nodes > 1 for job in suite.jobs))
+    with sigterm_as_exit():
+        return _validate(options, suite, out, runtime, command, (fitted, measured))
 
 
-def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
+def _out_dir(options: ValidateOptions, suite: Suite) -> Path:
     """--out, or reports/<suite>; refused when it holds files, unless --force."""
-    out = Path(args.out) if args.out else Path("reports") / Path(suite.name).stem
+    out = Path(options.out) if options.out else Path("reports") / Path(suite.name).stem
     if out.exists() and not out.is_dir():
         raise SpecError("--out", str(out), "exists and is not a folder", "a new or empty folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
+    if out.is_dir() and any(out.iterdir()) and not options.force:
         raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
                         "a new or empty folder, or --force")
     try:
@@ -161,10 +178,10 @@ def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
 
 def _load_runtime(emulates: bool) -> SimpleNamespace:
     """runtime.run, runtime.profiler, runtime.train, or a SpecError naming the missing torch."""
-    if emulates:  # as `parasim run --emulate-nodes` (planner/run_cli.py), before torch loads
+    if emulates:  # as `parasim run --emulate-nodes` (app/run_cli.py), before torch loads
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
-        from runtime import measure, profiler, run, speed_probe, train
+        from parasim.runtime import measure, profiler, run, speed_probe, train
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "torch":
             raise
@@ -181,7 +198,7 @@ def _load_runtime(emulates: bool) -> SimpleNamespace:
 class Context:
     """What every job of one validation shares."""
 
-    args: argparse.Namespace
+    options: ValidateOptions
     out: Path
     db: ProfileDB
     fitted: AnalyticProfile | None  # predict with it over `db`, and without it for comparison
@@ -197,36 +214,38 @@ class Context:
         return None if self.fitted is None else predict(job, measured=self.db).step_time_s
 
 
-def _validate(args: argparse.Namespace, suite: Suite, out: Path, runtime: SimpleNamespace,
-              command: str, profiles: tuple[AnalyticProfile | None, ProfileDB | None]) -> None:
+def _validate(options: ValidateOptions, suite: Suite, out: Path, runtime: SimpleNamespace,
+              command: str, profiles: tuple[AnalyticProfile | None, ProfileDB | None]
+              ) -> Summary:
     load_before, created = os.getloadavg(), _now()
     threads = _threads(suite, runtime)
     fitted, measured = profiles
-    db = _profile(args, out, runtime, threads, measured)
-    ctx = Context(args=args, out=out, db=db, fitted=fitted, runtime=runtime, threads=threads,
+    db = _profile(options, out, runtime, threads, measured)
+    ctx = Context(options=options, out=out, db=db, fitted=fitted, runtime=runtime, threads=threads,
                   notes=[])
     prepared = {job.name: _prepare(ctx, job) for job in suite.jobs}
     runs: dict[str, list[Run | str]] = {job.name: [] for job in suite.jobs}
-    for round_index in range(1, args.repeat + 1):
+    for round_index in range(1, options.repeat + 1):
         for index, job in enumerate(suite.jobs, start=1):
             ready = prepared[job.name]
             if isinstance(ready, JobResult) or _failed_before(runs[job.name]):
                 continue
             run = _run_once(ctx, job, ready)
             runs[job.name].append(run)
-            counter = f"[{index}/{len(suite.jobs)}]" if args.repeat == 1 else \
-                f"[run {round_index}/{args.repeat}, {index}/{len(suite.jobs)}]"
+            counter = f"[{index}/{len(suite.jobs)}]" if options.repeat == 1 else \
+                f"[run {round_index}/{options.repeat}, {index}/{len(suite.jobs)}]"
             print(f"{counter} {job_line(_row(ctx, job, ready, [run]))}", flush=True)
     results = [_final_row(ctx, job, prepared[job.name], runs[job.name]) for job in suite.jobs]
-    if args.repeat > 1:
+    if options.repeat > 1:
         print("pooled over the runs:", flush=True)
         for r in results:
             print(f"  {job_line(r)}", flush=True)
     facts = _facts(ctx, suite, command, created, threads, load_before)
     write_report(out, results, facts)
     _write_runs(out, results)
-    print("\n".join(summary_lines(summarize(results)) + [f"wrote {out}/README.md"]),
-          flush=True)
+    summary = summarize(results)
+    print("\n".join(summary_lines(summary) + [f"wrote {out}/README.md"]), flush=True)
+    return summary
 
 
 def _threads(suite: Suite, runtime: SimpleNamespace) -> int:
@@ -234,7 +253,7 @@ def _threads(suite: Suite, runtime: SimpleNamespace) -> int:
     return runtime.train.threads_per_rank(max(job.world_size for job in suite.jobs))
 
 
-def _profile(args: argparse.Namespace, out: Path, runtime: SimpleNamespace,
+def _profile(options: ValidateOptions, out: Path, runtime: SimpleNamespace,
              threads: int, given: ProfileDB | None) -> ProfileDB:
     """The given profile (warning when measured at another thread count or precision), or a
     quick profile of this machine at `threads` threads, written into the report folder."""
@@ -249,7 +268,7 @@ def _profile(args: argparse.Namespace, out: Path, runtime: SimpleNamespace,
     print(f"profiling this machine (quick grids, {threads} thread(s)) into {out / PROFILE}",
           flush=True)
     result = runtime.profiler.profile("cpu", "fp32", True, out / PROFILE, None,
-                                      force=args.force, threads=threads)
+                                      force=options.force, threads=threads)
     return load_profile(result.out_dir)
 
 
@@ -257,7 +276,7 @@ def _profile(args: argparse.Namespace, out: Path, runtime: SimpleNamespace,
 class Prepared:
     """A job planned and predicted, ready to run."""
 
-    plan_path: Path
+    plan: Plan  # as read back from its file
     raw: dict  # the job mapping, on this machine's cluster
     planned: Job
     prediction: StepPrediction
@@ -277,9 +296,9 @@ def _prepare(ctx: Context, job: SuiteJob) -> Prepared | JobResult:
     """Plan and predict one job; a failure is the row's reason, not an exit."""
     try:
         plan_path = _write_plan(ctx, job)
-        raw, planned = read_plan(plan_path)  # exactly what `parasim run` would execute
-        return Prepared(plan_path, raw, planned, ctx.predict(planned),
-                        ctx.uncalibrated_s(planned))
+        plan = read_plan(plan_path)  # exactly what `parasim run` would execute
+        return Prepared(plan, plan.job_mapping, plan.job, ctx.predict(plan.job),
+                        ctx.uncalibrated_s(plan.job))
     except ParasimError as err:
         return _failed(job, None, None, str(err))
 
@@ -396,9 +415,9 @@ def _measure(ctx: Context, job: SuiteJob, ready: Prepared):
     """One run of the job's plan (measurements/ holds the runs pooled: `_final_row`)."""
     run = ctx.runtime.run
     emulation = _emulation(ctx, job) if job.nodes > 1 else None
-    return run.run_plan(ready.plan_path, ready.raw, ready.planned, steps=ctx.args.steps,
-                        warmup_steps=ctx.args.warmup, nproc=job.world_size,
-                        timeout_s=ctx.args.timeout, emulation=emulation)
+    return run.measure_plan(ready.plan, steps=ctx.options.steps,
+                            warmup_steps=ctx.options.warmup, nproc=job.world_size,
+                            timeout_s=ctx.options.timeout_s, emulation=emulation)
 
 
 def _with_measured_link(ctx: Context, job: SuiteJob, ready: Prepared, emulation: dict
@@ -406,7 +425,7 @@ def _with_measured_link(ctx: Context, job: SuiteJob, ready: Prepared, emulation:
     """The emulated job predicted again with the link rate the emulated network delivered
     (measured before the ranks started; the mean over the runs), not its line rate."""
     raw, built = suite_job(ctx.db, job, emulation["measured_inter_node_Gbps"] * 1e9)
-    return Prepared(ready.plan_path, raw, built, ctx.predict(built), ctx.uncalibrated_s(built))
+    return Prepared(ready.plan, raw, built, ctx.predict(built), ctx.uncalibrated_s(built))
 
 
 def _link_note(job: SuiteJob, emulation: dict) -> str:
@@ -494,9 +513,10 @@ def _facts(ctx: Context, suite: Suite, command: str, created: str, threads: int,
         torch=torch_version, python=platform.python_version(), profile=ctx.db.path,
         profile_threads=meta.get("threads"), profile_quick=meta.get("quick"),
         profile_date=str(meta.get("date", "?")), threads_per_rank=threads,
-        steps=ctx.args.steps, warmup_steps=ctx.args.warmup, load_before=tuple(load_before),
-        load_after=tuple(os.getloadavg()), notes=tuple(ctx.notes), repeats=ctx.args.repeat,
-        fitted_profile=next((p for p in ctx.args.profile or [] if fitted_dir(p)), None))
+        steps=ctx.options.steps, warmup_steps=ctx.options.warmup,
+        load_before=tuple(load_before), load_after=tuple(os.getloadavg()),
+        notes=tuple(ctx.notes), repeats=ctx.options.repeat,
+        fitted_profile=next((p for p in ctx.options.profiles if fitted_dir(p)), None))
 
 
 def _now() -> str:
@@ -505,8 +525,3 @@ def _now() -> str:
 
 def _warn(message: str) -> None:
     print(f"parasim: warning: {message}", file=sys.stderr, flush=True)
-
-
-def _fail(err: ParasimError) -> int:
-    print(f"parasim: error: {err}", file=sys.stderr, flush=True)
-    return EXIT_USER_ERROR

@@ -11,22 +11,23 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from planner import topo
-from planner.calibrate_cli import add_calibrate_parser, calibrate_command
-from planner.plan import load_job_or_plan
-from planner.plan_cli import plan_command
-from planner.report import duration, format_estimate, format_listing
-from planner.run_cli import add_run_parser, run_command
-from planner.validate_cli import add_validate_parser, validate_command
-from simulator.calibration.fitted import load_profiles
-from simulator.economics import with_monte_carlo
-from simulator.errors import ParasimError, SpecError
-from simulator.jobfile import load_job
-from simulator.predict import predict
-from simulator.profile import mismatches
-from simulator.trace import write_chrome_trace
+from parasim import topo
+from parasim.calibrate_cli import add_calibrate_parser, calibrate_command
+from parasim.planner.plan import load_job_or_plan
+from parasim.plan_cli import plan_command
+from parasim.report import duration, format_estimate, format_listing
+from parasim.run_cli import add_run_parser, run_command
+from parasim.validate_cli import add_validate_parser, validate_command
+from parasim.simulator.calibration.fitted import load_profiles
+from parasim.simulator.economics import with_monte_carlo
+from parasim.simulator.errors import ParasimError, SpecError
+from parasim.simulator.jobfile import load_job
+from parasim.simulator.predict import predict
+from parasim.simulator.profile import mismatches
+from parasim.simulator.trace import write_chrome_trace
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also try fewer nodes: every power of two up to N GPUs")
     plan.add_argument("--top", type=int, default=5, metavar="K", help="layouts to report")
     plan.add_argument("--out", metavar="PLAN.json", help="write the plan file")
+    plan.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--export", choices=("megatron", "torchtitan"),
                       help="print the chosen layout as Megatron-LM flags or torchtitan config")
@@ -111,78 +113,60 @@ def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
                          help="draw the progress bar even when stderr is not a terminal")
 
 
+# What an interrupted command leaves, in its one line (exit status 130).
+INTERRUPTED = {
+    "run": "no measurement written, every rank stopped",
+    "validate": "every rank stopped, no report written",
+    "profile": "the profile folder has no meta.json",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every user error is one line on stderr with the error's exit status
+    (2 bad input, 1 a run that failed), Ctrl-C one line and 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "list":
-        try:
-            print(format_listing(args.kind))
-        except ParasimError as err:
-            return _fail(err)
-        return 0
-    if args.command == "plan":
-        try:
-            plan_command(args)
-        except ParasimError as err:
-            return _fail(err)
-        return 0
-    if args.command == "topo":
-        return _topo(args.job, args.overrides, args.png)
-    if args.command == "profile":
-        return _profile(args)
-    if args.command == "run":
-        return run_command(args)
-    if args.command == "validate":
-        return validate_command(args, list(sys.argv[1:] if argv is None else argv))
-    if args.command == "calibrate":
-        try:
-            calibrate_command(args, list(sys.argv[1:] if argv is None else argv))
-        except ParasimError as err:
-            return _fail(err)
-        return 0
-    if args.trace and len(args.jobs) > 1:
-        return _fail(SpecError("--trace", args.trace, "writes the timeline of one job",
-                               "one JOB with --trace"))
-    return _estimate(args.jobs, args.overrides, args.json, args.profile, args.strict, args.trace,
-                     args.monte_carlo)
-
-
-def _topo(path: str, overrides: list[str], png: str | None) -> int:
-    """`parasim topo`: the graph summary, the placement of each axis, optionally a PNG."""
+    command = COMMANDS[args.command]
     try:
-        job = load_job(path, overrides)
-        topology = topo.topology_of(job)
-        places = topo.placements(job, topology) if job.layout is not None else None
-        print(topo.format_topo(job, topology, places), flush=True)
-        if png:
-            topo.draw_png(job, topology, places, png)
-    except ParasimError as err:
-        return _fail(err)
-    return 0
-
-
-def _profile(args: argparse.Namespace) -> int:
-    """`parasim profile`: runtime.profiler, imported here so that planner never needs torch."""
-    try:
-        profiler = _load_profiler(args.device)
-        result = profiler.profile(args.device, args.dtype, args.quick, args.out,
-                                  True if args.progress else None, force=args.force,
-                                  threads=args.threads)
+        return command(args, argv) or 0
     except ParasimError as err:
         return _fail(err)
     except KeyboardInterrupt:
-        print("parasim: interrupted; the profile folder has no meta.json", file=sys.stderr,
-              flush=True)
-        return 130
+        why = INTERRUPTED.get(args.command, "nothing written")
+        print(f"parasim: interrupted; {why}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _list(args: argparse.Namespace, argv: list[str]) -> None:
+    print(format_listing(args.kind))
+
+
+def _topo(args: argparse.Namespace, argv: list[str]) -> None:
+    """`parasim topo`: the graph summary, the placement of each axis, optionally a PNG."""
+    job = load_job(args.job, args.overrides)
+    topology = topo.topology_of(job)
+    places = topo.placements(job, topology) if job.layout is not None else None
+    print(topo.format_topo(job, topology, places), flush=True)
+    if args.png:
+        topo.draw_png(job, topology, places, args.png)
+
+
+def _profile(args: argparse.Namespace, argv: list[str]) -> None:
+    """`parasim profile`: runtime.profiler, imported here so that the app never needs torch
+    for its other commands."""
+    profiler = _load_profiler(args.device)
+    result = profiler.profile(args.device, args.dtype, args.quick, args.out,
+                              True if args.progress else None, force=args.force,
+                              threads=args.threads)
     tables = ", ".join(f"{name}.csv ({rows} rows)" for name, rows in result.rows.items())
     print(f"wrote {result.out_dir}: {tables}, meta.json in {duration(result.elapsed_s)}",
           flush=True)
-    return 0
 
 
 def _load_profiler(device: str) -> ModuleType:
     """runtime.profiler, or a SpecError naming the missing PyTorch."""
     try:
-        from runtime import profiler
+        from parasim.runtime import profiler
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "torch":
             raise
@@ -191,38 +175,44 @@ def _load_profiler(device: str) -> ModuleType:
     return profiler
 
 
-def _estimate(paths: list[str], overrides: list[str], as_json: bool, profile: list[str] | None,
-              strict: bool, trace: str | None = None, runs: int | None = None) -> int:
-    try:
-        fitted, measured = load_profiles(profile or [])
-    except ParasimError as err:
-        return _fail(err)
+def _estimate(args: argparse.Namespace, argv: list[str]) -> int:
+    """`parasim estimate`: each job's prediction; a job that fails is reported and the others
+    still run (exit status 2 if any failed)."""
+    if args.trace and len(args.jobs) > 1:
+        raise SpecError("--trace", args.trace, "writes the timeline of one job",
+                        "one JOB with --trace")
+    fitted, measured = load_profiles(args.profile or [])
     status = 0
-    for path in paths:
+    for path in args.jobs:
         try:
-            job = load_job_or_plan(path, overrides)
-            if job.layout is None:
-                raise SpecError("parallel", None, "missing: estimate predicts one layout",
-                                "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
-            _check_profile(measured, job, strict)
-            prediction = predict(job, profile=fitted, measured=measured,
-                                 record=trace is not None)
-            if runs is not None:
-                prediction = with_monte_carlo(prediction, job, runs)
-            if trace:
-                write_chrome_trace(trace, prediction.intervals,
-                                   title=f"{job.model.name}: {job.source}")
+            prediction, job = _estimate_one(path, args, fitted, measured)
         except ParasimError as err:
             status = EXIT_USER_ERROR
-            if as_json:
+            if args.json:
                 print(json.dumps({"job": path, "error": str(err)}), flush=True)
-            _fail(err, path if len(paths) > 1 else None)
+            _fail(err, path if len(args.jobs) > 1 else None)
             continue
-        if as_json:
+        if args.json:
             print(json.dumps({"job": path, **prediction.to_json()}), flush=True)
         else:
             print(format_estimate(job, prediction), flush=True)
     return status
+
+
+def _estimate_one(path: str, args: argparse.Namespace, fitted, measured):
+    """(prediction, job) of one job file or plan file, its trace written when asked."""
+    job = load_job_or_plan(path, args.overrides)
+    if job.layout is None:
+        raise SpecError("parallel", None, "missing: estimate predicts one layout",
+                        "a parallel section, e.g. {tp: 8, pp: 4} (plan searches layouts)")
+    _check_profile(measured, job, args.strict)
+    prediction = predict(job, profile=fitted, measured=measured, record=args.trace is not None)
+    if args.monte_carlo is not None:
+        prediction = with_monte_carlo(prediction, job, args.monte_carlo)
+    if args.trace:
+        write_chrome_trace(args.trace, prediction.intervals,
+                           title=f"{job.model.name}: {job.source}")
+    return prediction, job
 
 
 def _check_profile(measured, job, strict: bool) -> None:
@@ -241,7 +231,12 @@ def _check_profile(measured, job, strict: bool) -> None:
 def _fail(err: ParasimError, path: str | None = None) -> int:
     where = f"{path}: " if path else ""
     print(f"parasim: error: {where}{err}", file=sys.stderr, flush=True)
-    return EXIT_USER_ERROR
+    return err.exit_status
+
+
+COMMANDS = {"estimate": _estimate, "plan": plan_command, "topo": _topo, "profile": _profile,
+            "run": run_command, "validate": validate_command, "calibrate": calibrate_command,
+            "list": _list}
 
 
 def run() -> None:
