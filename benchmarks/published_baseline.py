@@ -29,7 +29,10 @@ from typing import Any, Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 
+from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.datasets import vtrain
+from parasim.simulator.datasets.published import (HAGEMANN_ASSUMPTIONS, HAGEMANN_FILE,
+                                                  hagemann_flags, hagemann_job)
 from parasim.simulator.datasets.vtrain import vtrain_job
 from parasim.simulator.errors import SpecError
 from parasim.simulator.jobfile import job_from_mapping
@@ -38,28 +41,17 @@ from parasim.simulator.results import StepPrediction
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 VTRAIN_FILES = vtrain.FILES
-HAGEMANN_FILE = "hagemann2023/layouts.csv"
 VTRAIN_PUBLISHED_MAPE = vtrain.PUBLISHED_MAPE_PCT  # vTrain's own simulator, data README
 GiB = 2**30
 
-# Hagemann: micro-batches per step for the memory check. 1F1B's peak holds min(pp - rank, m)
-# micro-batches, so any m >= pp gives the same peak; m = 2·pp (2 when pp = 1).
-MICROBATCHES_PER_STAGE = 2
 # Hagemann: a global batch of 4M tokens (LLaMA-1's, Touvron et al. 2023 §2.2) for the second MFU
 # comparison; 2048 sequences at 2k, 512 at 8k. An assumption, not in the spreadsheets.
 ASSUMED_BATCH_TOKENS = 4 * 2**20
 
-HAGEMANN_RECOMPUTE = {"none": "none", "full (checkpoint every layer)": "full"}
+USABLE_MEMORY = "  Memory: usable = 80 GiB·0.95 - 1 GiB = 75.0 GiB (profiles/analytic.yaml)."
 
-HAGEMANN_ASSUMPTIONS = """\
-  Hagemann LLaMA-1: swiglu, rmsnorm, rope, untied, vocab 32000, ffn from the row; bf16, ZeRO-1,
-           1f1b; dgx-a100 preset with a100-80gb, num_gpus/8 nodes; recompute 'none' -> none,
-           'full (checkpoint every layer)' -> full; sequence_parallel 'yes' -> true, 'no*' ->
-           false; flash_attention 'FlashAttention*' -> true, 'no (...)' -> false.
-           Memory: global batch = micro_batch·dp·2·pp (m = 2·pp micro-batches; m >= pp gives
-           1F1B's peak). Usable memory = 80 GiB·0.95 - 1 GiB = 75.0 GiB (profiles/analytic.yaml)."""
 ASSUMPTIONS = "assumptions (stated, not fitted):\n" + textwrap.indent(vtrain.ASSUMPTIONS, "  ") \
-    + "\n" + HAGEMANN_ASSUMPTIONS
+    + "\n" + HAGEMANN_ASSUMPTIONS + "\n" + USABLE_MEMORY
 
 
 # Reading -------------------------------------------------------------------------------------
@@ -81,40 +73,6 @@ def check_data_dir(data_dir: Path) -> str | None:
 
 
 # Jobs ----------------------------------------------------------------------------------------
-
-
-def hagemann_flags(row: dict[str, str]) -> tuple[str, bool, bool]:
-    """(recompute, sequence_parallel, flash_attention) from the spreadsheet's wording."""
-    recompute = HAGEMANN_RECOMPUTE.get(row["recompute"])
-    assert recompute is not None, f"unmapped recompute value {row['recompute']!r}"
-    sp, fa = row["sequence_parallel"], row["flash_attention"]
-    assert sp == "yes" or sp.startswith("no"), sp
-    assert fa.startswith("FlashAttention") or fa.startswith("no"), fa
-    return recompute, sp == "yes", fa.startswith("FlashAttention")
-
-
-def hagemann_job(row: dict[str, str], global_batch_size: int | None = None) -> dict[str, Any]:
-    """A Hagemann row as a job mapping; the global batch defaults to m = 2·pp micro-batches."""
-    tp, pp, dp, mbs = (int(row[k]) for k in ("tp", "pp", "dp", "micro_batch_size"))
-    recompute, sequence_parallel, flash = hagemann_flags(row)
-    if global_batch_size is None:
-        global_batch_size = mbs * dp * MICROBATCHES_PER_STAGE * max(pp, 1)
-    model = {"name": row["model_name"].split(" (")[0].lower().replace(" ", "-"),
-             "num_layers": int(row["num_layers"]), "hidden_size": int(row["hidden_size"]),
-             "num_attention_heads": int(row["num_heads"]),
-             "num_kv_heads": int(row["num_kv_heads"] or row["num_heads"]),
-             "ffn_hidden_size": int(row["ffn_hidden_size"]), "vocab_size": 32000,
-             "activation": "swiglu", "norm": "rmsnorm", "position_embedding": "rope",
-             "tied_embeddings": False}
-    return {
-        "model": model,
-        "cluster": {"base": "dgx-a100", "num_nodes": int(row["num_gpus"]) // 8, "gpu": "a100-80gb"},
-        "training": {"seq_length": int(row["seq_len"]), "global_batch_size": global_batch_size,
-                     "precision": "bf16", "flash_attention": flash},
-        "parallel": {"tp": tp, "pp": pp, "dp": dp, "micro_batch_size": mbs, "schedule": "1f1b",
-                     "sequence_parallel": sequence_parallel, "recompute": recompute,
-                     "zero_stage": 1},
-    }
 
 
 def assumed_global_batch(row: dict[str, str]) -> int:
@@ -139,7 +97,7 @@ def run_rows(rows: Iterable[dict[str, str]], make_job: Callable[[dict[str, str]]
     for row in rows:
         try:
             job = job_from_mapping(make_job(row), base_dir=REPO, source="published_baseline")
-            out.append(Outcome(row, predict(job), None))
+            out.append(Outcome(row, predict(job, profile=analytic_profile()), None))
         except SpecError as err:
             out.append(Outcome(row, None, err))
     return out
