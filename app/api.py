@@ -27,6 +27,7 @@ from parasim.simulator.job import Job
 from parasim.simulator.jobfile import apply_override, job_from_mapping, load_raw
 from parasim.simulator.predict import predict
 from parasim.simulator.results import StepPrediction
+from parasim.published_suite import validate_published
 from parasim.validate_cli import ValidateOptions, validate_suite
 from parasim.vtrain_suite import validate_vtrain
 
@@ -98,7 +99,7 @@ def write_plan(plan: Plan, path: str | Path, *, force: bool = False) -> Plan:
     if path.exists() and not force:
         raise SpecError("--out", str(path), "exists; refusing to overwrite it",
                         "another path, or --force")
-    _write_plan_file(path, plan.document())
+    _write_plan_file(path, plan.document(), force=force)
     return read_plan(path)
 
 
@@ -124,9 +125,12 @@ def validate(suite: str = "local", *, profile: Profiles = None, out: str | Path 
     """Validate the cost model and write a report folder (default reports/SUITE):
     `local` or `local-calibration` (or a suite file) plans, predicts and runs each job on this
     machine (PyTorch) against a measured profile (given, or measured first); `vtrain`
-    calibrates on half of the vTrain runs in `data_dir` and tests on the rest (no torch).
-    Returns the report's summary (local) or its rows (vtrain)."""
+    calibrates on half of the vTrain runs in `data_dir` and tests on the rest; `published`
+    fits each GPU generation on the published corpus and the public datasets and judges it
+    leave-one-source-out (no torch). Returns the report's summary (its rows for vtrain)."""
     command = f"parasim.validate({suite!r})"
+    if suite == "published":
+        return validate_published(data_dir=data_dir, out=out, force=force, command=command)
     if suite == "vtrain":
         return validate_vtrain(data_dir=data_dir, out=out, force=force, command=command)
     options = ValidateOptions(profiles=tuple(_names(profile)), steps=steps, warmup=warmup,

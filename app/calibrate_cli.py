@@ -10,7 +10,8 @@ measured profile's op times when one is given, by bounded least squares on log
 step times (`simulator.calibration.fit`), prints each with its 95% confidence interval (or why
 it was fixed) and the fit's error on the runs used, and writes the folder
 (`simulator.calibration.fitted`). Bad input, too few runs, or a fit that does not converge: one
-line on stderr, exit status 2, nothing written.
+line on stderr, exit status 2, nothing written. The folder is written whole or not at all
+(staged beside it, then renamed into place): a read-only or full disk leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from parasim.simulator.calibration.parameters import DEFAULT_NAMES
 from parasim.simulator.calibration.runs import SPLIT_RULE, file_sha256, read_runs, split
 from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
+from parasim.simulator.files import check_new_folder
 
 
 def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
@@ -66,10 +68,7 @@ def fit_profile(runs_file: str | Path, *, out: str | Path, params: Sequence[str]
                 command: str = "parasim.calibrate()") -> Calibration:
     """Fit `params` to the runs of `runs_file` over the given base and measured profiles,
     print the fit and write the fitted profile folder `out`."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
-                        "a new or empty folder, or --force")
+    out = check_new_folder(out, force=force, field="--out")
     if max_evaluations < 1:
         raise SpecError("--max-evaluations", max_evaluations, "must be positive", "e.g. 200")
     runs = read_runs(runs_file)
@@ -90,7 +89,7 @@ def fit_profile(runs_file: str | Path, *, out: str | Path, params: Sequence[str]
         "selection": SPLIT_RULE if calibration_half else "every run of the file",
         "lines": [r.line for r in used],
     }
-    write_fitted(out, result, facts)
+    write_fitted(out, result, facts, force=force)
     print(f"wrote {out}/profile.yaml and residuals.csv", flush=True)
     return result
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -16,11 +17,13 @@ from parasim.calibrate_cli import add_calibrate_parser, calibrate_command
 from parasim.planner.plan import load_job_or_plan
 from parasim.plan_cli import plan_command
 from parasim.report import duration, format_estimate, format_listing
-from parasim.run_cli import add_run_parser, run_command
+from parasim.run_cli import add_run_parser, run_command, sigterm_as_exit
 from parasim.validate_cli import add_validate_parser, validate_command
 from parasim.simulator.calibration.fitted import load_profiles
 from parasim.simulator.economics import with_monte_carlo
+from parasim.simulator.checks import require_number
 from parasim.simulator.errors import ParasimError, SpecError
+from parasim.simulator.files import check_new_file
 from parasim.simulator.jobfile import load_job
 from parasim.simulator.predict import predict
 from parasim.simulator.profile import mismatches
@@ -54,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "of each to combine them (default: the analytic model)")
     estimate.add_argument("--trace", metavar="FILE",
                           help="write the simulated step as a Chrome trace (opens in Perfetto; "
-                          "one job only)")
+                          "one job only): per pipeline rank its compute and its tp, cp, ep, pp "
+                          "and dp communication")
+    estimate.add_argument("--force", action="store_true", help="overwrite an existing --trace "
+                          "file")
     estimate.add_argument("--monte-carlo", type=int, metavar="N",
                           help="also simulate N runs with random failures (seeded): the spread "
                           "of the whole run's days (needs training.tokens)")
@@ -68,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="override a job field, e.g. parallel.tp=4")
     graph.add_argument("--png", metavar="FILE", help="draw the fabric and the first group of "
                        "each axis into FILE")
+    graph.add_argument("--force", action="store_true", help="overwrite an existing --png file")
     _add_profile_parser(commands)
     plan = commands.add_parser("plan", help="search the best parallel layout of a job")
     plan.add_argument("job", metavar="JOB", help="job file; `parallel:` fields are held fixed")
@@ -100,7 +107,7 @@ def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
     profile.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                          help="precision of every table (default: bf16 on cuda, fp32 on cpu)")
     profile.add_argument("--quick", action="store_true",
-                         help="small grids: about two minutes on a small CPU")
+                         help="small grids: about four minutes on a 2-core CPU")
     profile.add_argument("--out", metavar="DIR", default=None,
                          help="output folder (default: profiles/measured/DEVICE-DTYPE[-quick])")
     profile.add_argument("--threads", type=int, metavar="N",
@@ -108,7 +115,8 @@ def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
                          "ranks each use cores / ranks, so profile at that count to predict "
                          "them")
     profile.add_argument("--force", action="store_true",
-                         help="write into an --out folder that is not empty")
+                         help="write into an --out folder that is not empty (its other files "
+                         "are kept), and keep tables measured while the host was too busy")
     profile.add_argument("--progress", action="store_true",
                          help="draw the progress bar even when stderr is not a terminal")
 
@@ -117,7 +125,7 @@ def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
 INTERRUPTED = {
     "run": "no measurement written, every rank stopped",
     "validate": "every rank stopped, no report written",
-    "profile": "the profile folder has no meta.json",
+    "profile": "nothing written (the --out folder is as it was)",
 }
 
 
@@ -128,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.command]
     try:
+        check_numeric_flags(args)
         return command(args, argv) or 0
     except ParasimError as err:
         return _fail(err)
@@ -135,6 +144,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = INTERRUPTED.get(args.command, "nothing written")
         print(f"parasim: interrupted; {why}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`parasim estimate ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+# The numeric options checked here, before any command starts (so that no work, nor torch,
+# begins on one): attribute -> (smallest, largest, above the smallest). The integer options
+# not listed (--steps, --warmup, --repeat, --top, --max-evaluations, ...) are whole numbers by
+# argparse and checked by their commands before any work.
+NUMERIC_FLAGS = {
+    "timeout": (0, 7 * 24 * 3600, True), "inter_node_Gbps": (0, 1e6, True),
+    "inter_node_latency_us": (0, 1e7, False), "nproc": (1, None, False),
+    "emulate_nodes": (1, None, False), "max_gpus": (1, None, False),
+    "monte_carlo": (1, 1_000_000, False),
+}
+
+
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """SpecError for a numeric option that is NaN, infinite or out of its range."""
+    for name, (low, high, above) in NUMERIC_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            require_number("--" + name.replace("_", "-"), value, low, high, above=above,
+                           noun="an integer" if isinstance(value, int) else "a number")
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        cores = os.cpu_count() or 1
+        require_number("--threads", threads, 1, cores, valid=f"a thread count for this "
+                       f"machine's {cores} cores: 1 to {cores}")
 
 
 def _list(args: argparse.Namespace, argv: list[str]) -> None:
@@ -143,21 +181,24 @@ def _list(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _topo(args: argparse.Namespace, argv: list[str]) -> None:
     """`parasim topo`: the graph summary, the placement of each axis, optionally a PNG."""
+    if args.png:
+        check_new_file(args.png, force=args.force, field="--png")
     job = load_job(args.job, args.overrides)
     topology = topo.topology_of(job)
     places = topo.placements(job, topology) if job.layout is not None else None
     print(topo.format_topo(job, topology, places), flush=True)
     if args.png:
-        topo.draw_png(job, topology, places, args.png)
+        topo.draw_png(job, topology, places, args.png, force=args.force)
 
 
 def _profile(args: argparse.Namespace, argv: list[str]) -> None:
     """`parasim profile`: runtime.profiler, imported here so that the app never needs torch
     for its other commands."""
     profiler = _load_profiler(args.device)
-    result = profiler.profile(args.device, args.dtype, args.quick, args.out,
-                              True if args.progress else None, force=args.force,
-                              threads=args.threads)
+    with sigterm_as_exit():  # unwinds like Ctrl-C: the staged tables are removed
+        result = profiler.profile(args.device, args.dtype, args.quick, args.out,
+                                  True if args.progress else None, force=args.force,
+                                  threads=args.threads, keep_unsteady=args.force)
     tables = ", ".join(f"{name}.csv ({rows} rows)" for name, rows in result.rows.items())
     print(f"wrote {result.out_dir}: {tables}, meta.json in {duration(result.elapsed_s)}",
           flush=True)
@@ -181,6 +222,8 @@ def _estimate(args: argparse.Namespace, argv: list[str]) -> int:
     if args.trace and len(args.jobs) > 1:
         raise SpecError("--trace", args.trace, "writes the timeline of one job",
                         "one JOB with --trace")
+    if args.trace:
+        check_new_file(args.trace, force=args.force, field="--trace")
     fitted, measured = load_profiles(args.profile or [])
     status = 0
     for path in args.jobs:
@@ -210,7 +253,7 @@ def _estimate_one(path: str, args: argparse.Namespace, fitted, measured):
     if args.monte_carlo is not None:
         prediction = with_monte_carlo(prediction, job, args.monte_carlo)
     if args.trace:
-        write_chrome_trace(args.trace, prediction.intervals,
+        write_chrome_trace(args.trace, prediction.intervals, force=args.force,
                            title=f"{job.model.name}: {job.source}")
     return prediction, job
 

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from parasim.planner.plan import layout_mapping, make_plan, write_plan
-from parasim.report import duration, format_estimate
+from parasim.report import duration, durations, format_estimate
 from parasim.simulator.layout import recompute_text
 from parasim.planner.search import Scored, SearchResult, headroom
 from parasim.simulator.calibration.fitted import base_profile
-from parasim.simulator.errors import SpecError
+from parasim.simulator.files import check_new_file
 from parasim.simulator.job import Job
 from parasim.simulator.jobfile import load_raw
 
@@ -40,7 +40,8 @@ def why_lost(best: Scored, other: Scored, objective: str) -> str:
     gap = other.value(objective) / best.value(objective) - 1
     a, b = best.prediction.breakdown.as_dict(), other.prediction.breakdown.as_dict()
     name = max(a, key=lambda k: b[k] - a[k])
-    return (f"{gap:+.1%} {objective}: {name} {duration(b[name])} vs {duration(a[name])}"
+    theirs, ours = durations(b[name], a[name])
+    return (f"{gap:+.1%} {objective}: {name} {theirs} vs {ours}"
             + ("" if other.prediction.fits else ", does not fit"))
 
 
@@ -62,7 +63,8 @@ def format_plan(job: Job, result: SearchResult, objective: str) -> str:
     if not job.cluster.is_homogeneous:
         lines.append("  placement   node groups take the ranks in this order: " + ", ".join(
             f"{g.num_nodes} x {g.gpu.name}" for g in job.cluster.node_groups))
-    lines.append(f"  ties        {result.ties_note}")
+    if result.tied:  # the note says something only when layouts tied
+        lines.append(f"  ties        {result.ties_note}")
     for i, other in enumerate(runners_up(result), start=2):
         lines.append(f"  runner-up {i} {layout_text(other.layout)}: {why_lost(best, other, objective)}"
                      + _tie_text(result, best, other))
@@ -108,9 +110,8 @@ def plan_json(job: Job, result: SearchResult, objective: str) -> dict:
 
 def plan_command(args: argparse.Namespace, argv: list[str]) -> None:
     """`parasim plan`: SpecError or Infeasible for the CLI to report."""
-    if args.out and Path(args.out).exists() and not args.force:
-        raise SpecError("--out", args.out, "exists; refusing to overwrite it",
-                        "another path, or --force")
+    if args.out:
+        check_new_file(args.out, force=args.force, field="--out")
     try:
         plan = make_plan(load_raw(args.job, args.overrides), base_dir=Path(args.job).parent,
                          source=args.job, objective=args.objective, top=args.top,
@@ -119,12 +120,15 @@ def plan_command(args: argparse.Namespace, argv: list[str]) -> None:
                          progress=_bar())
     finally:
         _clear_bar()
+    exported = None
+    if args.export:  # before anything is written: a plan it cannot express is refused
+        from parasim.planner.export import export_layout
+        exported = export_layout(plan.job, args.export)
     if args.out:
-        write_plan(args.out, plan.document())
+        write_plan(args.out, plan.document(), force=args.force)
     if args.json:
         print(json.dumps(plan_json(plan.job, plan.result, args.objective)))
     else:
         print(format_plan(plan.job, plan.result, args.objective))
-    if args.export:
-        from parasim.planner.export import export_layout
-        print(export_layout(plan.job, args.export))
+    if exported is not None:
+        print(exported)

@@ -26,18 +26,38 @@ def _count(value: float) -> str:
     return str(int(value))
 
 
-def duration(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.1f} hours"
-    if seconds >= 120:
-        return f"{seconds / 60:.1f} min"
-    if seconds >= 1:
-        return f"{seconds:.3f} s"
-    return f"{seconds * 1e3:.2f} ms"
+# (seconds per unit, name, decimals): a duration is shown in the largest unit it reaches twice
+# (seconds from 1 s; milliseconds below)
+UNITS = ((86400.0, "days", 1), (3600.0, "hours", 1), (60.0, "min", 1), (1.0, "s", 3),
+         (1e-3, "ms", 2))
 
 
+def time_unit(seconds: float) -> tuple[float, str, int]:
+    """(seconds per unit, name, decimals) of the unit `duration` shows `seconds` in."""
+    for scale, name, decimals in UNITS:
+        if abs(seconds) >= (2 * scale if scale > 1 else scale):
+            return scale, name, decimals
+    return UNITS[-1]
+
+
+def duration(seconds: float, unit: tuple[float, str, int] | None = None) -> str:
+    """`8.461 s`, `647.04 ms`, `2.6 min`, `175.1 days`; in `unit` (a `time_unit`) when given,
+    with at least two significant digits (`0.00028 s`)."""
+    scale, name, decimals = unit or time_unit(seconds)
+    value = seconds / scale
+    text = f"{value:.{decimals}f}"
+    if value and abs(value) < 10.0 ** (1 - decimals):  # fewer than two digits would show
+        text = f"{value:.2g}"
+    return f"{text} {name}"
+
+
+def durations(*seconds: float, like: float | None = None) -> list[str]:
+    """Several durations of one line in one unit: the unit of `like`, by default of the
+    largest (`30.383 s to 2.6 min` becomes `0.51 min to 2.6 min`)."""
+    if not seconds:
+        return []
+    unit = time_unit(max(seconds, key=abs) if like is None else like)
+    return [duration(s, unit) for s in seconds]
 
 
 def _layout_line(job: Job) -> str:
@@ -61,6 +81,14 @@ def _cluster_line(job: Job) -> str:
     return f"{job.cluster.name}: {groups} ({job.cluster.world_size} GPUs)"
 
 
+def _interval_line(p: StepPrediction) -> str:
+    """The prediction interval and where it comes from, or why there is none."""
+    if p.step_band == (1.0, 1.0):
+        return f"  interval    none ({p.interval_source})"
+    low, high = durations(p.step_time_s_low, p.step_time_s_high)
+    return f"  interval    {low} to {high} ({p.interval_source})"
+
+
 def format_estimate(job: Job, p: StepPrediction) -> str:
     """The default output of `parasim estimate`."""
     mem = p.peak_stage
@@ -70,24 +98,32 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"  layout      {_layout_line(job)}; {p.microbatches} micro-batches per step",
         f"  step time   {duration(p.step_time_s)}   {_si(p.tokens_per_s)} tokens/s   "
         f"MFU {p.mfu:.1%}   HFU {p.hfu:.1%}   {p.tflops_per_gpu:.0f} TFLOP/s per GPU",
-        f"  interval    {duration(p.step_time_s_low)} to {duration(p.step_time_s_high)} "
-        "(5th-95th percentile of measured/predicted on the profile's calibration runs)",
+        _interval_line(p),
         f"  parameters  {_count(p.params_total)} total, {_count(p.params_active)} active per token",
         f"  memory      peak {mem.peak_bytes / GiB:.1f} GiB of {mem.capacity_bytes / GiB:.1f} GiB "
         f"usable per GPU: {verdict}",
         f"              weights {mem.weights_bytes / GiB:.1f}, gradients "
         f"{mem.gradients_bytes / GiB:.1f}, optimizer {mem.optimizer_bytes / GiB:.1f}, "
         f"activations {mem.activations_bytes / GiB:.1f} GiB",
-        "  breakdown   " + ", ".join(
-            f"{name} {duration(seconds)} ({seconds / p.step_time_s:.0%})"
-            for name, seconds in p.breakdown.as_dict().items() if seconds > 0),
+        "  breakdown   " + _breakdown_text(p),
     ]
+    if p.dropped_token_fraction > 0:
+        lines.append(f"  experts     {p.dropped_token_fraction:.1%} of the routed tokens "
+                     f"dropped: over capacity factor {job.model.capacity_factor:g} (router "
+                     f"skew {job.model.router_skew:g})")
     shares = ", ".join(f"{source} {share:.0%}" for source, share in p.sources.items() if share)
     lines.append(f"  sources     {shares} of the step time")
     lines += [f"  profile     {flag}" for flag in p.profile_flags]
     if p.run is not None:
         lines += run_lines(p.run, job.training.checkpoint_interval_steps is not None)
     return "\n".join(lines)
+
+
+def _breakdown_text(p: StepPrediction) -> str:
+    """`compute 5.674 s (67%), tp_comm 1.818 s (21%), ...`: the non-zero parts, one unit."""
+    parts = {name: s for name, s in p.breakdown.as_dict().items() if s > 0}
+    return ", ".join(f"{name} {text} ({seconds / p.step_time_s:.0%})" for (name, seconds), text
+                     in zip(parts.items(), durations(*parts.values())))
 
 
 def _tonnes(kg: float) -> str:
@@ -99,15 +135,18 @@ def run_lines(run: RunPrediction, interval_set: bool = False) -> list[str]:
     """The whole-run section of the estimate: time under failures, money, energy, risk."""
     r, m = run.reliability, run.reliability.model
     chosen = "training.checkpoint_interval_steps" if interval_set else "Young/Daly"
+    training, wall = durations(run.time_s, run.wall_time_s)
+    mtbf, lost, rework, restarts = durations(m.mtbf_s, r.lost_s, r.rework_s, r.restarts_s,
+                                             like=max(m.mtbf_s, 2 * 3600.0))  # hours or days
+    write, interval, restart = durations(m.checkpoint_s, r.interval_s, m.restart_s,
+                                         like=r.interval_s)
     lines = [
-        f"  whole run   {_si(run.tokens)} tokens = {run.steps} steps: {duration(run.time_s)} "
-        f"of training; expected {duration(run.wall_time_s)} with checkpoints and failures",
-        f"  failures    job MTBF {duration(m.mtbf_s)}: {r.interruptions:.0f} interruptions "
-        f"expected, {r.lost_s / 3600:.0f} h lost (rework {duration(r.rework_s)}, restarts "
-        f"{duration(r.restarts_s)}); goodput {r.goodput:.1%}",
-        f"  checkpoint  {run.checkpoint_bytes / GiB:.0f} GiB written in {duration(m.checkpoint_s)} "
-        f"every {r.interval_steps} steps ({duration(r.interval_s)}, {chosen}); restart "
-        f"{duration(m.restart_s)}",
+        f"  whole run   {_si(run.tokens)} tokens = {run.steps} steps: {training} of training; "
+        f"expected {wall} with checkpoints and failures",
+        f"  failures    job MTBF {mtbf}: {r.interruptions:.0f} interruptions expected, {lost} "
+        f"lost (rework {rework}, restarts {restarts}); goodput {r.goodput:.1%}",
+        f"  checkpoint  {run.checkpoint_bytes / GiB:.0f} GiB written in {write} every "
+        f"{r.interval_steps} steps ({interval}, {chosen}); restart {restart}",
         f"  cost        {_si(run.gpu_hours)} GPU-hours: ${_si(run.cost_on_demand_usd)} on demand, "
         f"${_si(run.cost_reserved_usd)} reserved ({run.pricing} counted)",
         f"  energy      {_si(run.energy_j / 3600, 'Wh')} at PUE {run.pue:.3g} (IT "

@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from parasim.planner.plan import Plan, read_plan
-from parasim.report import GiB, duration
+from parasim.planner.plan import Plan, check_inputs, read_plan
+from parasim.report import GiB, durations
 from parasim.runtime.shrink import shrink_job
+from parasim.simulator.checks import require_number
 from parasim.simulator.errors import SpecError
+from parasim.simulator.files import check_new_file
 
 
 def add_run_parser(commands: argparse._SubParsersAction) -> None:
@@ -44,18 +47,27 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
                      "(runtime/shrink.py): for plans of models this machine cannot hold")
     run.add_argument("--out", default="MEASUREMENT.json", metavar="MEASUREMENT.json",
                      help="where to write the measurement (MEASUREMENT.json)")
+    run.add_argument("--force", action="store_true",
+                     help="run a plan whose job, catalogs or cost model changed since it was "
+                     "planned (its hashes no longer match), and overwrite an existing --out")
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> None:
     """`parasim run`: measure the plan and write the measurement. SpecError (bad input, before
-    any process starts) or MeasurementError (exit status 1) for the CLI to report."""
-    measured = measure(read_plan(args.plan), steps=args.steps, warmup=args.warmup,
+    any process starts: an existing --out, a plan that changed since it was planned) or
+    MeasurementError (exit status 1) for the CLI to report."""
+    check_new_file(args.out, force=args.force, field="--out")
+    plan = read_plan(args.plan)
+    for change in check_inputs(args.plan, force=args.force):
+        print(f"parasim: warning: {args.plan}: {change}; running it anyway (--force)",
+              file=sys.stderr, flush=True)
+    measured = measure(plan, steps=args.steps, warmup=args.warmup,
                        nproc=args.nproc, timeout_s=args.timeout, shrink=args.shrink,
                        emulate_nodes=args.emulate_nodes, inter_node_Gbps=args.inter_node_Gbps,
                        inter_node_latency_us=args.inter_node_latency_us)
     from parasim.runtime.measure import write_measurement
 
-    write_measurement(args.out, measured)
+    write_measurement(args.out, measured, force=args.force)
     print(_summary(measured, args.out), flush=True)
 
 
@@ -64,6 +76,7 @@ def measure(plan: Plan, *, steps: int, warmup: int, nproc: int | None, timeout_s
             inter_node_latency_us: float):
     """`parasim.run`: the plan's Measurement (runtime.run.measure_plan, which imports torch)."""
     _check_options(steps, warmup, emulate_nodes, inter_node_Gbps)
+    require_number("--timeout", timeout_s, 0, 7 * 24 * 3600, above=True)
     job = shrink_job(plan.job) if shrink else plan.job
     run = _load_runtime(plan, emulate_nodes is not None)
     emulation = None
@@ -121,10 +134,10 @@ def sigterm_as_exit() -> Iterator[None]:
 
 def _summary(measured, out: str) -> str:
     spread = measured.step_time
+    median, p10, p90 = durations(spread.median_s, spread.p10_s, spread.p90_s)
     return (f"measured {len(measured.step_times_s)} steps on {len(measured.ranks)} ranks: "
-            f"step time {duration(spread.median_s)} (p10 {duration(spread.p10_s)}, p90 "
-            f"{duration(spread.p90_s)}), peak memory {_size(measured.peak_bytes)} per rank "
-            f"at most; wrote {out}")
+            f"step time {median} (p10 {p10}, p90 {p90}), peak memory "
+            f"{_size(measured.peak_bytes)} per rank at most; wrote {out}")
 
 
 def _size(nbytes: float) -> str:

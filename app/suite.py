@@ -21,7 +21,8 @@ import numpy as np
 from parasim import profiles
 from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
-from parasim.simulator.jobfile import read_text
+from parasim.simulator.checks import require_number
+from parasim.simulator.jobfile import model_spec, parallel_layout, read_text, training_spec
 from parasim.simulator.profile import ProfileDB
 from parasim.simulator.yamlfile import parse_text
 
@@ -69,13 +70,16 @@ def suite_path(name: str) -> Path:
 
 
 def load_suite(name: str) -> Suite:
+    """The suite `name` (shipped or a file), every job's model, training and layout checked
+    as far as they stand without the cluster: before anything is profiled or run."""
     path = suite_path(name)
     data = parse_text(read_text(path, "--suite"), str(path), "--suite")
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), list) or not data["jobs"]:
         raise SpecError(f"{path}: jobs", None if not isinstance(data, dict) else
                         data.get("jobs"), "missing or empty", "a list of jobs")
-    models, training = data.get("models") or {}, data.get("training") or {}
-    jobs = tuple(_job(entry, models, training, f"{path}: jobs[{i}]")
+    models = _section(data, "models", path)
+    training = _section(data, "training", path)
+    jobs = tuple(_job(entry, models, training, f"{path}: jobs[{i}]", path.parent)
                  for i, entry in enumerate(data["jobs"]))
     names = [job.name for job in jobs]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -84,29 +88,63 @@ def load_suite(name: str) -> Suite:
     return Suite(name=name, description=str(data.get("description") or "").strip(), jobs=jobs)
 
 
-def _job(entry: Any, models: dict, training: dict, field: str) -> SuiteJob:
+def _section(data: dict, key: str, path: Path) -> dict:
+    """`models` or `training` of a suite file: a mapping, or absent."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: {key}", value, "must be a mapping",
+                        "model mappings by name" if key == "models" else
+                        "training fields, e.g. {seq_length: 512, global_batch_size: 8}")
+    return value
+
+
+JOB_EXAMPLE = "e.g. {name: dp2, model: llama-tiny, parallel: {dp: 2}}"
+
+
+def _job(entry: Any, models: dict, training: dict, field: str, base_dir: Path) -> SuiteJob:
     if not isinstance(entry, dict):
         raise SpecError(field, entry, "must be a mapping", ", ".join(JOB_KEYS))
-    unknown = sorted(set(entry) - set(JOB_KEYS))
+    unknown = set(entry) - set(JOB_KEYS)
     if unknown:
-        raise SpecError(f"{field}.{unknown[0]}", entry[unknown[0]], "unknown suite job key",
+        key = min(unknown, key=str)
+        raise SpecError(f"{field}.{key}", entry[key], "unknown suite job key",
                         ", ".join(JOB_KEYS))
     for key in ("name", "model", "parallel"):
         if not entry.get(key):
-            raise SpecError(f"{field}.{key}", entry.get(key), "missing", "see the suite file's "
-                            "header (profiles/suites/local.yaml)")
+            raise SpecError(f"{field}.{key}", entry.get(key), "missing",
+                            f"every job sets name, model and parallel, {JOB_EXAMPLE}")
     model = entry["model"]
     if isinstance(model, str) and model in models:
         model = models[model]
+    for key in ("parallel", "training"):
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            raise SpecError(f"{field}.{key}", entry[key], "must be a mapping", JOB_EXAMPLE)
     nodes = entry.get("nodes", 1)
     rate_gbps = entry.get("inter_node_Gbps")
-    if not isinstance(nodes, int) or nodes < 1 or (nodes > 1) != (rate_gbps is not None):
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1 or (
+            nodes > 1) != (rate_gbps is not None):
         raise SpecError(f"{field}.nodes", nodes, "emulated nodes need a whole number of "
                         "nodes and their inter_node_Gbps", "nodes: 2 with inter_node_Gbps: 1")
+    if rate_gbps is not None:
+        rate_gbps = require_number(f"{field}.inter_node_Gbps", rate_gbps, 0, 1e6, above=True)
     raw = {"model": model, "training": {**training, **(entry.get("training") or {})},
            "parallel": dict(entry["parallel"])}
+    _check_job(raw, field, base_dir)
     return SuiteJob(name=str(entry["name"]), raw=raw, nodes=nodes,
-                    inter_node_bits_per_s=None if rate_gbps is None else float(rate_gbps) * 1e9)
+                    inter_node_bits_per_s=None if rate_gbps is None else rate_gbps * 1e9)
+
+
+def _check_job(raw: dict, field: str, base_dir: Path) -> None:
+    """The job's model, training and layout as far as they stand without a cluster; errors
+    name the suite job."""
+    try:
+        model_spec(raw["model"], base_dir)
+        training_spec(raw["training"])
+        parallel_layout(raw["parallel"])
+    except SpecError as err:
+        raise SpecError(f"{field}: {err.field}", err.value, err.why, err.valid) from None
 
 
 # The local cluster, from the measured profile ---------------------------------------------------

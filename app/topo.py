@@ -24,6 +24,7 @@ from parasim.report import duration, table
 from parasim.simulator.cost.comm import CollectiveCost, axis_network
 from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
+from parasim.simulator.files import save_figure
 from parasim.simulator.job import Job
 from parasim.simulator.placement import AXIS_NAMES, axis_groups
 from parasim.simulator.step_time import message_bytes, step_context
@@ -307,14 +308,16 @@ def format_topo(job: Job, topology: Topology, places: list[AxisPlacement] | None
 
 
 def draw_png(job: Job, topology: Topology, places: list[AxisPlacement] | None,
-             path: str | Path) -> None:
-    """Draw the fabric (or the graph file) with each axis's first group highlighted."""
+             path: str | Path, *, force: bool = False) -> None:
+    """Draw the fabric (or the graph file) with each axis's first group highlighted, into
+    `path` (atomically; an existing file only with `force`). A fabric of more hosts than a
+    picture holds shows a sample, and its title and legend say how many hosts are left out."""
     first = {p.axis: p.groups[0] for p in places or []}
     if isinstance(topology, FabricTopology):
         figure = _fabric_figure(job, topology, first)
     else:
         figure = _graph_figure(job, topology, first, str(path))
-    _save(figure, Path(path))
+    save_figure(figure, path, force=force, field="--png")
 
 
 def _new_figure(width_in: float, height_in: float) -> tuple[Figure, Axes]:
@@ -329,14 +332,6 @@ def _new_figure(width_in: float, height_in: float) -> tuple[Figure, Axes]:
     return figure, axes
 
 
-def _save(figure: Figure, path: Path) -> None:
-    try:
-        figure.savefig(path, format="png", dpi=110)
-    except OSError as err:
-        raise SpecError("--png", str(path), f"cannot write: {err.strerror or err}",
-                        "a writable file path") from None
-
-
 def _title(job: Job, topology: Topology, extra: str = "") -> str:
     lay = job.layout
     layout = (f"tp {lay.tp} · cp {lay.cp} · ep {lay.ep} · dp {lay.dp} · pp {lay.pp} "
@@ -345,11 +340,19 @@ def _title(job: Job, topology: Topology, extra: str = "") -> str:
             f"{_num_hosts(topology)} hosts\n{layout}{extra}")
 
 
-def _legend_handles(first: dict[str, np.ndarray]) -> list:
+def _legend_handles(first: dict[str, np.ndarray], shown: dict[str, tuple[int, int]]) -> list:
+    """One patch per highlighted group; `shown[axis]` = (its hosts drawn, its hosts), said
+    when some are left out."""
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=AXIS_COLOURS[a], label=f"{a} group 0: ranks {ranks_text(r)}")
-            for a, r in first.items()] + [Patch(facecolor="0.85", label="in none of these")]
+    def label(axis: str, ranks: np.ndarray) -> str:
+        drawn, hosts = shown.get(axis, (0, 0))
+        left_out = f" (on {hosts} hosts: {drawn} drawn, {hosts - drawn} left out)" \
+            if drawn < hosts else ""
+        return f"{axis} group 0: ranks {ranks_text(ranks)}{left_out}"
+
+    return [Patch(facecolor=AXIS_COLOURS[a], label=label(a, r)) for a, r in first.items()] \
+        + [Patch(facecolor="0.85", label="in none of these")]
 
 
 # A fabric as layers: core, spine, leaves over host boxes.
@@ -411,15 +414,25 @@ def _fabric_figure(job: Job, t: FabricTopology, first: dict[str, np.ndarray]) ->
     top = 3.0 if layers.core else 2.0 if len(layers.pods) else 1.0
     axes.set_xlim(-0.06, 1.02)
     axes.set_ylim(-0.45, top + 0.75)
-    extra = ""
-    if layers.hidden_hosts or layers.hidden_leaves:
-        extra = (f" — showing {len(layers.hosts)} of {t.num_hosts} hosts "
-                 f"(… {layers.hidden_hosts} more), {len(layers.leaves)} of {t.num_leaves} leaves")
-    axes.set_title(_title(job, t, extra), fontsize=10)
+    axes.set_title(_title(job, t, _left_out_text(t, layers)), fontsize=10)
     if first:
-        axes.legend(handles=_legend_handles(first), loc="upper right", fontsize=8,
+        shown = {axis: (int(np.isin(hosts, layers.hosts).sum()), len(hosts))
+                 for axis, hosts in ((a, np.unique(t.host[r])) for a, r in first.items())}
+        axes.legend(handles=_legend_handles(first, shown), loc="upper right", fontsize=8,
                     framealpha=0.9)
     return figure
+
+
+def _left_out_text(t: FabricTopology, layers: _Layers) -> str:
+    """What the picture leaves out, for its title: hosts, leaves and their links."""
+    parts = []
+    if layers.hidden_hosts:
+        parts.append(f"{len(layers.hosts)} of {t.num_hosts} hosts drawn, "
+                     f"{layers.hidden_hosts} left out")
+    if layers.hidden_leaves:
+        parts.append(f"{len(layers.leaves)} of {t.num_leaves} leaves drawn, "
+                     f"{layers.hidden_leaves} left out with their links")
+    return "\n" + "; ".join(parts) if parts else ""
 
 
 def _draw_fabric_edges(axes: Axes, t: FabricTopology, layers: _Layers, x_host, x_leaf,

@@ -41,12 +41,15 @@ from parasim.planner.plan import Plan, plan_document, read_plan, write_plan
 from parasim.run_cli import sigterm_as_exit
 from parasim.planner.search import Scored, economics
 from parasim.suite import Suite, SuiteJob, load_suite, local_cluster
+from parasim.published_report import render as render_published
+from parasim.published_suite import validate_published
 from parasim.vtrain_report import render as render_vtrain
 from parasim.vtrain_report import summary_lines as vtrain_summary_lines
 from parasim.vtrain_suite import validate_vtrain
 from parasim.simulator.calibration.fitted import fitted_dir, load_profiles
 from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.errors import ParasimError, SpecError
+from parasim.simulator.files import atomic_open, check_new_folder, make_folder, write_text_atomic
 from parasim.simulator.job import Job
 from parasim.simulator.jobfile import job_from_mapping
 from parasim.simulator.layout import Layout
@@ -55,6 +58,7 @@ from parasim.simulator.profile import ProfileDB, load_profile, mismatches
 from parasim.simulator.results import StepPrediction
 from parasim.simulator.validation import JobResult, Summary, summarize
 from parasim.simulator.validation_report import (
+    README,
     RunFacts,
     mebibytes,
     percent,
@@ -70,8 +74,10 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
     validate = commands.add_parser("validate", help="predict, run and compare a suite of jobs "
                                    "on this machine; write a report (needs PyTorch)")
     validate.add_argument("--suite", default="local", metavar="NAME|FILE",
-                          help="local (profiles/suites/local.yaml), a suite file, or vtrain "
-                          "(calibrate on half of the vTrain runs, test on the rest; no torch)")
+                          help="local (profiles/suites/local.yaml), a suite file, vtrain "
+                          "(calibrate on half of the vTrain runs, test on the rest; no torch) "
+                          "or published (fit per GPU generation on the published runs, "
+                          "leave-one-source-out; no torch)")
     validate.add_argument("--profile", metavar="DIR", action="append",
                           help="use this measured profile instead of profiling first (it "
                           "should be measured at cores / ranks threads); and/or a fitted "
@@ -93,9 +99,9 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
     validate.add_argument("--render", metavar="DIR", help="only rebuild DIR's README.md and "
                           "scatter.png from its results.csv and facts.json (no torch)")
     validate.add_argument("--data-dir", metavar="DIR",
-                          help="vtrain suite: the folder holding vtrain/ (default: "
-                          "$PARASIM_DATA, or the first shared/data beside or above this "
-                          "folder)")
+                          help="vtrain and published suites: the folder holding vtrain/, "
+                          "hagemann2023/ and mosaicml/ (default: $PARASIM_DATA, or the first "
+                          "shared/data beside or above this folder)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +136,16 @@ class ValidateOptions:
 def validate_command(args: argparse.Namespace, argv: list[str]) -> None:
     """`parasim validate`: SpecError for the CLI to report; KeyboardInterrupt passes."""
     command = "parasim " + " ".join(shlex.quote(a) for a in argv)
+    if args.suite == "published":
+        if args.render:
+            summary = render_published(Path(args.render))
+            print(f"rendered {args.render}: mean per-source error "
+                  f"{summary['mean_per_source_error']:.1%} (constant-MFU baseline "
+                  f"{summary['baseline_mean_per_source_error']:.1%})", flush=True)
+            return
+        validate_published(data_dir=args.data_dir, out=args.out, force=args.force,
+                           command=command)
+        return
     if args.suite == "vtrain":
         if args.render:
             rows = render_vtrain(Path(args.render))
@@ -160,19 +176,13 @@ def validate_suite(name: str, options: ValidateOptions, command: str) -> Summary
 
 
 def _out_dir(options: ValidateOptions, suite: Suite) -> Path:
-    """--out, or reports/<suite>; refused when it holds files, unless --force."""
+    """--out, or reports/<suite>; refused when it holds files, unless --force (then its
+    README.md, the marker of a complete report, goes first and comes back last)."""
     out = Path(options.out) if options.out else Path("reports") / Path(suite.name).stem
-    if out.exists() and not out.is_dir():
-        raise SpecError("--out", str(out), "exists and is not a folder", "a new or empty folder")
-    if out.is_dir() and any(out.iterdir()) and not options.force:
-        raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
-                        "a new or empty folder, or --force")
-    try:
-        for sub in (PLANS, MEASUREMENTS, JOBS):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SpecError("--out", str(out), f"cannot create the folder: {err.strerror}",
-                        "a writable folder") from None
+    check_new_folder(out, force=options.force, field="--out")
+    for sub in (PLANS, MEASUREMENTS, JOBS):
+        make_folder(out / sub, field="--out")
+    (out / README).unlink(missing_ok=True)
     return out
 
 
@@ -241,8 +251,8 @@ def _validate(options: ValidateOptions, suite: Suite, out: Path, runtime: Simple
         for r in results:
             print(f"  {job_line(r)}", flush=True)
     facts = _facts(ctx, suite, command, created, threads, load_before)
-    write_report(out, results, facts)
     _write_runs(out, results)
+    write_report(out, results, facts)  # README.md last: the report is complete
     summary = summarize(results)
     print("\n".join(summary_lines(summary) + [f"wrote {out}/README.md"]), flush=True)
     return summary
@@ -342,19 +352,20 @@ def _final_row(ctx: Context, job: SuiteJob, ready: Prepared | JobResult,
         return ready
     if runs and not _failed_before(runs):
         pooled = ctx.runtime.measure.pooled([run.measured for run in runs])
-        ctx.runtime.run.write_measurement(ctx.out / MEASUREMENTS / f"{job.name}.json", pooled)
+        ctx.runtime.run.write_measurement(ctx.out / MEASUREMENTS / f"{job.name}.json", pooled,
+                                          force=True)
         predicted = ready
         if job.nodes > 1:
             ctx.notes.append(_link_note(job, pooled.emulation))
             predicted = _with_measured_link(ctx, job, ready, pooled.emulation)
-        (ctx.out / JOBS / f"{job.name}.json").write_text(
-            json.dumps(predicted.raw, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(ctx.out / JOBS / f"{job.name}.json",
+                          json.dumps(predicted.raw, indent=2) + "\n", force=True, field="--out")
     return _row(ctx, job, ready, runs)
 
 
 def _write_runs(out: Path, results: list[JobResult]) -> None:
     """runs.csv: the measured jobs as a `parasim calibrate` runs file (job, step_time_s)."""
-    with (out / RUNS).open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(out / RUNS, force=True, field="--out", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["job", "step_time_s"])
         for r in results:
@@ -384,7 +395,7 @@ def _write_plan(ctx: Context, job: SuiteJob) -> Path:
     scored = Scored(layout=built.layout, prediction=prediction, dollars_per_step=dollars,
                     joules_per_step=joules, cluster=built.cluster)
     path = ctx.out / PLANS / f"{job.name}.json"
-    write_plan(path, plan_document(raw, scored, "time"))
+    write_plan(path, plan_document(raw, scored, "time"), force=True)
     return path
 
 

@@ -18,6 +18,7 @@ from parasim.simulator.calibration.fitted import PROFILE_FILE
 from parasim.simulator.calibration.stats import ErrorSummary
 from parasim.simulator.datasets.vtrain import PUBLISHED_MAPE_PCT
 from parasim.simulator.errors import SpecError
+from parasim.simulator.files import atomic_open, save_figure, write_text_atomic
 from parasim.simulator.yamlfile import load_data
 
 RESULTS, FACTS, README, ANALYSIS = "results.csv", "facts.json", "README.md", "analysis.md"
@@ -62,9 +63,10 @@ class RowResult:
         return self.low_s <= self.measured_s <= self.high_s
 
 
-def write_results(path: Path, rows: list[RowResult]) -> None:
+def write_results(path: Path, rows: list[RowResult], field: str = "--out") -> None:
+    """results.csv, atomically (over an earlier one: the report folder was checked)."""
     names = [f.name for f in fields(RowResult)]
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, force=True, field=field, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
@@ -184,7 +186,7 @@ def readme(rows: list[RowResult], facts: dict, fit: dict, analysis: str | None) 
     return "\n".join(parts) + "\n"
 
 
-def histogram_png(rows: list[RowResult], path: Path) -> None:
+def histogram_png(rows: list[RowResult], path: Path, field: str = "--out") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -201,10 +203,10 @@ def histogram_png(rows: list[RowResult], path: Path) -> None:
     axes.set_title("vTrain test runs, fitted profile")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=110)
+    save_figure(figure, path, force=True, field=field)
 
 
-def scatter_png(rows: list[RowResult], path: Path) -> None:
+def scatter_png(rows: list[RowResult], path: Path, field: str = "--out") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -228,11 +230,12 @@ def scatter_png(rows: list[RowResult], path: Path) -> None:
     axes.set_title("vTrain: predicted vs measured (dashed: ±10%)")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=110)
+    save_figure(figure, path, force=True, field=field)
 
 
-def render(folder: Path) -> list[RowResult]:
-    """README.md and the PNGs of `folder` from its data files."""
+def render(folder: Path, field: str = "--render") -> list[RowResult]:
+    """The PNGs, then README.md (the folder's marker: written last) of `folder` from its data
+    files, each atomically; SpecError naming `field` if one cannot be written."""
     rows = read_results(folder / RESULTS)
     try:
         facts = json.loads((folder / FACTS).read_text(encoding="utf-8"))
@@ -243,7 +246,8 @@ def render(folder: Path) -> list[RowResult]:
                         "a folder written by parasim validate --suite vtrain") from None
     analysis_path = folder / ANALYSIS
     analysis = analysis_path.read_text(encoding="utf-8") if analysis_path.exists() else None
-    (folder / README).write_text(readme(rows, facts, fit, analysis), encoding="utf-8")
-    histogram_png(rows, folder / HISTOGRAM)
-    scatter_png(rows, folder / SCATTER)
+    histogram_png(rows, folder / HISTOGRAM, field)
+    scatter_png(rows, folder / SCATTER, field)
+    write_text_atomic(folder / README, readme(rows, facts, fit, analysis), force=True,
+                      field=field)
     return rows

@@ -28,6 +28,7 @@ from parasim.data_dir import data_dir as find_data_dir
 from parasim.vtrain_report import (
     FACTS,
     PROFILE_DIR,
+    README,
     RESULTS,
     RowResult,
     render,
@@ -42,6 +43,7 @@ from parasim.simulator.calibration.stats import ErrorSummary
 from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile
 from parasim.simulator.datasets import vtrain
 from parasim.simulator.errors import SpecError
+from parasim.simulator.files import check_new_folder, make_folder, write_text_atomic
 from parasim.simulator.predict import predict
 from parasim.simulator.uncertainty import band_of
 
@@ -67,11 +69,8 @@ def _data_file(folder: Path, kind: str) -> Path:
 
 
 def _out_dir(out: str | Path | None, force: bool) -> Path:
-    out = Path(out or "reports/vtrain")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise SpecError("--out", str(out), "exists and is not empty; refusing to overwrite it",
-                        "a new or empty folder, or --force")
-    return out
+    """--out, or reports/vtrain: refused when it holds files, unless `force`."""
+    return check_new_folder(out or "reports/vtrain", force=force, field="--out")
 
 
 def _run(data: Path, command: str, out: Path, single: tuple[Run, ...],
@@ -91,12 +90,15 @@ def _run(data: Path, command: str, out: Path, single: tuple[Run, ...],
     rows = [_row(r, part, file, base, result.profile) for part, file, runs in (
         ("calibration", "single", calibration), ("test", "single", test), ("test", "multi", multi))
         for r in runs]
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, field="--out")
+    (out / README).unlink(missing_ok=True)  # the marker goes back last (`render`)
     write_results(out / RESULTS, rows)
-    write_fitted(out / PROFILE_DIR, result, _fit_facts(data, command, single, calibration))
+    write_fitted(out / PROFILE_DIR, result, _fit_facts(data, command, single, calibration),
+                 force=True)
     facts = _facts(data, command, out, calibration, test, multi, result.profile, start)
-    (out / FACTS).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    render(out)
+    write_text_atomic(out / FACTS, json.dumps(facts, indent=2) + "\n", force=True,
+                      field="--out")
+    render(out, field="--out")
     print("\n".join(summary_lines(rows) + [f"wrote {out}/README.md"]), flush=True)
     return rows
 

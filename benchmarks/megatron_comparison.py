@@ -3,8 +3,10 @@
 For each configuration (GPT 1.7B to 1T on 32 to 3,072 A100s; profiles/published_layouts.yaml)
 it predicts the published layout, plans the same job (model, GPUs, batch, fp16, no flash
 attention, as in 2021) with nothing fixed, and prints where the plan chose differently and why (the breakdown component that moved
-most), with the published throughput for reference. Both sides use the same uncalibrated cost
-model: this checks the search, not the model's accuracy.
+most), with the published throughput for reference. Both sides use parasim's default profile
+(fitted per GPU generation on the published corpus, which never includes this paper: it is
+one of the blind tests), so the plan-against-layout columns check the search, and the
+measured / predicted TFLOP/s column is a blind check of the model.
 
 Run: python3 benchmarks/megatron_comparison.py [--out reports/megatron_weak_scaling.md]
 """

@@ -12,9 +12,15 @@
   `ActivationCheckpoint`, `Model`, `Float8`); pipeline schedule names from
   `torch.distributed.pipelining.schedules.get_schedule_class`.
 
-What a framework cannot express becomes a comment line (`# ...`), never an error: the export
-is a starting point that a person reads before launching. Data, tokenizer, optimizer and
-checkpoint settings are not part of a layout and are left out.
+An export expresses the plan exactly or is refused: a layout choice the framework has no
+setting for, or one whose setting means something else (a schedule, a rank order, per-stage
+recompute counts, a sharding stage, an overlap), is a SpecError naming the choice and the
+`--set` that would make the plan expressible. Comment lines (`# ...`) only say what is derived
+rather than set (the data-parallel size, the vocabulary) and what to check on the framework's
+version. Data, tokenizer, optimizer and checkpoint settings are not part of a layout and are
+left out. `--grad-reduce-in-bf16`, `--accumulate-allreduce-grads-in-fp32` and
+`--moe-shared-expert-gate` were checked in Megatron-LM commit d98e8a6 (2026-08; the last is a
+TransformerConfig field, which `arguments.py` turns into a flag).
 """
 
 from __future__ import annotations
@@ -35,13 +41,20 @@ Flag = tuple[str, object]  # (flag, value); value None = a switch without a valu
 
 
 def export_layout(job: Job, fmt: str) -> str:
-    """The job's layout in framework `fmt` (one of FORMATS), as text ending in a newline."""
+    """The job's layout in framework `fmt` (one of FORMATS), as text ending in a newline;
+    SpecError when the framework cannot express the layout exactly (`refusal`)."""
     if fmt not in _EXPORTERS:
         raise SpecError("--export", fmt, "unknown format", ", ".join(FORMATS))
     if job.layout is None:
         raise SpecError("parallel", None, "the job has no layout to export",
                         "set the parallel section, or export a planned layout")
     return _EXPORTERS[fmt](job)
+
+
+def refusal(fmt: str, why: str, fix: str) -> SpecError:
+    """The one-line error of a layout that `fmt` cannot express exactly."""
+    return SpecError("--export", fmt, f"cannot express this plan exactly: {why}",
+                     f"{fix}, or leave --export out")
 
 
 def _summary(job: Job) -> str:
@@ -59,16 +72,16 @@ MEGATRON_ORDERS = {"tp-cp-dp-pp": None, "tp-cp-pp-dp": "--use-tp-pp-dp-mapping"}
 
 def _megatron(job: Job) -> str:
     notes: list[str] = []
-    flags = (_megatron_parallel(job, notes) + _megatron_pipeline(job)
-             + _megatron_batch(job) + _megatron_model(job.model, job, notes)
-             + _megatron_precision(job, notes) + _megatron_memory(job.layout, notes)
-             + _megatron_overlap(job.layout, notes))
+    flags = (_megatron_parallel(job) + _megatron_pipeline(job)
+             + _megatron_batch(job) + _megatron_model(job.model, job)
+             + _megatron_precision(job) + _megatron_memory(job, notes)
+             + _megatron_overlap(job.layout))
     header = [f"# Megatron-LM pretrain_gpt.py for {_summary(job)}",
               f"# data-parallel size {job.layout.dp} is not a flag: Megatron derives it as "
               "world size / (tp·pp·cp)",
               f"# vocabulary {job.model.vocab_size}: comes from the tokenizer "
               "(--tokenizer-type/--tokenizer-model); with NullTokenizer pass --vocab-size",
-              *(f"# not expressed: {note}" for note in notes)]
+              *(f"# check: {note}" for note in notes)]
     launch = _megatron_launch(job)
     lines = [launch] + [f"    {_flag_text(flag, value)}" for flag, value in flags]
     return "\n".join(header + [" \\\n".join(lines)]) + "\n"
@@ -79,15 +92,13 @@ def _flag_text(flag: str, value: object) -> str:
 
 
 def _megatron_launch(job: Job) -> str:
-    cluster = job.cluster
-    if cluster.is_homogeneous:
-        group = cluster.node_groups[0]
-        return (f"torchrun --nnodes {group.num_nodes} --nproc-per-node {group.gpus_per_node} "
-                "pretrain_gpt.py")
-    return f"torchrun --nnodes {cluster.num_nodes} pretrain_gpt.py"
+    assert job.cluster.is_homogeneous, "mixed node groups are refused (_megatron_parallel)"
+    group = job.cluster.node_groups[0]
+    return (f"torchrun --nnodes {group.num_nodes} --nproc-per-node {group.gpus_per_node} "
+            "pretrain_gpt.py")
 
 
-def _megatron_parallel(job: Job, notes: list[str]) -> list[Flag]:
+def _megatron_parallel(job: Job) -> list[Flag]:
     layout = job.layout
     flags: list[Flag] = [("--tensor-model-parallel-size", layout.tp),
                          ("--pipeline-model-parallel-size", layout.pp),
@@ -95,19 +106,35 @@ def _megatron_parallel(job: Job, notes: list[str]) -> list[Flag]:
                          ("--expert-model-parallel-size", layout.ep)]
     if layout.sequence_parallel and layout.tp > 1:
         flags.append(("--sequence-parallel", None))
-    dense_order = "-".join(axis for axis in layout.order.split("-") if axis != "ep")
-    if dense_order not in MEGATRON_ORDERS:
-        notes.append(f"rank order {layout.order} (Megatron-LM offers tp-cp-ep-dp-pp, or "
-                     "tp-cp-ep-pp-dp with --use-tp-pp-dp-mapping)")
-    elif MEGATRON_ORDERS[dense_order]:
-        flags.append((MEGATRON_ORDERS[dense_order], None))
+    mapping = MEGATRON_ORDERS.get(_megatron_order(layout), "")
+    if mapping:
+        flags.append((mapping, None))
     if not job.cluster.is_homogeneous:
-        notes.append("mixed node groups: Megatron-LM assumes the same GPUs on every node")
+        raise refusal("megatron", "mixed node groups (Megatron-LM gives every node the same "
+                      "GPUs and has no setting for which group serves which stage)",
+                      "plan on one kind of node")
     if layout.schedule == "gpipe" and layout.pp > 1:
-        notes.append("schedule gpipe: Megatron-LM has no GPipe schedule and runs 1F1B")
+        raise refusal("megatron", "schedule gpipe (Megatron-LM has no GPipe schedule)",
+                      "--set parallel.schedule=1f1b")
     if layout.schedule == "zero-bubble":
-        notes.append("schedule zero-bubble (ZB-H1): not in Megatron-LM, which runs 1F1B")
+        raise refusal("megatron", "schedule zero-bubble (ZB-H1 is not in Megatron-LM)",
+                      "--set parallel.schedule=1f1b, or interleaved")
     return flags
+
+
+def _megatron_order(layout: Layout) -> str:
+    """The layout's rank order as Megatron-LM names it (a MEGATRON_ORDERS key): its dense
+    axes, and experts carved out of data parallelism right after tp (Megatron-Core's expert
+    order tp-ep-dp-pp, cp folded into dp); SpecError otherwise."""
+    axes = layout.order.split("-")
+    dense = "-".join(axis for axis in axes if axis != "ep")
+    expert = [axis for axis in axes if axis != "cp"]
+    ep_follows_tp = "ep" not in expert or expert.index("ep") == expert.index("tp") + 1
+    if dense not in MEGATRON_ORDERS or (layout.ep > 1 and not ep_follows_tp):
+        raise refusal("megatron", f"rank order {layout.order} (Megatron-LM lays ranks out as "
+                      "tp-cp-ep-dp-pp, or tp-cp-ep-pp-dp with --use-tp-pp-dp-mapping)",
+                      "--set parallel.order=tp-cp-ep-dp-pp")
+    return dense
 
 
 def _megatron_pipeline(job: Job) -> list[Flag]:
@@ -143,14 +170,14 @@ def _megatron_batch(job: Job) -> list[Flag]:
             ("--seq-length", job.training.seq_length)]
 
 
-def _megatron_model(model: ModelSpec, job: Job, notes: list[str]) -> list[Flag]:
+def _megatron_model(model: ModelSpec, job: Job) -> list[Flag]:
     flags: list[Flag] = [("--num-layers", model.num_layers),
                          ("--hidden-size", model.hidden_size),
                          ("--num-attention-heads", model.num_attention_heads),
                          ("--ffn-hidden-size", model.ffn_hidden_size)]
     flags += _megatron_attention(model)
     flags += _megatron_blocks(model, job)
-    flags += _megatron_moe(model, job.layout, notes)
+    flags += _megatron_moe(model, job.layout)
     return flags
 
 
@@ -198,7 +225,7 @@ def _megatron_blocks(model: ModelSpec, job: Job) -> list[Flag]:
     return flags
 
 
-def _megatron_moe(model: ModelSpec, layout: Layout, notes: list[str]) -> list[Flag]:
+def _megatron_moe(model: ModelSpec, layout: Layout) -> list[Flag]:
     if not model.is_moe:
         return []
     flags: list[Flag] = [("--num-experts", model.num_experts),
@@ -214,23 +241,34 @@ def _megatron_moe(model: ModelSpec, layout: Layout, notes: list[str]) -> list[Fl
         flags.append(("--moe-expert-capacity-factor", model.capacity_factor))
     if layout.ep > 1:
         flags.append(("--moe-token-dispatcher-type", "alltoall"))
-    if model.shared_expert_gate:
-        notes.append("shared-expert sigmoid gate (no Megatron-LM flag checked)")
+    if model.shared_expert_gate:  # a sigmoid gate on the shared experts' output
+        flags.append(("--moe-shared-expert-gate", None))
     return flags
 
 
-def _megatron_precision(job: Job, notes: list[str]) -> list[Flag]:
+# (training precision, gradient buffer) -> the flag that sets it, where it is not the default
+# (Megatron-LM keeps bf16 and fp8 runs' gradients in fp32, fp16 runs' in fp16)
+MEGATRON_GRADS = {("bf16", "bf16"): "--grad-reduce-in-bf16", ("fp8", "bf16"): "--grad-reduce-in-bf16",
+                  ("fp16", "fp32"): "--accumulate-allreduce-grads-in-fp32"}
+
+
+def _megatron_precision(job: Job) -> list[Flag]:
     precision, grads = job.training.precision, job.training.grad_precision
     flags: list[Flag] = {"bf16": [("--bf16", None)], "fp16": [("--fp16", None)],
                          "fp8": [("--bf16", None), ("--fp8-format", "hybrid")],
                          "fp32": []}[precision]
-    if grads is not None and grads != {"fp16": "fp16", "fp32": "fp32"}.get(precision, "fp32"):
-        notes.append(f"{grads} gradient buffer (Megatron-LM keeps {precision} runs' gradients "
-                     f"in {'fp16' if precision == 'fp16' else 'fp32'})")
-    return flags
+    default = "fp16" if precision == "fp16" else "fp32"
+    if grads is None or grads == default:
+        return flags
+    if (precision, grads) not in MEGATRON_GRADS:
+        raise refusal("megatron", f"{grads} gradients in a {precision} run (Megatron-LM keeps "
+                      f"them in {default}, or bf16 in bf16 runs)",
+                      f"--set training.grad_precision={default}")
+    return flags + [(MEGATRON_GRADS[precision, grads], None)]
 
 
-def _megatron_memory(layout: Layout, notes: list[str]) -> list[Flag]:
+def _megatron_memory(job: Job, notes: list[str]) -> list[Flag]:
+    layout = job.layout
     flags: list[Flag] = {0: [], 1: [("--use-distributed-optimizer", None)],
                          2: [("--use-megatron-fsdp", None),
                              ("--data-parallel-sharding-strategy", "optim_grads")],
@@ -238,50 +276,62 @@ def _megatron_memory(layout: Layout, notes: list[str]) -> list[Flag]:
                              ("--data-parallel-sharding-strategy", "optim_grads_params")],
                          }[layout.zero_stage]
     if layout.zero_stage >= 2:
-        notes.append(f"ZeRO-{layout.zero_stage} is mapped to Megatron FSDP; check that it "
-                     "supports this pipeline/expert layout")
-    return flags + _megatron_recompute(layout, notes)
+        notes.append(f"ZeRO-{layout.zero_stage} is Megatron FSDP "
+                     f"({flags[-1][1]}); check that your Megatron-LM version runs it with "
+                     "this pipeline and expert layout")
+    return flags + _megatron_recompute(layout, job.stage_layers)
 
 
-def _megatron_recompute(layout: Layout, notes: list[str]) -> list[Flag]:
+def _megatron_recompute(layout: Layout, stages: tuple[int, ...]) -> list[Flag]:
     """Megatron-LM's block method recomputes the first N blocks of every model chunk (virtual
-    stage) in full; parasim may choose N per stage, and may mix it with selective recompute,
-    which Megatron-LM's one --recompute-granularity cannot."""
+    stage) in full and nothing else (`recompute_num_layers`, megatron/core TransformerConfig):
+    parasim's per-stage counts c_v are that exactly when one N gives min(N, layers_v) = c_v
+    on every stage and the other blocks are not recomputed; else the export is refused."""
     counts = layout.full_recompute_layers
-    if not counts:
+    if not counts or not any(counts):
         return {"none": [], "selective": [("--recompute-activations", None)],
                 "full": [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
                          ("--recompute-num-layers", 1)]}[layout.recompute]
-    most = max(counts)
-    if len(set(counts)) > 1:
-        notes.append(f"full recompute of {list(counts)} blocks per virtual stage: Megatron-LM "
-                     f"takes one --recompute-num-layers for all; the most ({most}) is used")
     if layout.recompute == "selective":
-        notes.append("selective recompute of the other blocks (Megatron-LM has one "
-                     "--recompute-granularity)")
+        raise refusal("megatron", f"full recompute of {list(counts)} blocks per virtual stage "
+                      "with selective recompute of the others (Megatron-LM takes one "
+                      "--recompute-granularity for every block)",
+                      "--set parallel.recompute=none (whole blocks only), or "
+                      "parallel.recompute=full")
+    most = max(counts)
+    if any(min(most, layers) != c for c, layers in zip(counts, stages)):
+        raise refusal("megatron", f"full recompute of {list(counts)} blocks per virtual stage "
+                      f"(of {list(stages)}): Megatron-LM's --recompute-num-layers recomputes "
+                      "the same first N blocks of every stage",
+                      f"--set parallel.full_recompute_layers=[{','.join([str(most)] * len(counts))}]"
+                      ", or parallel.recompute=full")
     return [("--recompute-granularity", "full"), ("--recompute-method", "block"),
             ("--recompute-num-layers", most)]
 
 
-def _megatron_overlap(layout: Layout, notes: list[str]) -> list[Flag]:
+def _megatron_overlap(layout: Layout) -> list[Flag]:
+    """The overlaps that act on this layout (an overlap of an axis of size 1, or of ZeRO
+    gathers without ZeRO, changes nothing and needs no flag)."""
     flags: list[Flag] = []
     if layout.overlap_grad_reduce:
         flags.append(("--overlap-grad-reduce", None))
-    if layout.overlap_param_gather:
-        if layout.zero_stage >= 1 and layout.overlap_grad_reduce:
-            flags.append(("--overlap-param-gather", None))
-        else:
-            notes.append("overlap_param_gather (Megatron-LM needs the distributed optimizer "
-                         "and --overlap-grad-reduce)")
-    if layout.tp_comm_overlap:
-        if layout.tp > 1 and layout.sequence_parallel:
-            flags.append(("--tp-comm-overlap", None))
-        else:
-            notes.append("tp_comm_overlap (Megatron-LM needs tp > 1 with --sequence-parallel)")
+    if layout.overlap_param_gather and layout.zero_stage >= 1:
+        if not layout.overlap_grad_reduce:
+            raise refusal("megatron", "overlap_param_gather without overlap_grad_reduce "
+                          "(Megatron-LM's --overlap-param-gather needs --overlap-grad-reduce)",
+                          "--set parallel.overlap_grad_reduce=true")
+        flags.append(("--overlap-param-gather", None))
+    if layout.tp_comm_overlap and layout.tp > 1:
+        if not layout.sequence_parallel:
+            raise refusal("megatron", "tp_comm_overlap without sequence parallelism "
+                          "(Megatron-LM's --tp-comm-overlap needs --sequence-parallel)",
+                          "--set parallel.sequence_parallel=true")
+        flags.append(("--tp-comm-overlap", None))
     if layout.ep_comm_overlap and layout.ep > 1:
         flags.append(("--overlap-moe-expert-parallel-comm", None))
     if layout.cp > 1 and not layout.cp_comm_overlap:
-        notes.append("cp_comm_overlap false (Megatron-LM's ring attention always overlaps)")
+        raise refusal("megatron", "cp_comm_overlap false (Megatron-LM's ring attention always "
+                      "overlaps)", "--set parallel.cp_comm_overlap=true")
     return flags
 
 
@@ -295,14 +345,19 @@ Section = dict[str, object]
 
 def _torchtitan(job: Job) -> str:
     notes: list[str] = []
+    if not job.cluster.is_homogeneous:
+        raise refusal("torchtitan", "mixed node groups (torchtitan has no setting for which "
+                      "group serves which stage)", "plan on one kind of node")
     sections = {"parallelism": _titan_parallelism(job, notes),
-                "training": _titan_training(job, notes),
-                "activation_checkpoint": _titan_checkpoint(job.layout, notes)}
+                "training": _titan_training(job),
+                "activation_checkpoint": _titan_checkpoint(job)}
+    if job.layout.tp_comm_overlap and job.layout.tp > 1:
+        sections["training"]["compile"] = True  # async tensor parallel runs only compiled
     sections.update(_titan_float8(job))
     header = [f"# torchtitan job config (TOML) for {_summary(job)}",
               f"# [model] name/flavor: the torchtitan model matching {job.model.name} "
               "(not derived here)",
-              *(f"# not expressed: {note}" for note in notes)]
+              *(f"# check: {note}" for note in notes)]
     body = [_toml_section(name, values) for name, values in sections.items()]
     return "\n".join(header) + "\n\n" + "\n\n".join(body) + "\n"
 
@@ -332,38 +387,43 @@ def _titan_parallelism(job: Job, notes: list[str]) -> Section:
                        "expert_parallel_degree": layout.ep,
                        "pipeline_parallel_degree": layout.pp}
     if layout.zero_stage in (1, 2):
-        notes.append(f"ZeRO-{layout.zero_stage}: torchtitan shards with FSDP2 (ZeRO-3); "
-                     "data_parallel_shard_degree is set as the nearest setting")
+        raise refusal("torchtitan", f"ZeRO-{layout.zero_stage} (torchtitan shards with FSDP2, "
+                      "which is ZeRO-3, or replicates with DDP, ZeRO-0)",
+                      "--set parallel.zero_stage=3, or parallel.zero_stage=0")
     if not sharded and (layout.tp > 1 or layout.pp > 1 or layout.cp > 1):
         notes.append("ZeRO-0 (DDP) with tp/pp/cp: older torchtitan raises 'DDP has not "
-                     "supported > 1D parallelism'; use data_parallel_shard_degree there")
+                     "supported > 1D parallelism'")
     shard = layout.dp if sharded else 1
     if layout.ep > 1 and not layout.cp <= layout.ep <= shard * layout.cp:
-        notes.append(f"expert_parallel_degree {layout.ep}: torchtitan needs "
-                     "context_parallel_degree <= ep <= data_parallel_shard_degree · cp")
+        raise refusal("torchtitan", f"expert_parallel_degree {layout.ep} (torchtitan needs "
+                      "context_parallel_degree <= ep <= data_parallel_shard_degree · cp)",
+                      "another --set parallel.ep")
     if layout.tp > 1 and not layout.sequence_parallel:
-        notes.append("sequence_parallel false: torchtitan's tensor-parallel plan always "
-                     "shards norms over tp")
-    if layout.tp_comm_overlap:
+        raise refusal("torchtitan", "sequence_parallel false (torchtitan's tensor-parallel "
+                      "plan always shards the norms over tp)",
+                      "--set parallel.sequence_parallel=true")
+    if layout.tp_comm_overlap and layout.tp > 1:
         values["enable_async_tensor_parallel"] = True
-        notes.append("tp_comm_overlap: async tensor parallel takes effect only with "
-                     "[training] compile = true")
-    if layout.order != "tp-cp-ep-dp-pp":
-        notes.append(f"rank order {layout.order} (torchtitan builds its own device mesh)")
+        notes.append("tp_comm_overlap is torchtitan's async tensor parallel, which runs only "
+                     "under torch.compile ([training] compile = true): compiling also fuses "
+                     "other ops, which parasim's prediction does not model")
+    dense = "-".join(axis for axis in layout.order.split("-") if axis != "ep")
+    if dense != "tp-cp-dp-pp" or (layout.ep > 1 and layout.order != "tp-cp-ep-dp-pp"):
+        raise refusal("torchtitan", f"rank order {layout.order} (torchtitan's device mesh "
+                      "lays ranks out as tp-cp-ep-dp-pp)", "--set parallel.order=tp-cp-ep-dp-pp")
     if layout.pp > 1:
-        values.update(_titan_pipeline(job, notes))
+        values.update(_titan_pipeline(job))
     return values
 
 
-def _titan_pipeline(job: Job, notes: list[str]) -> Section:
+def _titan_pipeline(job: Job) -> Section:
     layout = job.layout
+    if layout.schedule == "zero-bubble":
+        raise refusal("torchtitan", "schedule zero-bubble (parasim's ZB-H1 has one stage per "
+                      "rank; torchtitan's ZBVZeroBubble two, V-shaped)",
+                      "--set parallel.schedule=1f1b, or interleaved")
     schedule = TORCHTITAN_SCHEDULES[layout.schedule]
     stages = job.stage_layers
-    if layout.schedule == "zero-bubble":
-        notes.append("schedule zero-bubble: parasim models ZB-H1 with one stage per rank; "
-                     "torchtitan's ZBVZeroBubble needs two (V-shaped) stages per rank, so the "
-                     "split points below are parasim's stages halved")
-        stages = _halve_stages(stages)
     bounds, total = [], 0
     for n in stages[:-1]:
         total += n
@@ -373,15 +433,7 @@ def _titan_pipeline(job: Job, notes: list[str]) -> Section:
             "pipeline_parallel_split_points": bounds}
 
 
-def _halve_stages(stages: tuple[int, ...]) -> tuple[int, ...]:
-    """Each stage split in two (the larger half first); a 1-layer stage cannot be halved."""
-    halves: list[int] = []
-    for n in stages:
-        halves += [n - n // 2, n // 2] if n > 1 else [n]
-    return tuple(halves)
-
-
-def _titan_training(job: Job, notes: list[str]) -> Section:
+def _titan_training(job: Job) -> Section:
     layout, training = job.layout, job.training
     if layout.pp > 1:  # a pipeline step takes the whole per-replica batch as micro-batches
         local = training.global_batch_size // layout.dp
@@ -395,23 +447,33 @@ def _titan_training(job: Job, notes: list[str]) -> Section:
     elif training.precision == "fp32":
         values["mixed_precision_param"] = "float32"
     else:
-        notes.append("precision fp16: torchtitan's mixed_precision_param is bfloat16 or float32")
+        raise refusal("torchtitan", "precision fp16 (torchtitan's mixed_precision_param is "
+                      "bfloat16 or float32)", "--set training.precision=bf16")
+    if training.grad_precision not in (None, "fp32"):
+        raise refusal("torchtitan", f"{training.grad_precision} gradients (torchtitan reduces "
+                      "them in float32)", "--set training.grad_precision=fp32")
     if layout.pp > 1:
         assert num_microbatches(training, layout) * layout.micro_batch_size == local
     return values
 
 
-def _titan_checkpoint(layout: Layout, notes: list[str]) -> Section:
-    if layout.full_recompute_layers:
-        notes.append(f"full recompute of {list(layout.full_recompute_layers)} blocks per virtual "
-                     "stage: torchtitan checkpoints every block or every n-th, so all are")
+def _titan_checkpoint(job: Job) -> Section:
+    """torchtitan's activation checkpointing: none, or every block in full (`full`); its
+    `selective` modes (per op, or every n-th block) are not parasim's selective recompute
+    (Korthikanti et al. 2022's attention core) nor its first-N-blocks-per-stage counts."""
+    layout = job.layout
+    counts = layout.full_recompute_layers
+    if counts and any(counts):
+        if list(counts) != list(job.stage_layers):
+            raise refusal("torchtitan", f"full recompute of {list(counts)} blocks per virtual "
+                          "stage (torchtitan checkpoints every block, every n-th, or none)",
+                          "--set parallel.recompute=full, or parallel.recompute=none")
         return {"mode": "full"}
-    values: Section = {"mode": layout.recompute}
     if layout.recompute == "selective":
-        values["selective_ac_option"] = "op"
-        notes.append("recompute selective (attention core, Korthikanti 2022) is approximated "
-                     "by torchtitan's per-op selective checkpointing")
-    return values
+        raise refusal("torchtitan", "recompute selective (torchtitan's selective checkpointing "
+                      "saves other tensors than the attention core parasim recomputes)",
+                      "--set parallel.recompute=full, or parallel.recompute=none")
+    return {"mode": layout.recompute}
 
 
 def _titan_float8(job: Job) -> dict[str, Section]:

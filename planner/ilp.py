@@ -94,7 +94,10 @@ class SplitProblem:
     layer_activation_bytes: tuple[float, ...]  # act_k: one block's stored activations, per mode
     rebuild_bytes: float = 0.0  # transient: the activations a fully recomputed block rebuilds
     in_flight: tuple[float, ...]  # per rank: micro-batches of all its layers held at the peak
-    stage_bytes: tuple[float, ...]  # per virtual stage: extra bytes (embedding/head states, acts)
+    # per virtual stage: the bytes beyond its blocks' per-block terms (embedding and head states
+    # and activations, working buffers); negative where its blocks weigh less than
+    # layer_state_bytes says (the dense first blocks of an MoE model)
+    stage_bytes: tuple[float, ...]
     placements: tuple[Placement, ...]  # O: the assignments of node groups to choose from
     min_layers: int = 1  # per virtual stage
 
@@ -111,7 +114,7 @@ class SplitProblem:
         _check("placements", self.placements, bool(self.placements), "needs at least one")
         self._set_vector("layer_activation_bytes", len(self.modes))
         self._set_vector("in_flight", self.ranks)
-        self._set_vector("stage_bytes", self.stages)
+        self._set_vector("stage_bytes", self.stages, signed=True)
         for o, placement in enumerate(self.placements):
             _check(f"placements[{o}].layer_time_s", placement.layer_time_s,
                    len(placement.layer_time_s) == self.ranks and all(
@@ -124,10 +127,10 @@ class SplitProblem:
                        len(values) == length and min(values) >= 0,
                        f"needs {length} non-negative values")
 
-    def _set_vector(self, name: str, length: int) -> None:
+    def _set_vector(self, name: str, length: int, signed: bool = False) -> None:
         values = tuple(float(value) for value in getattr(self, name))
         _check(name, values, len(values) == length, f"needs one value each for {length}")
-        _check(name, values, min(values) >= 0, "must not be negative")
+        _check(name, values, signed or min(values) >= 0, "must not be negative")
         object.__setattr__(self, name, values)
 
     @property

@@ -4,7 +4,8 @@
 `parasim plan --out PLAN.json` writes the plan file (the job with the chosen layout, its
 prediction and the inputs' hashes, as JSON); `parasim run PLAN.json` (the runtime) executes
 it. The schema is versioned; the hashes let a later run tell whether the job, the catalogs or
-the cost model changed since the plan was made.
+the cost model changed since the plan was made (`check_inputs`: `parasim run` refuses such a
+plan unless --force). The file is written atomically and never over another without --force.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pathlib import Path
 
 from parasim import profiles
 from parasim.planner.search import Objective, Scored, SearchResult, search, smallest_fix
-from parasim.planner.space import fixed_fields
+from parasim.planner.space import MAX_PLAN_GPUS, enumerate_space, fixed_fields
+from parasim.simulator.checks import require_count, require_int
 from parasim.simulator.cost.profile import AnalyticProfile
-from parasim.simulator.errors import Infeasible, SpecError
+from parasim.simulator.errors import Infeasible, ParasimError, SpecError
+from parasim.simulator.files import write_text_atomic
 from parasim.simulator.hardware import ClusterSpec
 from parasim.simulator.job import Job
 from parasim.simulator.jobfile import apply_override, job_from_mapping, load_job, load_raw, read_text
@@ -63,8 +66,7 @@ def make_plan(raw: dict, *, base_dir: Path, source: str, objective: Objective = 
     cluster or (with `max_gpus`) on every power-of-two count of its nodes up to that many GPUs;
     the best by `objective`. Infeasible, with the smallest change that would fit, when none
     fits."""
-    if top < 1:
-        raise SpecError("--top", top, "must report at least one layout", "1 or more")
+    require_count("--top", top)
     unlaid = {k: v for k, v in raw.items() if k != "parallel"}
     fixed = fixed_fields(raw.get("parallel"))
     job = job_from_mapping(unlaid, base_dir=base_dir, source=source)
@@ -76,8 +78,7 @@ def make_plan(raw: dict, *, base_dir: Path, source: str, objective: Objective = 
         except Infeasible:
             continue
     if not results:
-        raise Infeasible(f"no layout of {job.model.name} fits on {job.cluster.world_size} GPUs; "
-                         f"smallest change: {smallest_fix(job, fixed)}")
+        raise no_layout(job, fixed)
     variant, result = min(results, key=lambda r: r[1].chosen.value(objective))
     best = result.chosen
     if variant is not job:
@@ -90,6 +91,31 @@ def make_plan(raw: dict, *, base_dir: Path, source: str, objective: Objective = 
                 objective=objective, result=result)
 
 
+def no_layout(job: Job, fixed: dict) -> ParasimError:
+    """Why no layout of the job was found, as the error to raise: the real reason when the
+    job's own layouts fail its checks before memory is looked at (a SpecError on a fixed
+    `parallel:` field or on the model, cluster or training), else Infeasible with the smallest
+    change that would make it fit."""
+    space = enumerate_space(job, fixed)
+    if not space.layouts and len(space.errors) == len(space.rejected):  # none got to memory
+        reason = space.rejected.most_common(1)[0][0]
+        error = space.errors[reason]
+        if _is_input(error.field, fixed):
+            return error
+        counts = "; ".join(f"{n} {why}" for why, n in space.rejected.most_common(3))
+        return Infeasible(f"no layout of {job.model.name} passes its checks on "
+                          f"{job.cluster.world_size} GPUs ({counts})")
+    return Infeasible(f"no layout of {job.model.name} fits on {job.cluster.world_size} "
+                      f"GPUs; smallest change: {smallest_fix(job, fixed)}")
+
+
+def _is_input(field: str, fixed: dict) -> bool:
+    """Whether an error names something the user set: a fixed `parallel:` field, or the
+    model, cluster or training (not a degree the planner chose)."""
+    name = field.removeprefix("parallel.").split("[")[0]
+    return not field.startswith("parallel.") or name in fixed
+
+
 def with_max_gpus(job: Job, max_gpus: int | None) -> list[Job]:
     """The job on its cluster, or on every power-of-two number of its nodes up to max_gpus."""
     if max_gpus is None:
@@ -99,9 +125,13 @@ def with_max_gpus(job: Job, max_gpus: int | None) -> list[Job]:
         raise SpecError("--max-gpus", max_gpus, "needs a cluster of one node group",
                         "a homogeneous cluster")
     per_node = groups[0].gpus_per_node
+    require_int("--max-gpus", max_gpus)
+    if max_gpus > MAX_PLAN_GPUS:
+        raise SpecError("--max-gpus", max_gpus, "is more GPUs than plan searches "
+                        f"({MAX_PLAN_GPUS:,})", f"an integer from {per_node} to {MAX_PLAN_GPUS:,}")
     if max_gpus < per_node:
         raise SpecError("--max-gpus", max_gpus, f"is less than one {per_node}-GPU node",
-                        f"a number >= {per_node}")
+                        f"an integer from {per_node} to {MAX_PLAN_GPUS:,}")
     counts, nodes = [], 1
     while nodes * per_node <= max_gpus:
         counts.append(nodes)
@@ -160,7 +190,6 @@ def plan_document(raw_job: dict, best: Scored, objective: str) -> dict:
     """The JSON object of a plan: the job with the chosen layout filled in."""
     unlaid = {k: v for k, v in raw_job.items() if k != "parallel"}
     job = {**unlaid, "parallel": _parallel_section(best.layout)}
-    data_hashes = {name: _sha256(profiles.path(name).read_bytes()) for name in HASHED_DATA}
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -169,20 +198,64 @@ def plan_document(raw_job: dict, best: Scored, objective: str) -> dict:
         "prediction": best.prediction.to_json(),
         "dollars_per_step": best.dollars_per_step,
         "joules_per_step": best.joules_per_step,
-        "inputs": {"job_sha256": _sha256(json.dumps(unlaid, sort_keys=True, default=str)
-                                         .encode()), **{f"{k}_sha256": v
-                                                        for k, v in data_hashes.items()}},
+        "inputs": plan_inputs(job),
     }
 
 
-def write_plan(path: str | Path, document: dict) -> None:
-    """Write a plan document (`plan_document`) as JSON."""
-    try:
-        Path(path).write_text(json.dumps(document, indent=2, default=str) + "\n",
-                              encoding="utf-8")
-    except OSError as err:
-        raise SpecError("--out", str(path), f"cannot write: {err.strerror}",
-                        "a writable file path") from None
+def plan_inputs(job: dict) -> dict[str, str]:
+    """The plan file's `inputs`: the sha256 of its job (the whole mapping, `parallel:`
+    included, as canonical JSON) and of each catalog and cost-model file it was planned with
+    (`job_sha256`, `gpus.yaml_sha256`, ...). `check_inputs` compares them again."""
+    return {"job_sha256": job_sha256(job), **data_hashes()}
+
+
+def data_hashes() -> dict[str, str]:
+    """sha256 of each catalog and cost-model file a plan depends on, as `inputs` names them."""
+    return {f"{name}_sha256": _sha256(profiles.path(name).read_bytes()) for name in HASHED_DATA}
+
+
+def job_sha256(job: dict) -> str:
+    """sha256 of a job mapping as canonical JSON (keys sorted), the same before it is written
+    to a plan file and after it is read back."""
+    canonical = json.loads(json.dumps(job, default=str))  # what the file holds
+    return _sha256(json.dumps(canonical, sort_keys=True).encode())
+
+
+def changed_inputs(path: str | Path) -> list[str]:
+    """What no longer matches the plan file's `inputs` hashes, in words (empty: nothing): its
+    job edited since it was planned, or a catalog or cost-model file changed since."""
+    path = Path(path)
+    document = _plan_document(path)
+    job = _plan_job(path, document)
+    inputs = document["inputs"]
+    if not isinstance(inputs, dict):
+        return ["it holds no input hashes (`inputs` is not a mapping)"]
+    changed = []
+    if inputs.get("job_sha256") != job_sha256(job):
+        changed.append("its job was edited after planning (job_sha256 does not match the "
+                       "job it holds)")
+    for name, expected in data_hashes().items():
+        if inputs.get(name) != expected:
+            changed.append(f"{name.removesuffix('_sha256')} changed since it was planned "
+                           f"({name} differs)")
+    return changed
+
+
+def check_inputs(path: str | Path, *, force: bool) -> list[str]:
+    """SpecError naming what changed since the plan file was made (`changed_inputs`), unless
+    `force`; what changed (for a warning when forced)."""
+    changed = changed_inputs(path)
+    if changed and not force:
+        raise SpecError("plan", str(path), "; ".join(changed), "plan the job again (`parasim "
+                        "plan JOB --out PLAN.json`), or --force to run it as it is")
+    return changed
+
+
+def write_plan(path: str | Path, document: dict, *, force: bool = False) -> None:
+    """Write a plan document (`plan_document`) as JSON, atomically; an existing file only
+    with `force` (SpecError naming --out otherwise, or if it cannot be written)."""
+    write_text_atomic(path, json.dumps(document, indent=2, default=str) + "\n", force=force,
+                      field="--out")
 
 
 REQUIRED_KEYS = ("schema_version", "job", "prediction", "inputs")
@@ -211,9 +284,10 @@ def load_job_or_plan(path: str | Path, overrides: list[str] = ()) -> Job:
     return job_from_mapping(raw, base_dir=Path(path).parent, source=str(path))
 
 
-def _plan_job(path: Path) -> dict:
-    """The job mapping of a plan file this parasim wrote (`read_plan`'s checks)."""
-    document = _plan_document(path)
+def _plan_job(path: Path, document: dict | None = None) -> dict:
+    """The job mapping of a plan file this parasim wrote (`read_plan`'s checks); `document`:
+    the file's object, when already read."""
+    document = _plan_document(path) if document is None else document
     missing = [key for key in REQUIRED_KEYS if key not in document]
     if missing:
         raise SpecError("plan", str(path), f"missing {', '.join(missing)}", _REMAKE)
@@ -236,6 +310,9 @@ def _plan_document(path: Path) -> dict:
     except json.JSONDecodeError as err:
         raise SpecError("plan", str(path), f"is not JSON: {err.msg} at line {err.lineno} "
                         f"column {err.colno}", _REMAKE) from None
+    except (ValueError, RecursionError) as err:  # a 5000-digit number, nesting too deep
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0]
+        raise SpecError("plan", str(path), f"is not JSON: {why}", _REMAKE) from None
     if not isinstance(document, dict):
         raise SpecError("plan", str(path), f"is a JSON {type(document).__name__}, not an "
                         "object", _REMAKE)

@@ -29,8 +29,8 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
 from parasim.planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
-from parasim.planner.space import Space, enumerate_space
-from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile
+from parasim.planner.space import MAX_PLAN_GPUS, Space, enumerate_space
+from parasim.simulator.cost.profile import AnalyticProfile, default_profile
 from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
 from parasim.simulator.hardware import ClusterSpec
@@ -114,7 +114,7 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     """The best layouts of `job` for `objective`; `fixed` fields of `parallel:` held; the
     cost model's constants from `profile` (default profiles/analytic.yaml)."""
     start = time.perf_counter()
-    profile = profile or analytic_profile()
+    profile = profile or default_profile()
     space = enumerate_space(job, fixed)
     rejected = Counter(space.rejected)
     estimates = _estimates(job, space, rejected, progress, profile)
@@ -158,7 +158,8 @@ def break_ties(ranked: tuple[Scored, ...], objective: Objective, profile: Analyt
     layout shares, and would tie layouts several times apart."""
     best = ranked[0]
     if not profile.band.calibrated:
-        return best, (), "not broken: the profile's interval is not calibrated"
+        return best, (), ("not looked for: the profile's interval is not calibrated (a fitted "
+                          "profile, --profile, breaks ties by memory headroom)")
     high = interval(best, objective)[1]
     tied = tuple(s for s in ranked[1:] if interval(s, objective)[0] <= high)
     chosen = max((best, *tied), key=headroom)
@@ -290,7 +291,7 @@ def split_problem(job: Job, profile: AnalyticProfile | None = None
     """The ILP's cost table from the cost model: per-block time in each recompute mode on each
     rank's GPUs under each order of the node groups, block states and activations, the ends'
     embedding and LM head, each rank's in-flight micro-batches and memory."""
-    layout, model, profile = job.layout, job.model, profile or analytic_profile()
+    layout, model, profile = job.layout, job.model, profile or default_profile()
     modes = (layout.recompute,) if layout.recompute == FULL else (layout.recompute, FULL)
     orders = node_group_orders(job)
     ctx = step_context(job, profile)
@@ -323,7 +324,10 @@ def _held_beyond_blocks(job: Job, ctx: StepContext, in_flight: tuple[float, ...]
     per-block terms: the embedding's and LM head's states and activations, the working
     buffers (ZeRO-3's gathered weights), anything it adds. Its memory of the default split
     less the per-block terms of that split; none of it depends on the split, so the ILP's
-    memory equals `rank_memory` for every split (one memory model, `tests/test_ilp.py`)."""
+    memory equals `rank_memory` for every split (one memory model, `tests/test_plan.py`).
+    Negative where the rank's blocks weigh less than the per-block terms (an MoE model's
+    dense first blocks, which the program prices as MoE blocks: exact at the default
+    split)."""
     layout, params = job.layout, rank_params(job)
     rebuilt = rebuild_bytes if layout.recompute == FULL else 0.0
     held = []
@@ -380,24 +384,31 @@ def _no_fit_reason(space: Space, rejected: Counter) -> str:
 
 def smallest_fix(job: Job, fixed: dict) -> str:
     """What would make an infeasible job run: ZeRO-3 with full recompute and micro-batch 1 on
-    the same GPUs, or else the fewest GPUs (doubling the nodes) that fit."""
+    the same GPUs, or else the fewest GPUs (doubling the nodes, up to 64 times and to the
+    most plan searches, MAX_PLAN_GPUS) that fit."""
     relaxed = {**fixed, "zero_stage": 3, "recompute": "full", "micro_batch_size": 1}
+    relaxed.pop("full_recompute_layers", None)  # full recompute everywhere
     if _any_fits(job, relaxed):
         changed = [f"{k}={v}" for k, v in relaxed.items() if fixed.get(k) != v]
         return "set " + ", ".join(f"parallel.{c}" for c in changed)
     group = job.cluster.node_groups[0]
+    largest = job.cluster.world_size
     for factor in (2, 4, 8, 16, 32, 64):
+        if len(job.cluster.node_groups) != 1 or group.num_gpus * factor > MAX_PLAN_GPUS:
+            break
         bigger = replace(job, cluster=replace(job.cluster, node_groups=(
             replace(group, num_nodes=group.num_nodes * factor),)))
-        if len(job.cluster.node_groups) == 1 and _any_fits(bigger, relaxed):
+        largest = bigger.cluster.world_size
+        if _any_fits(bigger, relaxed):
             return (f"use at least {bigger.cluster.world_size} GPUs "
                     f"(cluster.num_nodes={group.num_nodes * factor}) with ZeRO-3 and full "
                     "recompute")
-    return "a larger GPU or a smaller model: even 64 times the GPUs do not fit it"
+    return (f"a larger GPU or a smaller model: even {largest:,} GPUs with ZeRO-3 and full "
+            "recompute do not fit it")
 
 
 def _any_fits(job: Job, fixed: dict) -> bool:
-    profile = analytic_profile()
+    profile = default_profile()
     for layout in enumerate_space(job, fixed).layouts:
         candidate = replace(job, layout=layout)
         if _fits(step_context(candidate, profile), rank_params(candidate)):

@@ -10,15 +10,17 @@ or model states alone over the device memory (a lower bound: activations only ad
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections import Counter
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from parasim.simulator.checks import divisors
 from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
+from parasim.simulator.hardware import MAX_GPUS, MAX_PLAN_GPUS
 from parasim.simulator.job import Job, resolve_layout
-from parasim.simulator.layout import Layout
+from parasim.simulator.layout import Layout, check_field
 from parasim.simulator.memory import rank_model_states
 from parasim.simulator.params import stage_params
 
@@ -36,16 +38,58 @@ SEARCHED = ("tp", "cp", "pp", "ep", "vpp", "micro_batch_size", "schedule", "zero
             "recompute", "sequence_parallel")
 
 
+MAX_COMBINATIONS = 250_000  # layouts one search may enumerate: twice the largest catalog
+#                             model's (DeepSeek-V3 at 8k sequences, 124,416), about a minute
+
+
 @dataclass(frozen=True)
 class Space:
     """The layouts worth scoring, and how many were rejected, by reason."""
 
     layouts: tuple[Layout, ...]
-    rejected: Counter
+    rejected: Counter  # reason (real numbers; a range lo..hi where they vary) -> count
+    errors: dict = field(default_factory=dict)  # the same reasons -> the first SpecError
 
     @property
     def considered(self) -> int:
         return len(self.layouts) + sum(self.rejected.values())
+
+
+class Reasons:
+    """Rejections counted by kind (the reason with its numbers taken out), each shown with
+    its numbers: the value where every rejection of the kind has the same, else the range
+    `lo..hi` (`tp·cp·pp = 1..8·1·3 does not divide the cluster's 16 GPUs`)."""
+
+    NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.values: dict[str, list[set[str]]] = {}
+        self.first: dict[str, SpecError | None] = {}
+
+    def add(self, text: str, error: SpecError | None = None) -> None:
+        kind = self.NUMBER.sub("#", text)
+        numbers = self.NUMBER.findall(text)
+        slots = self.values.setdefault(kind, [set() for _ in numbers])
+        for slot, number in zip(slots, numbers):
+            slot.add(number)
+        self.counts[kind] += 1
+        self.first.setdefault(kind, error)
+
+    def label(self, kind: str) -> str:
+        parts = kind.split("#")
+        out = [parts[0]]
+        for slot, rest in zip(self.values[kind], parts[1:]):
+            ordered = sorted(slot, key=float)
+            out.append(ordered[0] if len(ordered) == 1 else f"{ordered[0]}..{ordered[-1]}")
+            out.append(rest)
+        return "".join(out)
+
+    def counter(self) -> Counter:
+        return Counter({self.label(kind): n for kind, n in self.counts.items()})
+
+    def errors(self) -> dict:
+        return {self.label(kind): e for kind, e in self.first.items() if e is not None}
 
 
 def _choices(job: Job, fixed: dict) -> dict[str, tuple]:
@@ -64,24 +108,77 @@ def _choices(job: Job, fixed: dict) -> dict[str, tuple]:
     for name, value in fixed.items():
         if name in options:
             options[name] = (value,)
+    per_stage = _per_stage_lists(job, fixed)
+    if per_stage is not None:
+        name, count = per_stage
+        options["pp"] = tuple(p for p in options["pp"] if count % p == 0
+                              and count // p in options["vpp"])
+        options["vpp"] = tuple(sorted({count // p for p in options["pp"]}))
+        if not options["pp"]:
+            raise SpecError(f"parallel.{name}", list(fixed[name]), f"has {count} entries, one "
+                            "per virtual stage, but no pipeline of this job has pp·vpp = "
+                            f"{count}", "a list of pp·vpp counts, pp dividing the cluster's "
+                            f"{world} GPUs and at most num_layers={model.num_layers}, vpp in "
+                            + ", ".join(map(str, VIRTUAL_STAGES)))
     return options
 
 
+def _per_stage_lists(job: Job, fixed: dict) -> tuple[str, int] | None:
+    """(name, length) of the fixed per-virtual-stage lists (`stages`,
+    `full_recompute_layers`), checked against the model and each other; None when neither is
+    fixed. Their length fixes pp·vpp."""
+    stages, blocks = fixed.get("stages"), fixed.get("full_recompute_layers")
+    layers = job.model.num_layers
+    if stages is not None and sum(stages) != layers:
+        raise SpecError("parallel.stages", list(stages),
+                        f"sums to {sum(stages)}, not num_layers={layers}",
+                        f"positive layer counts, one per virtual stage, summing to {layers}")
+    if stages is not None and blocks is not None and len(stages) != len(blocks):
+        raise SpecError("parallel.full_recompute_layers", list(blocks),
+                        f"has {len(blocks)} entries but stages has {len(stages)}",
+                        "one block count per virtual stage, as many as stages")
+    if stages is not None:
+        return "stages", len(stages)
+    return ("full_recompute_layers", len(blocks)) if blocks is not None else None
+
+
 def enumerate_space(job: Job, fixed: dict) -> Space:
-    """Every layout of `job`'s model on its cluster, `fixed` fields held."""
+    """Every layout of `job`'s model on its cluster, `fixed` fields held; SpecError when the
+    cluster or the space is larger than the planner searches (`check_size`)."""
     options = _choices(job, fixed)
+    check_size(job, options)
     base = Layout(**{k: v for k, v in fixed.items() if k not in SEARCHED})
-    layouts, rejected = [], Counter()
+    layouts, reasons = [], Reasons()
     names = list(options)
     for values in itertools.product(*(options[n] for n in names)):
         chosen = dict(zip(names, values))
         for schedule in _schedules(chosen["vpp"], chosen["pp"], fixed):
-            layout, reason = _check(job, base, chosen, schedule, fixed)
+            layout, reason, error = _check(job, base, chosen, schedule, fixed)
             if reason:
-                rejected[reason] += 1
+                reasons.add(reason, error)
             else:
                 layouts.append(layout)
-    return Space(tuple(layouts), rejected)
+    return Space(tuple(layouts), reasons.counter(), reasons.errors())
+
+
+def check_size(job: Job, options: dict[str, tuple]) -> None:
+    """SpecError, at once, for a cluster or a space of layouts larger than a search can cover
+    in its stated time (MAX_PLAN_GPUS, MAX_COMBINATIONS), saying what to fix."""
+    world = job.cluster.world_size
+    if world > MAX_PLAN_GPUS:
+        raise SpecError("cluster.num_nodes", job.cluster.num_nodes,
+                        f"gives {world:,} GPUs, too many to search: plan searches clusters of "
+                        f"up to {MAX_PLAN_GPUS:,} GPUs", f"plan on at most {MAX_PLAN_GPUS:,} "
+                        "GPUs (fewer nodes) and scale dp; `estimate` predicts a fixed layout "
+                        f"on up to {MAX_GPUS:,}")
+    sizes = {name: len(values) for name, values in options.items()}
+    count = math.prod(sizes.values())
+    if count > MAX_COMBINATIONS:
+        widest = sorted((n for n in sizes if sizes[n] > 1), key=lambda n: -sizes[n])
+        raise SpecError("parallel", None, f"leaves {count:,} combinations to search ("
+                        + " x ".join(f"{n} {sizes[n]}" for n in widest) + "), more than "
+                        f"plan searches ({MAX_COMBINATIONS:,})", "fix some of them, e.g. "
+                        + " ".join(f"--set parallel.{n}=..." for n in widest[:2]))
 
 
 def _schedules(vpp: int, pp: int, fixed: dict) -> tuple[str, ...]:
@@ -94,19 +191,22 @@ def _schedules(vpp: int, pp: int, fixed: dict) -> tuple[str, ...]:
 
 
 def _check(job: Job, base: Layout, chosen: dict, schedule: str, fixed: dict
-           ) -> tuple[Layout | None, str]:
-    """The resolved layout, or the reason it cannot run."""
-    if chosen["tp"] > job.cluster.node_groups[0].gpus_per_node:
-        return None, "tensor parallelism beyond one node's NVLink domain"
+           ) -> tuple[Layout | None, str, SpecError | None]:
+    """The resolved layout, or the reason it cannot run (and the SpecError it came from)."""
+    per_node = job.cluster.node_groups[0].gpus_per_node
+    if chosen["tp"] > per_node:
+        error = SpecError("parallel.tp", chosen["tp"], "tensor parallelism beyond one node's "
+                          f"NVLink domain ({per_node} GPUs)", f"tp <= {per_node}")
+        return None, f"{error.field}: {error.why}", error
     sequence_parallel = fixed.get("sequence_parallel", chosen["tp"] > 1)
     try:
         layout = replace(base, schedule=schedule, sequence_parallel=sequence_parallel, **chosen)
         layout = resolve_layout(job.model, job.cluster, job.training, layout)
     except SpecError as err:
-        return None, re.sub(r"\d+", "N", f"{err.field}: {err.why}").split(" (")[0]
+        return None, f"{err.field}: {err.why}".split(" (")[0], err
     if not _states_fit(job, layout):
-        return None, "model states alone exceed device memory"
-    return layout, ""
+        return None, "model states alone exceed device memory", None
+    return layout, "", None
 
 
 def _states_fit(job: Job, layout: Layout) -> bool:
@@ -122,8 +222,23 @@ def _states_fit(job: Job, layout: Layout) -> bool:
     return True
 
 
-def fixed_fields(parallel: dict | None) -> dict:
-    """The `parallel:` fields the user set (held fixed by the search)."""
-    known = {f.name for f in fields(Layout)}
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in (parallel or {}).items()
-            if k in known}
+def fixed_fields(parallel: object) -> dict:
+    """The `parallel:` fields the user set (held fixed by the search), each checked on its own
+    (`simulator.layout.check_field`); SpecError for a section that is not a mapping or a field
+    parasim does not know."""
+    if parallel is None:
+        return {}
+    known = [f.name for f in fields(Layout)]
+    if not isinstance(parallel, dict):
+        raise SpecError("parallel", parallel, "must be a mapping of the fields to hold fixed",
+                        ", ".join(known))
+    unknown = set(parallel) - set(known)
+    if unknown:
+        key = min(unknown, key=str)
+        raise SpecError(f"parallel.{key}", parallel[key], "unknown parallel field",
+                        ", ".join(known))
+    fixed = {k: (tuple(v) if isinstance(v, list) else v) for k, v in parallel.items()
+             if v is not None}  # null: not fixed
+    for name, value in fixed.items():
+        check_field(name, value)
+    return fixed

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from parasim.runtime.tasks import Rates, Row, Task, row_task
-from parasim.runtime.timing import Timing, median_time_s
+from parasim.runtime.stability import SPREAD
+from parasim.runtime.timing import Timing, timed
 
 COLUMNS = ("batch", "heads", "seq_length", "head_dim", "forward_s", "backward_s")
 CAUSAL_WORK_FRACTION = 0.5  # the work estimate only
@@ -36,11 +37,11 @@ def measure_attention(batch: int, heads: int, seq_length: int, head_dim: int, de
         q.grad = k.grad = v.grad = None
         return forward()
 
-    forward_s = median_time_s(forward, device, timing)
-    backward_s = median_time_s(lambda out: out.backward(grad), device, timing,
-                               setup=fresh_forward)
+    forward_t = timed(forward, device, timing)
+    backward = timed(lambda out: out.backward(grad), device, timing, setup=fresh_forward)
     return {"batch": batch, "heads": heads, "seq_length": seq_length, "head_dim": head_dim,
-            "forward_s": forward_s, "backward_s": backward_s}
+            "forward_s": forward_t.median_s, "backward_s": backward.median_s,
+            SPREAD: max(forward_t.spread, backward.spread)}
 
 
 def attention_tasks(seq_lengths: tuple[int, ...], head_dims: tuple[int, ...], batch: int,

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from parasim.runtime.fused import rms_norm, rope, rope_tables, swiglu
 from parasim.runtime.tasks import Rates, Row, Task, row_task, size_text
-from parasim.runtime.timing import Timing, median_time_s
+from parasim.runtime.stability import SPREAD
+from parasim.runtime.timing import Timing, timed
 
 COLUMNS = ("kernel", "elements", "forward_s", "backward_s")
 TRAFFIC = {"layernorm": 2, "rmsnorm": 2, "gelu": 2, "swiglu": 3, "rope": 2, "softmax": 2,
@@ -100,10 +101,10 @@ def measure_elementwise(kernel: str, elements: int, width: int, vocab: int, devi
                         dtype: torch.dtype, timing: Timing) -> Row:
     """One row: forward and backward seconds of `kernel` over `elements`."""
     case = build(kernel, elements, width, vocab, device, dtype)
-    forward_s = median_time_s(case.forward, device, timing)
+    forward = timed(case.forward, device, timing)
     if case.copy_backward:
         grad = torch.randn_like(case.leaves[0]).detach()
-        backward_s = median_time_s(lambda: grad.clone(), device, timing)
+        backward = timed(lambda: grad.clone(), device, timing)
     else:
         grad = torch.randn_like(case.forward()).detach()
 
@@ -112,10 +113,9 @@ def measure_elementwise(kernel: str, elements: int, width: int, vocab: int, devi
                 leaf.grad = None
             return case.forward()
 
-        backward_s = median_time_s(lambda out: out.backward(grad), device, timing,
-                                   setup=fresh_forward)
-    return {"kernel": kernel, "elements": elements, "forward_s": forward_s,
-            "backward_s": backward_s}
+        backward = timed(lambda out: out.backward(grad), device, timing, setup=fresh_forward)
+    return {"kernel": kernel, "elements": elements, "forward_s": forward.median_s,
+            "backward_s": backward.median_s, SPREAD: max(forward.spread, backward.spread)}
 
 
 def elementwise_tasks(kernels: tuple[str, ...], sizes: tuple[int, ...], width: int, vocab: int,

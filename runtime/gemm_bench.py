@@ -12,23 +12,26 @@ import itertools
 import torch
 
 from parasim.runtime.tasks import Rates, Row, Task, row_task
-from parasim.runtime.timing import Timing, median_time_s
+from parasim.runtime.stability import SPREAD
+from parasim.runtime.timing import Timing, timed
 
 COLUMNS = ("m", "n", "k", "forward_s", "backward_input_s", "backward_weight_s")
 
 
 def measure_gemm(m: int, n: int, k: int, device: str, dtype: torch.dtype,
                  timing: Timing) -> Row:
-    """One row: forward, input-gradient and weight-gradient seconds of an m x n x k GEMM."""
+    """One row: forward, input-gradient and weight-gradient seconds of an m x n x k GEMM (and
+    the largest spread of their runs, `SPREAD`)."""
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     grad = torch.randn(m, n, device=device, dtype=dtype)
     with torch.no_grad():
-        forward_s = median_time_s(lambda: torch.matmul(a, b), device, timing)
-        input_s = median_time_s(lambda: torch.matmul(grad, b.t()), device, timing)
-        weight_s = median_time_s(lambda: torch.matmul(a.t(), grad), device, timing)
-    return {"m": m, "n": n, "k": k, "forward_s": forward_s, "backward_input_s": input_s,
-            "backward_weight_s": weight_s}
+        forward = timed(lambda: torch.matmul(a, b), device, timing)
+        input_ = timed(lambda: torch.matmul(grad, b.t()), device, timing)
+        weight = timed(lambda: torch.matmul(a.t(), grad), device, timing)
+    return {"m": m, "n": n, "k": k, "forward_s": forward.median_s,
+            "backward_input_s": input_.median_s, "backward_weight_s": weight.median_s,
+            SPREAD: max(forward.spread, input_.spread, weight.spread)}
 
 
 def gemm_tasks(ms: tuple[int, ...], ns: tuple[int, ...], ks: tuple[int, ...], device: str,

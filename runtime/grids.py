@@ -3,8 +3,11 @@
 Shapes are those of one rank after tensor-parallel sharding (profiles/README.md). The full GPU
 grid covers the catalog's hidden sizes and their tp shards (n, k) at token counts of
 micro-batch x sequence (m); the CPU grids stop where a 2-core machine takes too long. `quick`
-grids are small enough that the whole CPU profile runs in about two minutes. The grids are
-data; the benchmarks (`runtime/*_bench.py`) read them.
+grids cover the local validation suites (sizes 64..2048); the whole quick CPU profile takes
+about four minutes on a 2-core VM (4.3 min measured, `time parasim profile --quick --out
+/tmp/x`, 2026-12-04, with other work on the host), longer when suspect entries are measured
+again on a busy host (`runtime.stability`). The grids are data; the benchmarks
+(`runtime/*_bench.py`) read them.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def cpu_grids() -> Grids:
 
 
 def cpu_quick_grids() -> Grids:
-    """About two minutes on a 2-core CPU, all tables included."""
+    """About four minutes on a 2-core CPU, all tables included (module docstring)."""
     return Grids(gemm_m=CPU_QUICK_SIZES, gemm_n=CPU_QUICK_SIZES, gemm_k=CPU_QUICK_SIZES,
                  attention_seq_lengths=powers_of_two(7, 11), attention_head_dims=(64, 128),
                  attention_batch=1, attention_heads=8,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from parasim.runtime.errors import MeasurementError
-from parasim.simulator.errors import SpecError
+from parasim.simulator.files import write_text_atomic
 
 SCHEMA_VERSION = 1
 
@@ -164,9 +164,8 @@ def host_facts() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def write_measurement(path: str | Path, measured: Measurement) -> None:
-    try:
-        Path(path).write_text(json.dumps(measured.to_json(), indent=2) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise SpecError("--out", str(path), f"cannot write: {err.strerror}",
-                        "a writable file path") from None
+def write_measurement(path: str | Path, measured: Measurement, *, force: bool = False) -> None:
+    """MEASUREMENT.json, atomically; an existing file only with `force` (SpecError naming
+    --out otherwise, or when it cannot be written)."""
+    write_text_atomic(path, json.dumps(measured.to_json(), indent=2) + "\n", force=force,
+                      field="--out")

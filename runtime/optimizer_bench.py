@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from parasim.runtime.tasks import Rates, Row, Task, row_task, size_text
-from parasim.runtime.timing import Timing, median_time_s
+from parasim.runtime.stability import SPREAD
+from parasim.runtime.timing import Timing, timed
 
 COLUMNS = ("params", "step_s")
 CHUNK_PARAMS = 2**24  # largest single tensor (a 4096 x 4096 weight)
@@ -30,7 +31,8 @@ def measure_optimizer(params: int, device: str, timing: Timing) -> Row:
         tensor.grad = torch.randn(size, device=device, dtype=torch.float32)
         tensors.append(tensor)
     optimizer = torch.optim.AdamW(tensors, lr=1e-4)
-    return {"params": params, "step_s": median_time_s(optimizer.step, device, timing)}
+    step = timed(optimizer.step, device, timing)
+    return {"params": params, "step_s": step.median_s, SPREAD: step.spread}
 
 
 def optimizer_tasks(sizes: tuple[int, ...], device: str, timing: Timing,

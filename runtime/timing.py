@@ -1,4 +1,4 @@
-"""Timing one kernel: warm-up, repeated timed runs, the median.
+"""Timing one kernel: warm-up, repeated timed runs, the median and their spread.
 
 On CUDA a run is bracketed by `torch.cuda.Event`s on the current stream after a
 `torch.cuda.synchronize()` (work queued before it does not leak in); on the CPU by
@@ -49,13 +49,36 @@ def run_time_s(fn: Callable[..., Any], args: tuple, device: str) -> float:
     return time.perf_counter() - start_s
 
 
-def median_time_s(fn: Callable[..., Any], device: str, timing: Timing,
-                  setup: Callable[[], Any] | None = None) -> float:
-    """Median seconds of `fn()` (or `fn(setup())`) over `timing.repeats` runs after warm-up."""
+@dataclass(frozen=True)
+class Timed:
+    """What the timed runs of one entry gave."""
+
+    median_s: float
+    spread: float  # upper over lower quartile of the runs: 1.0 steady, 2.0 a busy host's mark
+
+
+def spread_of(times_s: list[float]) -> float:
+    """Upper quartile over lower quartile of repeated timings (1.0 for fewer than 2 runs)."""
+    if len(times_s) < 2:
+        return 1.0
+    low, _, high = statistics.quantiles(times_s, n=4, method="inclusive")
+    return high / low if low > 0 else float("inf")
+
+
+def timed(fn: Callable[..., Any], device: str, timing: Timing,
+          setup: Callable[[], Any] | None = None) -> Timed:
+    """Median and spread of `fn()` (or `fn(setup())`) over `timing.repeats` runs after
+    warm-up."""
     times_s = []
     for index in range(timing.warmup + timing.repeats):
         args = () if setup is None else (setup(),)
         elapsed_s = run_time_s(fn, args, device)
         if index >= timing.warmup:
             times_s.append(elapsed_s)
-    return statistics.median(times_s)
+    return Timed(statistics.median(times_s), spread_of(times_s))
+
+
+def median_time_s(fn: Callable[..., Any], device: str, timing: Timing,
+                  setup: Callable[[], Any] | None = None) -> float:
+    """Median seconds of `fn()` (or `fn(setup())`) over `timing.repeats` runs after warm-up."""
+    return timed(fn, device, timing, setup).median_s

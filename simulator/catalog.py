@@ -11,6 +11,7 @@ from typing import Any
 
 from parasim import profiles
 from parasim.simulator.yamlfile import load_data
+from parasim.simulator.checks import require_number
 from parasim.simulator.errors import SpecError, suggest
 from parasim.simulator.hardware import DeviceSpec
 from parasim.simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
@@ -45,7 +46,10 @@ def _aliases(kind: str) -> dict[str, str]:
 def canonical_name(kind: str, name: str, field: str) -> str:
     """The catalog name for `name` or one of its aliases; unknown names suggest close ones."""
     table = _aliases(kind)
-    key = name.strip().lower() if isinstance(name, str) else name
+    if not isinstance(name, str):
+        raise SpecError(field, name, f"must be a {KINDS[kind]} name (text)",
+                        suggest("", entries(kind)))
+    key = name.strip().lower()
     if key not in table:
         raise SpecError(field, name, f"unknown {KINDS[kind]} name", suggest(str(name), table))
     return table[key]
@@ -62,6 +66,13 @@ def gpu(name: str, field: str = "cluster.gpu") -> DeviceSpec:
     return device_from_mapping(entries("gpus")[key], name=key, field=field)
 
 
+def usual_node(name: str, field: str = "cluster.gpu") -> dict[str, Any] | None:
+    """The cluster preset a GPU usually comes in (its `usual_node` in profiles/gpus.yaml),
+    whose node fields a cluster of that GPU takes by default; None where the catalog has none."""
+    preset = entries("gpus")[canonical_name("gpus", name, field)].get("usual_node")
+    return None if preset is None else entries("clusters")[preset]
+
+
 def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> DeviceSpec:
     """A DeviceSpec from a mapping in catalog units (a catalog entry or a job's gpu mapping)."""
     units = {
@@ -76,9 +87,9 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
         "price_per_hour_usd": ("price_per_hour_usd", 1),
         "idle_watts": ("idle_watts", 1),
     }
-    unknown = set(data) - set(units) - _NOT_SPEC_FIELDS - {"name"}
+    unknown = set(data) - set(units) - _NOT_SPEC_FIELDS - {"name", "usual_node"}
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown, key=str)
         raise SpecError(f"{field}.{key}", data[key], "unknown gpu field", ", ".join(units))
     kwargs = {}
     for key, (spec_field, scale) in units.items():
@@ -87,14 +98,17 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
                 kwargs[spec_field] = OPTIONAL_GPU_FIELDS[key]
                 continue
             raise SpecError(f"{field}.{key}", None, "missing", "a number")
-        value = data[key]
-        smallest = 0 if key in ("peak_fp8_tflops", "idle_watts") else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                value > 0 or value == smallest):
-            valid = ("a number >= 0 (0 = no fp8)" if key == "peak_fp8_tflops" else
-                     "a number >= 0" if smallest == 0 else "a number > 0")
-            raise SpecError(f"{field}.{key}", value, "must be a positive number", valid)
-        kwargs[spec_field] = float(value) * scale
+        zero = key in ("peak_fp8_tflops", "idle_watts")
+        value = require_number(f"{field}.{key}", data[key], 0, above=not zero,
+                               valid="a number >= 0 (0 = no fp8)" if key == "peak_fp8_tflops"
+                               else None)
+        if value * scale > 1e30:  # no device is near; keeps every product of rates finite
+            raise SpecError(f"{field}.{key}", data[key], "is too large", f"a number up to "
+                            f"{1e30 / scale:g}")
+        kwargs[spec_field] = value * scale
+    if kwargs["idle_watts"] is not None and kwargs["idle_watts"] > kwargs["tdp_watts"]:
+        raise SpecError(f"{field}.idle_watts", data["idle_watts"], "is above the TDP",
+                        f"the idle board power, from 0 to tdp_watts ({kwargs['tdp_watts']:g})")
     return DeviceSpec(name=name, **kwargs)
 
 
@@ -110,7 +124,7 @@ def model_from_mapping(data: dict[str, Any], *, name: str, field: str = "model")
     kwargs = {k: v for k, v in data.items() if k not in _NOT_SPEC_FIELDS}
     unknown = set(kwargs) - set(MODEL_FIELDS)
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown, key=str)
         raise SpecError(f"{field}.{key}", kwargs[key], "unknown model field",
                         ", ".join(f for f in MODEL_FIELDS if f != "name"))
     kwargs.setdefault("name", name)
@@ -120,7 +134,7 @@ def model_from_mapping(data: dict[str, Any], *, name: str, field: str = "model")
             raise SpecError(f"{field}.mla", mla, "must be a mapping", ", ".join(MLA_FIELDS))
         bad = set(mla) ^ set(MLA_FIELDS)
         if bad:
-            key = sorted(bad)[0]
+            key = min(bad, key=str)
             raise SpecError(f"{field}.mla.{key}", mla.get(key), "unknown or missing MLA field",
                             ", ".join(MLA_FIELDS))
         kwargs["mla"] = MLASpec(**mla)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from difflib import get_close_matches
 
@@ -24,11 +25,29 @@ class SpecError(ParasimError, ValueError):
 
     def __init__(self, field: str, value: object, why: str, valid: str | None = None):
         self.field, self.value, self.why, self.valid = field, value, why, valid
-        shown = value if isinstance(value, (int, float)) else repr(value)
-        message = f"{field}={shown}: {why}"
+        message = f"{field}={_shown(value)}: {why}"
         if valid:
             message += f"; valid: {valid}"
-        super().__init__(message)
+        super().__init__(_one_line(message))
+
+
+MAX_SHOWN = 200  # characters of a value a message shows
+
+
+def _shown(value: object) -> str:
+    """The value as a message shows it: numbers as written, huge integers in e-notation,
+    anything else as its repr, cut at MAX_SHOWN characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**16:
+        exponent = math.log10(abs(value))  # exact enough, and no str() of a huge integer
+        mantissa = 10 ** (exponent - math.floor(exponent))
+        return f"{'-' if value < 0 else ''}{mantissa:.3f}e+{math.floor(exponent)}"
+    text = str(value) if isinstance(value, (int, float)) else repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+
+
+def _one_line(text: str) -> str:
+    """A message is one line on stderr: line breaks in names or values are shown escaped."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Infeasible(ParasimError):
@@ -36,7 +55,7 @@ class Infeasible(ParasimError):
 
     def __init__(self, reason: str):
         self.reason = reason
-        super().__init__(reason)
+        super().__init__(_one_line(reason))
 
 
 def suggest(name: str, choices: Iterable[str], limit: int = 8) -> str:

@@ -12,9 +12,9 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from parasim import profiles
-from parasim.simulator.checks import require_choice, require_positive
+from parasim.simulator.checks import require_choice, require_count, require_non_negative, \
+    require_number, require_positive
 from parasim.simulator.energy import PowerModel
-from parasim.simulator.errors import SpecError
 from parasim.simulator.yamlfile import load_data
 
 Pricing = Literal["on-demand", "reserved"]
@@ -47,38 +47,28 @@ class FacilitySpec:
                              "cluster.checkpoint_write_GBps_per_node"),
                             ("repair_s", "cluster.repair_hours")):
             require_positive(field, getattr(self, name))
-        if isinstance(self.pue, bool) or not isinstance(self.pue, (int, float)) or self.pue < 1:
-            raise SpecError("cluster.pue", self.pue, "is facility over IT energy, at least 1",
-                            "a number >= 1, e.g. 1.1 (hyperscale) to 1.6 (industry average)")
+        require_number("cluster.pue", self.pue, 1, 10, valid="facility over IT energy, from 1 "
+                       "to 10, e.g. 1.1 (hyperscale) to 1.6 (industry average)")
         require_choice("cluster.pricing", self.pricing, PRICINGS)
-        if isinstance(self.reserved_discount, bool) or not isinstance(
-                self.reserved_discount, (int, float)) or not 0 <= self.reserved_discount < 1:
-            raise SpecError("cluster.reserved_discount", self.reserved_discount,
-                            "is the share off on-demand", "a number from 0 to below 1")
+        require_number("cluster.reserved_discount", self.reserved_discount, 0, 0.99,
+                       valid="the share off on-demand, from 0 to 0.99")
         for name, field in (("reserved_price_per_gpu_hour_usd",
                              "cluster.reserved_price_per_gpu_hour"),
                             ("gpu_mtbf_s", "cluster.gpu_mtbf_hours")):
             if getattr(self, name) is not None:
                 require_positive(field, getattr(self, name))
-        _require_non_negative("cluster.grid_gco2_per_kwh", self.grid_kg_co2_per_j)
-        _require_non_negative("cluster.restart_minutes", self.restart_s)
-        _require_non_negative("cluster.host_power_watts_per_gpu", self.host_power_w_per_gpu)
-        _require_non_negative("cluster.network_power_watts_per_nic", self.network_power_w_per_nic)
-        if self.spare_nodes is not None and (isinstance(self.spare_nodes, bool) or not isinstance(
-                self.spare_nodes, int) or self.spare_nodes < 0):
-            raise SpecError("cluster.spare_nodes", self.spare_nodes, "must be a whole number",
-                            "an integer >= 0 (leave it out: failed nodes are replaced at once)")
+        require_non_negative("cluster.grid_gco2_per_kwh", self.grid_kg_co2_per_j)
+        require_non_negative("cluster.restart_minutes", self.restart_s)
+        require_non_negative("cluster.host_power_watts_per_gpu", self.host_power_w_per_gpu)
+        require_non_negative("cluster.network_power_watts_per_nic", self.network_power_w_per_nic)
+        if self.spare_nodes is not None:
+            require_count("cluster.spare_nodes", self.spare_nodes, minimum=0)
 
     def reserved_price(self, on_demand_usd: float) -> float:
         """Reserved price of one GPU-hour: the job's, else on-demand less the discount."""
         if self.reserved_price_per_gpu_hour_usd is not None:
             return self.reserved_price_per_gpu_hour_usd
         return on_demand_usd * (1.0 - self.reserved_discount)
-
-
-def _require_non_negative(field: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise SpecError(field, value, "must not be negative", "a number >= 0")
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from parasim.simulator.checks import require_choice, require_int, require_positive
+from parasim.simulator.checks import require_choice, require_count, require_number, require_positive
 from parasim.simulator.errors import SpecError
 from parasim.simulator.facility import FacilitySpec, default_facility
 
@@ -17,6 +17,10 @@ Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
 Topology = Literal["fat-tree", "rail-optimized", "rail-only"]
 TOPOLOGIES = ("fat-tree", "rail-optimized", "rail-only")
+MAX_GPUS = 2**20  # the largest cluster parasim models (1,048,576 GPUs): its graph takes about
+#                   15 s and 1.4 GiB to build; a larger one would run for minutes
+MAX_PLAN_GPUS = 2**17  # the largest cluster `parasim plan` searches (131,072 GPUs): each
+#                        layout it scores in full builds and routes that graph
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,13 +44,12 @@ class DeviceSpec:
                      "memory_bytes", "memory_bytes_per_s", "nvlink_bytes_per_s", "tdp_watts",
                      "price_per_hour_usd"):
             require_positive(f"gpu.{name}", getattr(self, name))
-        if self.idle_watts is not None and (isinstance(self.idle_watts, bool) or not isinstance(
-                self.idle_watts, (int, float)) or not 0 <= self.idle_watts <= self.tdp_watts):
-            raise SpecError("gpu.idle_watts", self.idle_watts, "is the idle board power",
-                            f"a number from 0 to the TDP ({self.tdp_watts:g} W)")
-        if self.peak_fp8_flop_per_s < 0:
-            raise SpecError("gpu.peak_fp8_flop_per_s", self.peak_fp8_flop_per_s,
-                            "must not be negative", "a number >= 0 (0 = no fp8)")
+        if self.idle_watts is not None:
+            require_number("gpu.idle_watts", self.idle_watts, 0, self.tdp_watts,
+                           valid=f"the idle board power, from 0 to the TDP "
+                           f"({self.tdp_watts:g} W)")
+        require_number("gpu.peak_fp8_flop_per_s", self.peak_fp8_flop_per_s, 0,
+                       valid="a number >= 0 (0 = no fp8)")
 
     def peak_flop_per_s(self, precision: Precision) -> float:
         """Dense peak for the GEMM precision of a training run."""
@@ -71,8 +74,7 @@ class LinkSpec:
 
     def __post_init__(self) -> None:
         require_positive("bytes_per_s", self.bytes_per_s)
-        if self.latency_s < 0:
-            raise SpecError("latency_us", self.latency_s * 1e6, "must not be negative", ">= 0")
+        require_number("latency_s", self.latency_s, 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,9 +89,16 @@ class NodeGroup:
     nics_per_node: int  # NICs per node (one per GPU on rail-optimized fabrics)
 
     def __post_init__(self) -> None:
-        require_int("cluster.num_nodes", self.num_nodes)
-        require_int("cluster.gpus_per_node", self.gpus_per_node)
-        require_int("cluster.inter_node.nics_per_node", self.nics_per_node)
+        require_count("cluster.num_nodes", self.num_nodes)
+        require_count("cluster.gpus_per_node", self.gpus_per_node)
+        require_count("cluster.inter_node.nics_per_node", self.nics_per_node)
+        if self.num_gpus > MAX_GPUS:
+            raise SpecError("cluster.num_nodes", self.num_nodes,
+                            f"gives {self.num_nodes:,} x {self.gpus_per_node} = "
+                            f"{self.num_gpus:,} GPUs, more than parasim models ({MAX_GPUS:,}; "
+                            f"plan searches up to {MAX_PLAN_GPUS:,})",
+                            f"num_nodes · gpus_per_node <= {MAX_GPUS:,} (plan: "
+                            f"<= {MAX_PLAN_GPUS:,})")
 
     @property
     def num_gpus(self) -> int:
@@ -113,18 +122,23 @@ class ClusterSpec:
 
     def __post_init__(self) -> None:
         assert self.node_groups, "a cluster has at least one node group"
+        if self.world_size > MAX_GPUS:
+            raise SpecError("cluster.node_groups", f"{self.world_size:,} GPUs",
+                            f"more GPUs than parasim models ({MAX_GPUS:,}; plan searches up "
+                            f"to {MAX_PLAN_GPUS:,})", f"node groups of {MAX_GPUS:,} GPUs in "
+                            f"all at most (plan: {MAX_PLAN_GPUS:,})")
         require_choice("cluster.topology", self.topology, TOPOLOGIES)
-        if not self.oversubscription or len(self.oversubscription) > 2 or any(
-                isinstance(o, bool) or not isinstance(o, (int, float)) or o < 1
-                for o in self.oversubscription):
+        if not self.oversubscription or len(self.oversubscription) > 2:
             raise SpecError("cluster.oversubscription", list(self.oversubscription),
                             "must be one or two ratios >= 1 (down:up bandwidth of leaf, spine)",
                             "e.g. 1, 4 or [4, 2]")
-        require_int("cluster.switch_radix", self.switch_radix, minimum=4)
-        if isinstance(self.straggler_slowdown, bool) or not isinstance(
-                self.straggler_slowdown, (int, float)) or not 1 <= self.straggler_slowdown <= 100:
-            raise SpecError("cluster.straggler_slowdown", self.straggler_slowdown,
-                            "is a slowdown factor of one GPU", "a number from 1 (none) to 100")
+        for ratio in self.oversubscription:
+            require_number("cluster.oversubscription", ratio, 1, 1000,
+                           valid="one or two ratios from 1 to 1000 (down:up bandwidth of leaf, "
+                           "spine), e.g. 1, 4 or [4, 2]")
+        require_count("cluster.switch_radix", self.switch_radix, minimum=4, maximum=65536)
+        require_number("cluster.straggler_slowdown", self.straggler_slowdown, 1, 100,
+                       valid="a slowdown factor of one GPU from 1 (none) to 100")
         if self.price_per_gpu_hour_usd is not None:
             require_positive("cluster.price_per_gpu_hour", self.price_per_gpu_hour_usd)
         if self.power_watts_per_gpu is not None:

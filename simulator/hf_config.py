@@ -367,11 +367,8 @@ def _spec(kwargs: dict[str, Any], *, name: str, field: str, shown: str) -> Model
 
 
 def load_hf_config(path: Path, *, field: str = "model") -> ModelSpec:
-    """Read a Hugging Face `config.json` (or a folder holding one) into a ModelSpec.
-
-    The name is the folder's (`Meta-Llama-3-8B/config.json` -> `Meta-Llama-3-8B`), or the file's
-    stem when it is not called config.json.
-    """
+    """Read a Hugging Face `config.json` (or a folder holding one) into a ModelSpec, named
+    after the config (`_name`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
@@ -379,19 +376,32 @@ def load_hf_config(path: Path, *, field: str = "model") -> ModelSpec:
         raw = path.read_bytes()
     except OSError as error:
         raise SpecError(field, str(path), f"cannot read: {error.strerror or error}",
-                        "a readable config.json, or a folder holding one") from error
+                        "a readable config.json, or a folder holding one") from None
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as error:
         raise SpecError(field, str(path), f"not valid JSON: line {error.lineno} column "
-                        f"{error.colno}: {error.msg}", "a JSON object") from error
+                        f"{error.colno}: {error.msg}", "a JSON object") from None
     except UnicodeDecodeError as error:
         raise SpecError(field, str(path), f"not valid JSON: not UTF-8 text ({error.reason} "
-                        f"at byte {error.start})", "a UTF-8 JSON file") from error
-    return model_from_hf_config(config, name=_name(path), field=field, source=str(path))
+                        f"at byte {error.start})", "a UTF-8 JSON file") from None
+    except (ValueError, RecursionError) as error:  # a 5000-digit number, nesting too deep
+        why = "nested too deeply" if isinstance(error, RecursionError) else \
+            str(error).split(";")[0]
+        raise SpecError(field, str(path), f"not valid JSON: {why}", "a JSON object") from None
+    return model_from_hf_config(config, name=_name(path, config), field=field,
+                                source=str(path))
 
 
-def _name(path: Path) -> str:
-    if path.name == "config.json":
-        return path.absolute().parent.name or path.stem
-    return path.stem
+def _name(path: Path, config: object) -> str:
+    """The model's name: the last part of the config's `_name_or_path` (the Hub id
+    transformers wrote, `meta-llama/Meta-Llama-3-8B` -> `Meta-Llama-3-8B`) when it has one,
+    else its `model_type` and the file (`llama from hf/config.json`)."""
+    named = config.get("_name_or_path") if isinstance(config, dict) else None
+    if isinstance(named, str) and " ".join(named.split()).strip("/"):
+        return " ".join(named.split()).strip("/").replace("\\", "/").rsplit("/", 1)[-1][:100]
+    where = path.name
+    if path.name == "config.json" and path.absolute().parent.name:
+        where = f"{path.absolute().parent.name}/{path.name}"
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return f"{model_type} from {where}" if isinstance(model_type, str) else where

@@ -2,7 +2,10 @@
 
 The file's contract is DESIGN.md's "job file". Catalog names expand to mappings when an
 override reaches inside them (`--set model.num_layers=4` on `model: llama3-8b`), and a mapping
-may start from a catalog entry with `base:`.
+may start from a catalog entry with `base:` (a nested link field overrides that one field). What
+a cluster leaves out comes from the catalog: the NVLink rate from its GPU, the GPUs per node,
+latencies and NICs from the GPU's usual node (`_node_group`). Every number passes
+`checks.require_number` (finite, in range) where it is read.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from parasim.simulator import catalog
+from parasim.simulator.checks import require_count, require_number
 from parasim.simulator.errors import SpecError
 from parasim.simulator.facility import HOUR_S, KWH_J, FacilitySpec, default_facility
-from parasim.simulator.hardware import ClusterSpec, LinkSpec, NodeGroup
+from parasim.simulator.hardware import ClusterSpec, DeviceSpec, LinkSpec, NodeGroup
 from parasim.simulator.hf_config import load_hf_config
 from parasim.simulator.job import Job, resolve_layout
 from parasim.simulator.layout import Layout
@@ -138,15 +142,15 @@ def _descend(node: Any, step: str | int, next_step: str | int, where: str, item:
 def job_from_mapping(raw: dict[str, Any], *, base_dir: Path, source: str) -> Job:
     unknown = set(raw) - set(TOP_LEVEL)
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown, key=str)
         raise SpecError(key, raw[key], "unknown job section", ", ".join(TOP_LEVEL))
     for required in ("model", "cluster", "training"):
         if raw.get(required) is None:
             raise SpecError(required, None, "missing from the job", f"a {required} section")
     model = model_spec(raw["model"], base_dir)
-    training = _dataclass_from(TrainingSpec, raw["training"], "training")
+    training = training_spec(raw["training"])
     parallel = raw.get("parallel")
-    layout = _layout(parallel) if parallel is not None else None
+    layout = parallel_layout(parallel) if parallel is not None else None
     cluster = cluster_spec(raw["cluster"], layout, base_dir)
     if layout is not None:
         layout = resolve_layout(model, cluster, training, layout)
@@ -191,7 +195,7 @@ def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) 
                         ", ".join(catalog.names("clusters")))
     unknown = set(value) - set(CLUSTER_FIELDS) - set(CATALOG_ONLY)
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown, key=str)
         raise SpecError(f"cluster.{key}", value[key], "unknown cluster field",
                         ", ".join(CLUSTER_FIELDS))
     merged = _with_base(value, "cluster")
@@ -200,9 +204,7 @@ def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) 
         if not isinstance(groups_raw, list) or not groups_raw:
             raise SpecError("cluster.node_groups", groups_raw, "must be a non-empty list",
                             "a list of node-group mappings")
-        groups = tuple(_node_group(_with_base(g, f"cluster.node_groups[{i}]"), None,
-                                   f"cluster.node_groups[{i}]")
-                       for i, g in enumerate(groups_raw))
+        groups = tuple(_group(g, f"cluster.node_groups[{i}]") for i, g in enumerate(groups_raw))
     else:
         groups = (_node_group(merged, layout, "cluster"),)
     names = [g.get("base") if isinstance(g, dict) else g for g in merged.get("node_groups", [])]
@@ -212,13 +214,34 @@ def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) 
         topology=merged.get("topology", "fat-tree"),
         oversubscription=_ratios(merged.get("oversubscription", 1.0)),
         switch_radix=merged.get("switch_radix", 64),
-        graph_file=str(base_dir / merged["graph"]) if merged.get("graph") is not None else None,
+        graph_file=_graph_file(merged.get("graph"), base_dir),
         straggler_slowdown=merged.get("straggler_slowdown", 1.0),
         price_per_gpu_hour_usd=_optional_number("cluster.price_per_gpu_hour",
                                                 merged.get("price_per_gpu_hour")),
         power_watts_per_gpu=_optional_number("cluster.power_watts", merged.get("power_watts")),
         facility=facility_spec(merged),
     )
+
+
+def _group(value: Any, field: str) -> NodeGroup:
+    """One entry of `node_groups`: a preset name or a mapping (optional `base:`)."""
+    if isinstance(value, dict):
+        unknown = set(value) - set(GROUP_FIELDS)
+        if unknown:
+            key = min(unknown, key=str)
+            raise SpecError(f"{field}.{key}", value.get(key), "unknown node-group field",
+                            ", ".join(NODE_FIELDS))
+    return _node_group(_with_base(value, field), None, field)
+
+
+def _graph_file(value: Any, base_dir: Path) -> str | None:
+    """`cluster.graph`: a node-link JSON file, relative to the job file."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SpecError("cluster.graph", value, "must be the path of a node-link JSON file",
+                        "a path relative to the job file, e.g. fabric.json")
+    return str(base_dir / value)
 
 
 def facility_spec(merged: dict[str, Any]) -> FacilitySpec:
@@ -229,7 +252,7 @@ def facility_spec(merged: dict[str, Any]) -> FacilitySpec:
         value = merged.get(key)
         if value is None:
             continue
-        if scale is not None:
+        if scale not in (None, 1.0):  # converted: checked as written; else FacilitySpec's
             value = _number(f"cluster.{key}", value, allow_zero=key in ZERO_ALLOWED) * scale
         changes[spec_field] = value
     return replace(default_facility(), **changes)
@@ -237,48 +260,110 @@ def facility_spec(merged: dict[str, Any]) -> FacilitySpec:
 
 def _ratios(value: Any) -> tuple[float, ...]:
     """Oversubscription: one ratio (leaf tier) or a list per tier (leaf, spine)."""
-    values = value if isinstance(value, list) else [value]
-    return tuple(_number("cluster.oversubscription", v) for v in values)
+    return tuple(value) if isinstance(value, list) else (value,)  # ClusterSpec checks them
 
 
 def _with_base(value: Any, field: str) -> dict[str, Any]:
-    """A cluster or node-group mapping on top of its preset (`base:`), preset fields first."""
+    """A cluster or node-group mapping on top of its preset (`base:`): the mapping's fields
+    over the preset's, and inside `intra_node` / `inter_node` (or a `gpu` mapping over a
+    mapping) field by field, so that `inter_node: {bandwidth_Gbps: 200}` keeps the preset's
+    NICs and latency."""
     if isinstance(value, str):
         value = {"base": value}
     if not isinstance(value, dict):
-        raise SpecError(field, value, "must be a mapping", "a mapping of node-group fields")
+        raise SpecError(field, value, "must be a preset name or a mapping",
+                        "a preset name or a mapping of node-group fields")
     base = value.get("base")
     if base is None:
         return dict(value)
     preset = catalog.entry("clusters", base, f"{field}.base")
-    return {**preset, **{k: v for k, v in value.items() if k != "base"}}
+    return _merged(preset, {k: v for k, v in value.items() if k != "base"})
+
+
+def _merged(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over`'s fields on `under`'s; the link mappings (and a gpu mapping on a gpu mapping)
+    merged one level down."""
+    out = dict(under)
+    for key, value in over.items():
+        if key in LINKS + ("gpu",) and isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out
+
+
+LINKS = ("intra_node", "inter_node")
+GROUP_FIELDS = NODE_FIELDS + ("description", "sources", "aliases", "topology",
+                              "oversubscription")  # a node group's own and its preset's
+_SEE_PRESET = "or start from a preset, e.g. cluster: dgx-h100 (parasim list clusters)"
 
 
 def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> NodeGroup:
-    for required in ("gpu", "gpus_per_node", "intra_node", "inter_node"):
-        if data.get(required) is None:
-            raise SpecError(f"{field}.{required}", None, "missing", "see DESIGN.md's job file")
-    gpu_value = data["gpu"]
-    if isinstance(gpu_value, str):
-        gpu = catalog.gpu(gpu_value, f"{field}.gpu")
-    elif isinstance(gpu_value, dict):
-        base = gpu_value.get("base")
-        fields_ = {**(catalog.entry("gpus", base, f"{field}.gpu.base") if base else {}),
-                   **{k: v for k, v in gpu_value.items() if k != "base"}}
-        gpu = catalog.device_from_mapping(fields_, name=str(gpu_value.get("name", base or "custom")),
-                                          field=f"{field}.gpu")
-    else:
-        raise SpecError(f"{field}.gpu", gpu_value, "must be a GPU name or mapping",
-                        ", ".join(catalog.names("gpus")))
+    """One node group; what it leaves out comes from its GPU (NVLink rate) and the GPU's usual
+    node in profiles/clusters.yaml (GPUs per node, link latencies, NICs)."""
+    gpu, usual = _gpu(data.get("gpu"), field)
+    defaults = {"intra_node": {"bandwidth_GBps": gpu.nvlink_bytes_per_s / 1e9}}
+    if usual is not None:
+        defaults = _merged({"gpus_per_node": usual["gpus_per_node"],
+                            "intra_node": {"latency_us": usual["intra_node"]["latency_us"]},
+                            "inter_node": usual["inter_node"]}, defaults)
+    data = _merged(defaults, data)
+    _require_node_fields(data, gpu, field)
     gpus_per_node = data["gpus_per_node"]
+    require_count(f"{field}.gpus_per_node", gpus_per_node)
     intra = _link(data["intra_node"], f"{field}.intra_node", "bandwidth_GBps", 1e9)
     inter = _link(data["inter_node"], f"{field}.inter_node", "bandwidth_Gbps", 1e9 / 8)
     nics = data["inter_node"].get("nics_per_node", 1)
+    require_count(f"{field}.inter_node.nics_per_node", nics)
     num_nodes = data.get("num_nodes")
     if num_nodes is None:
         num_nodes = _nodes_for_layout(layout, gpus_per_node, field)
+    require_count(f"{field}.num_nodes", num_nodes)
     return NodeGroup(gpu=gpu, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
                      intra_node=intra, inter_node=inter, nics_per_node=nics)
+
+
+def _require_node_fields(data: dict[str, Any], gpu: DeviceSpec, field: str) -> None:
+    """A SpecError naming every node field that neither the job nor a default sets."""
+    missing = [] if data.get("gpus_per_node") is not None else [f"{field}.gpus_per_node"]
+    for link, keys in (("intra_node", ("bandwidth_GBps", "latency_us")),
+                       ("inter_node", ("bandwidth_Gbps", "latency_us"))):
+        if not isinstance(data.get(link), dict):
+            if data.get(link) is not None:
+                raise SpecError(f"{field}.{link}", data[link], "must be a mapping",
+                                f"e.g. {link}: {LINK_EXAMPLES[link]}")
+            missing.append(f"{field}.{link}")
+            continue
+        missing += [f"{field}.{link}.{k}" for k in keys if data[link].get(k) is None]
+    if missing:
+        raise SpecError(missing[0], None, f"missing: gpu {gpu.name} comes in no cluster preset "
+                        "to take it from", "set " + ", ".join(missing) + " (e.g. gpus_per_node: "
+                        f"8, intra_node: {LINK_EXAMPLES['intra_node']}, inter_node: "
+                        f"{LINK_EXAMPLES['inter_node']}), {_SEE_PRESET}")
+
+
+LINK_EXAMPLES = {"intra_node": "{bandwidth_GBps: 450, latency_us: 3.5}",
+                 "inter_node": "{bandwidth_Gbps: 400, nics_per_node: 8, latency_us: 8}"}
+
+
+def _gpu(value: Any, field: str) -> tuple[DeviceSpec, dict[str, Any] | None]:
+    """The node group's GPU (a catalog name, or a mapping of device fields with an optional
+    `base:` GPU) and the cluster preset that is its usual node (None: the catalog has none)."""
+    if value is None:
+        raise SpecError(f"{field}.gpu", None, "missing", "a GPU name, e.g. h100-sxm "
+                        f"(parasim list gpus), {_SEE_PRESET}")
+    if isinstance(value, str):
+        return catalog.gpu(value, f"{field}.gpu"), catalog.usual_node(value, f"{field}.gpu")
+    if not isinstance(value, dict):
+        raise SpecError(f"{field}.gpu", value, "must be a GPU name or mapping",
+                        ", ".join(catalog.names("gpus")))
+    base = value.get("base")
+    fields_ = {**(catalog.entry("gpus", base, f"{field}.gpu.base") if base is not None else {}),
+               **{k: v for k, v in value.items() if k != "base"}}
+    name = value.get("name", base or "custom")
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{field}.gpu.name", name, "must be a non-empty text", "a label")
+    gpu = catalog.device_from_mapping(fields_, name=name, field=f"{field}.gpu")
+    return gpu, catalog.usual_node(base, f"{field}.gpu.base") if base is not None else None
 
 
 def _nodes_for_layout(layout: Layout | None, gpus_per_node: Any, field: str) -> int:
@@ -294,28 +379,23 @@ def _nodes_for_layout(layout: Layout | None, gpus_per_node: Any, field: str) -> 
     return world // gpus_per_node
 
 
-def _link(data: Any, field: str, bandwidth_key: str, scale: float) -> LinkSpec:
-    if not isinstance(data, dict):
-        raise SpecError(field, data, "must be a mapping", f"{{{bandwidth_key}, latency_us}}")
+def _link(data: dict[str, Any], field: str, bandwidth_key: str, scale: float) -> LinkSpec:
+    """A link mapping in the file's units (its fields present: `_require_node_fields`)."""
     allowed = {bandwidth_key, "latency_us", "nics_per_node"}
     unknown = set(data) - allowed
     if unknown:
-        key = sorted(unknown)[0]
-        raise SpecError(f"{field}.{key}", data[key], "unknown link field", ", ".join(sorted(allowed)))
-    bandwidth = _number(f"{field}.{bandwidth_key}", data.get(bandwidth_key))
-    latency = _number(f"{field}.latency_us", data.get("latency_us"), allow_zero=True)
+        key = min(unknown, key=str)
+        raise SpecError(f"{field}.{key}", data.get(key), "unknown link field",
+                        ", ".join(sorted(allowed)))
+    bandwidth = _number(f"{field}.{bandwidth_key}", data[bandwidth_key], maximum=1e9)
+    latency = _number(f"{field}.latency_us", data["latency_us"], allow_zero=True, maximum=1e9)
     return LinkSpec(bytes_per_s=bandwidth * scale, latency_s=latency * 1e-6)
 
 
-def _number(field: str, value: Any, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(field, value, "must be a number" if value is not None else "missing",
-                        "a number")
-    if value < 0 or (value == 0 and not allow_zero):
-        valid = "a number >= 0" if allow_zero else "a number > 0"
-        raise SpecError(field, value, "must not be negative" if allow_zero else "must be positive",
-                        valid)
-    return float(value)
+def _number(field: str, value: Any, allow_zero: bool = False,
+            maximum: float | None = None) -> float:
+    """A finite number > 0 (>= 0 with `allow_zero`), at most `maximum`."""
+    return require_number(field, value, 0, maximum, above=not allow_zero)
 
 
 def _optional_number(field: str, value: Any) -> float | None:
@@ -325,7 +405,13 @@ def _optional_number(field: str, value: Any) -> float | None:
 # Training and layout -------------------------------------------------------------------------
 
 
-def _layout(value: Any) -> Layout:
+def training_spec(value: Any) -> TrainingSpec:
+    """The `training:` section."""
+    return _dataclass_from(TrainingSpec, value, "training")
+
+
+def parallel_layout(value: Any) -> Layout:
+    """The `parallel:` section (dp left None when not set: the cluster decides it)."""
     if isinstance(value, dict):
         value = {**value, **{key: tuple(value[key]) for key in ("stages", "full_recompute_layers")
                              if isinstance(value.get(key), list)}}
@@ -338,7 +424,7 @@ def _dataclass_from(cls: type, value: Any, field: str):
         raise SpecError(field, value, "must be a mapping", ", ".join(names))
     unknown = set(value) - set(names)
     if unknown:
-        key = sorted(unknown)[0]
+        key = min(unknown, key=str)
         raise SpecError(f"{field}.{key}", value[key], f"unknown {field} field", ", ".join(names))
     for f in fields(cls):
         if f.default is MISSING and f.name not in value:

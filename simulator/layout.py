@@ -8,11 +8,11 @@ innermost first: with the default tp-cp-ep-dp-pp, tensor-parallel peers are neig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Literal
 
-from parasim.simulator.checks import require_bool, require_choice, require_int
+from parasim.simulator.checks import require_bool, require_choice, require_count
 from parasim.simulator.errors import SpecError
 
 Schedule = Literal["gpipe", "1f1b", "interleaved", "zero-bubble"]
@@ -42,34 +42,29 @@ class Layout:
     stages: tuple[int, ...] | None = None  # layers per virtual stage; None = even, ends lighter
     full_recompute_layers: tuple[int, ...] | None = None  # per virtual stage: its first N blocks
     # recomputed in full, the others under `recompute` (Megatron-LM's --recompute-method block)
-    overlap_grad_reduce: bool = False  # DP gradient reduction in buckets during the backward
-    overlap_param_gather: bool = False  # ZeRO weight all-gathers prefetched behind compute
+    # Framework defaults (README "Overlap defaults"): PyTorch DDP and FSDP reduce gradients in
+    # buckets during the backward, FSDP prefetches the next layer's weights, and Megatron-Core's
+    # distributed optimizer does both (--overlap-grad-reduce, --overlap-param-gather).
+    overlap_grad_reduce: bool = True  # DP gradient reduction in buckets during the backward
+    overlap_param_gather: bool = True  # ZeRO weight all-gathers prefetched behind compute
     tp_comm_overlap: bool = False  # TP collectives hidden behind the GEMMs (Megatron userbuffers)
     cp_comm_overlap: bool = True  # ring attention passes key/value blocks while computing
     ep_comm_overlap: bool = False  # expert all-to-alls behind the block's other compute
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "cp", "ep", "vpp", "micro_batch_size"):
-            require_int(f"parallel.{name}", getattr(self, name))
-        if self.dp is not None:
-            require_int("parallel.dp", self.dp)
-        require_choice("parallel.schedule", self.schedule, SCHEDULES)
-        require_choice("parallel.recompute", self.recompute, RECOMPUTES)
-        for name in ("sequence_parallel", "overlap_grad_reduce", "overlap_param_gather",
-                     "tp_comm_overlap", "cp_comm_overlap", "ep_comm_overlap"):
-            require_bool(f"parallel.{name}", getattr(self, name))
-        require_int("parallel.zero_stage", self.zero_stage, minimum=0)
-        if self.zero_stage > 3:
-            raise SpecError("parallel.zero_stage", self.zero_stage, "no such ZeRO stage", "0, 1, 2, 3")
+        for f in fields(self):
+            check_field(f.name, getattr(self, f.name))
         self._check_schedule()
-        self._check_order()
-        if self.stages is not None:
-            if not isinstance(self.stages, tuple):
-                raise SpecError("parallel.stages", self.stages, "must be a list of layer counts",
-                                "e.g. [7, 8, 8, 7]")
-            for i, n in enumerate(self.stages):
-                require_int(f"parallel.stages[{i}]", n)
-        self._check_full_recompute_layers()
+        if self.stages is not None and not isinstance(self.stages, tuple):
+            object.__setattr__(self, "stages", tuple(self.stages))
+        if self.full_recompute_layers is None:
+            return
+        if not isinstance(self.full_recompute_layers, tuple):
+            object.__setattr__(self, "full_recompute_layers", tuple(self.full_recompute_layers))
+        if self.recompute == "full":
+            raise SpecError("parallel.full_recompute_layers", list(self.full_recompute_layers),
+                            "chooses blocks to recompute in full, but recompute is already full",
+                            "recompute: none or selective, or leave full_recompute_layers out")
 
     def _check_schedule(self) -> None:
         if self.vpp > 1 and self.schedule != "interleaved":
@@ -82,28 +77,6 @@ class Layout:
         if self.schedule == "interleaved" and self.vpp < 2:
             raise SpecError("parallel.schedule", self.schedule,
                             "interleaves virtual stages, but vpp is 1", "vpp >= 2, or 1f1b")
-
-    def _check_full_recompute_layers(self) -> None:
-        counts = self.full_recompute_layers
-        if counts is None:
-            return
-        if not isinstance(counts, tuple):
-            raise SpecError("parallel.full_recompute_layers", counts,
-                            "must be a list of block counts, one per virtual stage", "e.g. [2, 0]")
-        for i, n in enumerate(counts):
-            require_int(f"parallel.full_recompute_layers[{i}]", n, minimum=0)
-        if self.recompute == "full":
-            raise SpecError("parallel.full_recompute_layers", list(counts),
-                            "chooses blocks to recompute in full, but recompute is already full",
-                            "recompute: none or selective, or leave full_recompute_layers out")
-
-    def _check_order(self) -> None:
-        axes = self.order.split("-") if isinstance(self.order, str) else []
-        dense = [a for a in axes if a != "ep"]
-        if sorted(dense) != sorted(DENSE_AXES) or axes.count("ep") > 1:
-            raise SpecError("parallel.order", self.order,
-                            "must name tp, cp, dp and pp once each (ep optional), innermost first",
-                            f"e.g. {DEFAULT_ORDER}")
 
     @property
     def num_virtual_stages(self) -> int:
@@ -121,6 +94,51 @@ class Layout:
     def world_size(self) -> int:
         assert self.dp is not None, "resolve the layout against a cluster first"
         return self.tp * self.cp * self.dp * self.pp
+
+
+INTEGERS = ("tp", "pp", "cp", "ep", "vpp", "micro_batch_size")
+FLAGS = ("sequence_parallel", "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap",
+         "cp_comm_overlap", "ep_comm_overlap")
+
+
+def check_field(name: str, value: object) -> None:
+    """One `parallel:` field on its own (type, choice, range), without the others: what the
+    planner checks of the fields a job holds fixed before it searches the rest."""
+    field = f"parallel.{name}"
+    if name in INTEGERS or (name == "dp" and value is not None):
+        require_count(field, value)
+    elif name == "schedule":
+        require_choice(field, value, SCHEDULES)
+    elif name == "recompute":
+        require_choice(field, value, RECOMPUTES)
+    elif name in FLAGS:
+        require_bool(field, value)
+    elif name == "zero_stage":
+        require_count(field, value, minimum=0, maximum=3)
+    elif name == "order":
+        _check_order(value)
+    elif name in ("stages", "full_recompute_layers") and value is not None:
+        _check_counts(name, value)
+
+
+def _check_counts(name: str, counts: object) -> None:
+    """`stages` (layers per virtual stage, each >= 1) or `full_recompute_layers` (blocks per
+    virtual stage, each >= 0): a list of integers."""
+    if not isinstance(counts, (tuple, list)):
+        example = "[7, 8, 8, 7]" if name == "stages" else "[2, 0]"
+        what = "layer counts" if name == "stages" else "block counts, one per virtual stage"
+        raise SpecError(f"parallel.{name}", counts, f"must be a list of {what}", f"e.g. {example}")
+    for i, n in enumerate(counts):
+        require_count(f"parallel.{name}[{i}]", n, minimum=1 if name == "stages" else 0)
+
+
+def _check_order(order: object) -> None:
+    axes = order.split("-") if isinstance(order, str) else []
+    dense = [a for a in axes if a != "ep"]
+    if sorted(dense) != sorted(DENSE_AXES) or axes.count("ep") > 1:
+        raise SpecError("parallel.order", order,
+                        "must name tp, cp, dp and pp once each (ep optional), innermost first",
+                        f"e.g. {DEFAULT_ORDER}")
 
 
 @lru_cache(maxsize=4096)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from parasim.simulator.checks import divisors, require_bool, require_choice, require_int, require_positive
+from parasim.simulator.checks import divisors, require_bool, require_choice, require_count, \
+    require_number
 from parasim.simulator.errors import SpecError
 
 Activation = Literal["gelu", "swiglu"]
@@ -19,6 +20,7 @@ PositionEmbedding = Literal["rope", "learned"]
 ACTIVATIONS = ("gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POSITION_EMBEDDINGS = ("rope", "learned")
+MAX_EXPERTS = 2**20  # routed experts per layer: the router's load is sampled per expert
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +38,9 @@ class MLASpec:
     v_head_dim: int  # per-head value width
 
     def __post_init__(self) -> None:
-        require_int("model.mla.q_lora_rank", self.q_lora_rank, minimum=0)
+        require_count("model.mla.q_lora_rank", self.q_lora_rank, minimum=0)
         for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            require_int(f"model.mla.{name}", getattr(self, name))
+            require_count(f"model.mla.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,13 +78,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError("model.name", self.name, "must be a non-empty string", "a label")
-        require_int("model.num_layers", self.num_layers)
-        require_int("model.hidden_size", self.hidden_size)
-        require_int("model.num_attention_heads", self.num_attention_heads)
-        require_int("model.ffn_hidden_size", self.ffn_hidden_size)
-        require_int("model.vocab_size", self.vocab_size)
+        require_count("model.num_layers", self.num_layers)
+        require_count("model.hidden_size", self.hidden_size)
+        require_count("model.num_attention_heads", self.num_attention_heads)
+        require_count("model.ffn_hidden_size", self.ffn_hidden_size)
+        require_count("model.vocab_size", self.vocab_size)
         if self.num_kv_heads is not None:
-            require_int("model.num_kv_heads", self.num_kv_heads)
+            require_count("model.num_kv_heads", self.num_kv_heads)
             if self.num_attention_heads % self.num_kv_heads:
                 raise SpecError(
                     "model.num_kv_heads", self.num_kv_heads,
@@ -90,7 +92,7 @@ class ModelSpec:
                     ", ".join(map(str, divisors(self.num_attention_heads))),
                 )
         if self.head_dim is not None:
-            require_int("model.head_dim", self.head_dim)
+            require_count("model.head_dim", self.head_dim)
         elif self.mla is None and self.hidden_size % self.num_attention_heads:
             raise SpecError(
                 "model.hidden_size", self.hidden_size,
@@ -101,26 +103,26 @@ class ModelSpec:
         require_choice("model.norm", self.norm, NORMS)
         require_choice("model.position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         if self.position_embedding == "learned":
-            require_int("model.max_position_embeddings", self.max_position_embeddings)
+            require_count("model.max_position_embeddings", self.max_position_embeddings)
         for name in ("tied_embeddings", "linear_bias", "qkv_bias", "qk_norm", "dropout",
                      "shared_expert_gate"):
             require_bool(f"model.{name}", getattr(self, name))
         self._check_moe()
 
     def _check_moe(self) -> None:
-        require_int("model.num_experts", self.num_experts, minimum=0)
-        require_int("model.num_shared_experts", self.num_shared_experts, minimum=0)
-        require_int("model.first_dense_layers", self.first_dense_layers, minimum=0)
+        require_count("model.num_experts", self.num_experts, minimum=0, maximum=MAX_EXPERTS)
+        require_count("model.num_shared_experts", self.num_shared_experts, minimum=0)
+        require_count("model.first_dense_layers", self.first_dense_layers, minimum=0)
         if not self.is_moe:
             return
-        require_int("model.experts_per_token", self.experts_per_token)
+        require_count("model.experts_per_token", self.experts_per_token)
         if self.experts_per_token > self.num_experts:
             raise SpecError(
                 "model.experts_per_token", self.experts_per_token,
                 f"exceeds num_experts={self.num_experts}", f"1..{self.num_experts}",
             )
-        require_int("model.moe_ffn_hidden_size", self.moe_ffn_hidden_size)
-        require_int("model.shared_expert_ffn_hidden_size", self.shared_expert_ffn_hidden_size, 0)
+        require_count("model.moe_ffn_hidden_size", self.moe_ffn_hidden_size)
+        require_count("model.shared_expert_ffn_hidden_size", self.shared_expert_ffn_hidden_size, 0)
         if self.first_dense_layers >= self.num_layers:
             raise SpecError(
                 "model.first_dense_layers", self.first_dense_layers,
@@ -128,11 +130,11 @@ class ModelSpec:
                 f"0..{self.num_layers - 1}",
             )
         if self.capacity_factor is not None:
-            require_positive("model.capacity_factor", self.capacity_factor)
-        if isinstance(self.router_skew, bool) or not isinstance(self.router_skew, (int, float)) \
-                or not 0 <= self.router_skew <= 3:
-            raise SpecError("model.router_skew", self.router_skew,
-                            "is the Zipf exponent of expert popularity", "0 (balanced) to 3")
+            require_number("model.capacity_factor", self.capacity_factor, 0, 100, above=True,
+                           valid="expert capacity over the fair share, > 0 and <= 100 (leave "
+                           "it out: dropless)")
+        require_number("model.router_skew", self.router_skew, 0, 3,
+                       valid="the Zipf exponent of expert popularity, 0 (balanced) to 3")
 
     # Derived sizes -------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ class Op:
     core_attention: bool = False  # part of softmax(Q·K^T)·V: what selective recompute repeats
     kernel: str = ""  # memory ops: which elementwise kernel (a measured profile's key)
     elements: float = 0.0  # memory ops: elements the kernel processes (its output size)
+    fp8: bool = False  # gemm: runs in FP8 when the job trains in fp8 (a block's linear layers)
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,15 @@ class Shard:
 
 
 def gemm(name: str, m: float, n: float, k: float, bpv: int, count: int = 1,
-         core_attention: bool = False) -> Op:
-    """`count` GEMMs of (m x k)·(k x n): 2mnk FLOPs each; reads both inputs, writes the output."""
+         core_attention: bool = False, fp8: bool = True) -> Op:
+    """`count` GEMMs of (m x k)·(k x n): 2mnk FLOPs each; reads both inputs, writes the output.
+    `fp8`: a linear layer of a block, which FP8 training runs in FP8 (Transformer Engine's
+    `te.Linear` and grouped GEMMs in Megatron-Core); the router, the LM head and unfused
+    attention products stay in 16 bits (NVIDIA Transformer Engine user guide, "Using FP8 with
+    Transformer Engine": FP8 covers the linear layers; Megatron-Core builds its output layer
+    and router outside TE's FP8 autocast)."""
     return Op(name, "gemm", 2.0 * m * n * k * count, float((m * k + k * n + m * n) * bpv * count),
-              (int(m), int(n), int(k)), count, core_attention)
+              (int(m), int(n), int(k)), count, core_attention, fp8=fp8 and not core_attention)
 
 
 def memory(name: str, kernel: str, elements: float, traffic: int, bpv: int,
@@ -169,7 +175,7 @@ def ffn_ops(model: ModelSpec, shard: Shard, moe: bool, ep: int = 1) -> list[Op]:
     else:
         local = model.num_experts // ep
         slots = shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
-        ops.append(gemm("router", shard.tokens, model.num_experts, h, bpv))
+        ops.append(gemm("router", shard.tokens, model.num_experts, h, bpv, fp8=False))
         ops.append(memory("permute", "copy", 2 * slots * h, 2, bpv))  # dispatch and combine
         ops += mlp_ops(model, shard, model.moe_ffn_hidden_size, slots / local, "expert_", local)
         if model.num_shared_experts:
@@ -192,7 +198,7 @@ def head_ops(model: ModelSpec, shard: Shard) -> tuple[Op, ...]:
     vocab = -(-model.vocab_size // shard.tp)
     return (
         memory("final_norm", model.norm, shard.elementwise_tokens * h, 2, bpv),
-        gemm("lm_head", t, vocab, h, bpv),
+        gemm("lm_head", t, vocab, h, bpv, fp8=False),
         memory("cross_entropy", "cross_entropy", t * vocab, 3, 4),
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from parasim.simulator.cost.profile import AnalyticProfile, analytic_profile
+from parasim.simulator.cost.profile import AnalyticProfile, default_profile
 from parasim.simulator.economics import run_prediction
 from parasim.simulator.flops import hardware_flop_per_step, model_flop_per_step
 from parasim.simulator.hardware import DeviceSpec, NodeGroup
@@ -40,7 +40,7 @@ from parasim.simulator.step_time import (
     simulate_step,
     step_context,
 )
-from parasim.simulator.uncertainty import step_band
+from parasim.simulator.uncertainty import interval_source, step_band
 
 
 def predict(job: Job, profile: AnalyticProfile | None = None,
@@ -50,7 +50,7 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
     keeps every task of the simulated pipeline for a trace."""
     assert job.layout is not None and job.layout.dp is not None, "resolve the layout first"
     layout, training, model = job.layout, job.training, job.model
-    ctx = step_context(job, profile or analytic_profile(), measured)
+    ctx = step_context(job, profile or default_profile(), measured)
     per_rank, devices = rank_params(job), rank_devices(job)
     step = simulate_step(ctx, devices, per_rank, record)
     load = ctx.expert_load()
@@ -73,6 +73,7 @@ def predict(job: Job, profile: AnalyticProfile | None = None,
         dropped_token_fraction=load.dropped_fraction if load else 0.0,
         intervals=step.timeline.intervals,
         step_band=step_band(ctx.analytic.band, step.sources.shares()["analytic"]),
+        interval_source=interval_source(ctx.analytic.band),
     )
     return _with_run(prediction, job)
 

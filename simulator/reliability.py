@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import pdtr
 
 from parasim.simulator.checks import require_int, require_positive
 from parasim.simulator.errors import SpecError
@@ -66,7 +67,7 @@ def spare_restart_s(restart_s: float, repair_s: float, spare_nodes: int | None, 
     if spare_nodes is None:
         return restart_s
     load = (num_nodes + spare_nodes) * repair_s / node_mtbf_s
-    below = sum(math.exp(-load) * load**k / math.factorial(k) for k in range(spare_nodes))
+    below = float(pdtr(spare_nodes - 1, load)) if spare_nodes else 0.0  # P[Poisson(a) < S]
     return restart_s + (1.0 - below) * repair_s
 
 
@@ -156,10 +157,29 @@ class RunReliability:
         return self.wall_s / self.model.mtbf_s
 
 
+MAX_FAILURE_EXPONENT = 30.0  # L/M above this: e^30 ≈ 1e13 failures per segment on average
+
+
+def _require_finishes(length_s: float, model: FailureModel) -> None:
+    """SpecError for a run that would never finish: a segment (or a restart) e^30 times longer
+    than the job's MTBF fails about e^(L/M) times before it completes once."""
+    worst = max(length_s, model.restart_s)
+    if worst / model.mtbf_s > MAX_FAILURE_EXPONENT:
+        what = "a checkpoint interval" if worst == length_s else "a restart"
+        raise SpecError("job MTBF (s)", float(f"{model.mtbf_s:.3g}"),
+                        f"{what} of {worst:.3g} s fails about e^{worst / model.mtbf_s:.0f} "
+                        "times before it completes: the run would never finish",
+                        "a larger cluster.node_mtbf_hours, faster checkpoints "
+                        "(cluster.checkpoint_write_GBps_per_node), a shorter restart "
+                        "(cluster.restart_minutes) or fewer nodes")
+
+
 def expected_run(segments: Segments, model: FailureModel) -> RunReliability:
     """The exact expectation of the model (segment_expected_s summed over the segments),
     split into useful work, checkpoints, rework and restarts."""
     m, delta = model.mtbf_s, model.checkpoint_s
+    for _count, work_s in segments.kinds():
+        _require_finishes(work_s + delta, model)
     wall = failures = 0.0
     for count, work_s in segments.kinds():
         wall += count * segment_expected_s(work_s + delta, model.restart_s, m)

@@ -157,6 +157,7 @@ class StepPrediction:
     intervals: tuple = ()  # the simulated pipeline's tasks, when recorded (for --trace)
     run: RunPrediction | None = None
     step_band: tuple[float, float] = (1.0, 1.0)  # interval factors (simulator.uncertainty)
+    interval_source: str = ""  # where the interval comes from, in words (its band's source)
 
     @property
     def step_time_s(self) -> float:

@@ -42,10 +42,11 @@ class Interval:
     """Something a rank did, for the timeline and the Chrome trace."""
 
     rank: int  # pipeline rank
-    stream: str  # "compute" or a communication channel ("pp", "dp")
+    stream: str  # "compute" or a communication stream ("tp", "cp", "ep", "pp", "dp")
     name: str  # e.g. "F3.1" (micro-batch 3, chunk 1)
     start_s: float
     end_s: float
+    task: Task | None = None  # the pipeline task this interval is (part of), if any
 
 
 def rank_tasks(layout: Layout, rank: int, microbatches: int) -> list[Task]:
@@ -101,6 +102,8 @@ class Timeline:
     busy_s: tuple[float, ...]  # per pipeline rank: seconds of compute
     intervals: tuple[Interval, ...]
     peak_in_flight: tuple[float, ...]  # per rank: most micro-batch-chunks held at once / vpp
+    path_send_s: tuple[float, ...] = ()  # per rank: seconds of sends on the longest chain of
+    # tasks and sends that ends with its last task (the pipeline communication it waited for)
 
     @property
     def makespan_s(self) -> float:
@@ -113,13 +116,21 @@ def simulate(layout: Layout, microbatches: int, times: list[TaskTimes],
 
     Events are (time, rank): a rank's own task ending, or an input arriving for it (an
     activation from the stage before, a gradient from the stage after). At each event the rank,
-    if idle, takes the first task its policy offers whose input is there."""
+    if idle, takes the first task its policy offers whose input is there.
+
+    Each task also carries the seconds of sends on the chain that decided when it started:
+    its input's chain plus that input's send when it waited for the input, else the chain of
+    the rank's task before it. A rank's last task's (`path_send_s`) is what sends added to
+    its finish: the rest of its idle time is the bubble of equal-cost closed forms."""
     pp, stages = layout.pp, layout.pp * layout.vpp
     assert len(times) == stages
     policies = [_policy(layout, r, microbatches) for r in range(pp)]
     arrivals = _Arrivals(pp, stages, times)
     durations = [{"F": t.forward_s, "B": t.backward_s, "W": t.weight_s} for t in times]
     clock, busy, held, peak = [0.0] * pp, [0.0] * pp, [0] * pp, [0] * pp
+    chain = [0.0] * pp  # per rank: sends on the chain of its last task
+    done, sends = arrivals.done, arrivals.sends
+    frees = "W" if layout.schedule == "zero-bubble" else "B"  # releases a micro-batch
     intervals: list[Interval] = []
     events = [(0.0, rank) for rank in range(pp)]
     while events:
@@ -129,24 +140,79 @@ def simulate(layout: Layout, microbatches: int, times: list[TaskTimes],
         task = policies[rank].pick(now, arrivals, rank)
         if task is None:
             continue
-        stage = task.chunk * pp + rank
+        kind, stage = task.kind, task.chunk * pp + rank
         cost = times[stage]
-        end = now + durations[stage][task.kind]
-        arrivals.done[(task.kind, task.microbatch, stage)] = end
+        if kind != "W":  # a W's input is its own B, done before: the rank's chain goes on
+            source, send = arrivals.last  # the input `pick` just found there
+            if source is not None and done[source] + send >= clock[rank]:
+                via = sends[source] + send
+                if done[source] + send > clock[rank] or via > chain[rank]:
+                    chain[rank] = via
+        end = now + durations[stage][kind]
+        key = (kind, task.microbatch, stage)
+        done[key], sends[key] = end, chain[rank]
         heapq.heappush(events, (end, rank))
-        consumer = _consumer(task, stage, stages)
-        if consumer is not None:
-            heapq.heappush(events, (end + (cost.send_s if consumer != stage else 0.0),
-                                    consumer % pp))
+        if kind == "F":  # wakes the next stage (the last stage's own backward)
+            if stage + 1 < stages:
+                heapq.heappush(events, (end + cost.send_s, (stage + 1) % pp))
+            else:
+                heapq.heappush(events, (end, rank))
+        elif kind == "B" and stage > 0:  # wakes the stage before (`_consumer`)
+            heapq.heappush(events, (end + cost.send_s, (stage - 1) % pp))
         clock[rank], busy[rank] = end, busy[rank] + end - now
-        held[rank] += 1 if task.kind == "F" else -1 if _frees(task, layout) else 0
+        held[rank] += 1 if kind == "F" else -1 if kind == frees else 0
         peak[rank] = max(peak[rank], held[rank])
         if record:
-            intervals.append(Interval(rank, "compute", f"{task.kind}{task.microbatch}."
-                                      f"{task.chunk}", now, end))
+            intervals.append(Interval(rank, "compute", f"{kind}{task.microbatch}."
+                                      f"{task.chunk}", now, end, task))
     assert all(p.finished for p in policies), "pipeline schedule deadlocked"
     return Timeline(tuple(clock), tuple(busy), tuple(intervals),
-                    tuple(p / layout.vpp for p in peak))
+                    tuple(p / layout.vpp for p in peak), tuple(chain))
+
+
+PASS_STREAMS = ("compute", "tp", "cp", "ep")  # the parts of a task, in drawing order
+
+
+def with_streams(intervals: tuple[Interval, ...], pp: int,
+                 parts: list[dict[str, dict[str, float]]], sends_s: list[float]
+                 ) -> tuple[Interval, ...]:
+    """A recorded step (`simulate(..., record=True)`) with its communication drawn: each task
+    split into its compute and each axis's exposed communication, `parts[stage][kind][stream]`
+    seconds (a task interleaves them layer by layer; the trace sums them per task, compute
+    first), and each activation or gradient sent to another rank, `sends_s[stage]` seconds, on
+    the sender's "pp" stream. The simulation lets sends overlap; a rank's "pp" track draws one
+    that would overlap the one before it from that one's end. Intervals without a task are
+    kept as they are."""
+    stages = len(parts)
+    out: list[Interval] = []
+    drawn_until = [0.0] * pp
+    for interval in sorted(intervals, key=lambda i: (i.start_s, i.rank)):
+        task = interval.task
+        if task is None:
+            out.append(interval)
+            continue
+        stage = task.chunk * pp + interval.rank
+        out += _split(interval, parts[stage][task.kind])
+        consumer = _consumer(task, stage, stages)
+        if consumer is not None and consumer != stage and sends_s[stage] > 0:
+            start = max(interval.end_s, drawn_until[interval.rank])
+            drawn_until[interval.rank] = start + sends_s[stage]
+            out.append(Interval(interval.rank, "pp", f"send {interval.name} to stage "
+                                f"{consumer}", start, start + sends_s[stage], task))
+    return tuple(out)
+
+
+def _split(interval: Interval, seconds: dict[str, float]) -> list[Interval]:
+    """One task's interval as consecutive pieces per stream (the last one ends with it)."""
+    shown = [(stream, seconds.get(stream, 0.0)) for stream in PASS_STREAMS]
+    shown = [(stream, s) for stream, s in shown if s > 0] or [("compute", 0.0)]
+    pieces, start = [], interval.start_s
+    for index, (stream, s) in enumerate(shown):
+        end = interval.end_s if index == len(shown) - 1 else min(start + s, interval.end_s)
+        name = interval.name if stream == "compute" else f"{interval.name} {stream}"
+        pieces.append(Interval(interval.rank, stream, name, start, end, interval.task))
+        start = end
+    return pieces
 
 
 def _consumer(task: Task, stage: int, stages: int) -> int | None:
@@ -219,23 +285,22 @@ def _policy(layout: Layout, rank: int, microbatches: int):
     return _FixedOrder(rank_tasks(layout, rank, microbatches))
 
 
-def _frees(task: Task, layout: Layout) -> bool:
-    """Which task releases a micro-batch's activations: B, or W under ZB-H1."""
-    return task.kind == ("W" if layout.schedule == "zero-bubble" else "B")
-
-
 class _Arrivals:
     """When a task's input is on its rank: its producer's end, plus the send between ranks."""
 
     def __init__(self, pp: int, stages: int, times: list[TaskTimes]):
         self.pp, self.stages, self.times = pp, stages, times
         self.done: dict[tuple[str, int, int], float] = {}  # (kind, microbatch, stage) -> end
+        self.sends: dict[tuple[str, int, int], float] = {}  # ... -> sends on its chain
+        self.last: tuple[tuple[str, int, int] | None, float] = (None, 0.0)  # the input found by
+        # the last call (`simulate` reads it for the task a policy picks): (its key, its send)
 
     def __call__(self, task: Task, rank: int) -> float | None:
         """None while the producer has not run."""
         stage = task.chunk * self.pp + rank
         if task.kind == "F":
             if stage == 0:
+                self.last = (None, 0.0)
                 return 0.0
             key, sender = ("F", task.microbatch, stage - 1), stage - 1
         elif task.kind == "W":
@@ -247,4 +312,6 @@ class _Arrivals:
         end = self.done.get(key)
         if end is None:
             return None
-        return end + (self.times[sender].send_s if sender is not None else 0.0)
+        send = self.times[sender].send_s if sender is not None else 0.0
+        self.last = (key, send)
+        return end + send

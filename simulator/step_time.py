@@ -25,7 +25,7 @@ from parasim.simulator.params import BlockGroup, StageParams, block_groups
 from parasim.simulator.placement import axis_signature
 from parasim.simulator.profile import ProfileDB, Timed
 from parasim.simulator.results import TimeBreakdown
-from parasim.simulator.schedule import Interval, TaskTimes, Timeline, simulate
+from parasim.simulator.schedule import Interval, TaskTimes, Timeline, simulate, with_streams
 
 AXES = ("tp", "cp", "ep")
 
@@ -76,6 +76,8 @@ class StepContext:
     analytic: AnalyticProfile
     measured: ProfileDB | None
     microbatches: int
+    profile: AnalyticProfile | None = None  # with its generations (`analytic`: resolved for
+    #                                         the first node group's GPU)
     flags: set[str] = field(default_factory=set)
 
     def net(self, axis: str) -> AxisNetwork:
@@ -98,7 +100,9 @@ class StepContext:
         return Sourced.of(net.time_s(kind, size_bytes) + fixed_s, "analytic")
 
     def compute(self, device) -> ComputeModel:
-        return ComputeModel(device, self.job.training.precision, self.analytic, self.measured)
+        """Op times on `device`, with the constants of its GPU generation."""
+        constants = (self.profile or self.analytic).for_gpu(device.name)
+        return ComputeModel(device, self.job.training.precision, constants, self.measured)
 
     def overlap(self, hidden_by: Sourced, comm: Sourced, enabled: bool) -> Sourced:
         """What `comm` adds to a pass: all of it, or with overlap only what `hidden_by`
@@ -125,8 +129,11 @@ def step_context(job: Job, analytic: AnalyticProfile, measured: ProfileDB | None
                   tp=layout.tp, cp=layout.cp, sequence_parallel=layout.sequence_parallel,
                   bytes_per_value=training.activation_bytes_per_value,
                   flash_attention=training.flash_attention)
-    return StepContext(job, layout, shard, analytic, measured,
-                       training.global_batch_size // (layout.micro_batch_size * layout.dp))
+    # the constants of the first node group's GPU generation (compute: each device's own)
+    resolved = analytic.for_gpu(job.cluster.node_groups[0].gpu.name)
+    return StepContext(job, layout, shard, resolved, measured,
+                       training.global_batch_size // (layout.micro_batch_size * layout.dp),
+                       analytic)
 
 
 # Per-stage costs ------------------------------------------------------------------------------
@@ -335,8 +342,12 @@ def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
     # is done (fill, drain, waiting on slower stages) as bubble and pipeline sends.
     critical = max(range(layout.pp), key=lambda r: (timeline.busy_s[r], ends[r]))
     if record:
-        timeline = replace(timeline, intervals=timeline.intervals + _tail_intervals(timeline, tails))
-    parts = _components(ctx, critical, costs, timeline, tails[critical], max(ends))
+        drawn = with_streams(timeline.intervals, layout.pp, [_stream_seconds(c) for c in costs],
+                             [c.send.total_s for c in costs])
+        timeline = replace(timeline, intervals=drawn + _tail_intervals(timeline, tails))
+    last = max(range(layout.pp), key=ends.__getitem__)  # the rank that ends the step
+    parts = _components(ctx, critical, costs, timeline, tails[critical], max(ends),
+                        timeline.path_send_s[last])
     parts["straggler_s"] = Sourced.of(_straggler_s(ctx, costs, ends, tails), "analytic")
     parts["overhead_s"] = Sourced.of(ctx.analytic.step_overhead_s, "analytic")
     return StepResult(TimeBreakdown(**{k: v.total_s for k, v in parts.items()}),
@@ -375,12 +386,19 @@ def block_time_s(ctx: StepContext, device, recompute: Recompute | None = None) -
     return total_s / model.num_layers
 
 
+def _stream_seconds(cost: StageCost) -> dict[str, dict[str, float]]:
+    """Seconds of compute and of each axis's exposed communication per task kind (the trace's
+    tracks, `schedule.with_streams`)."""
+    return {kind: {name: getattr(p, name).total_s for name in ("compute", *AXES)}
+            for kind, p in (("F", cost.forward), ("B", cost.backward), ("W", cost.weight))}
+
+
 def _tail_intervals(timeline: Timeline, tails: list[tuple[Sourced, Sourced]]) -> tuple:
     """Each rank's exposed gradient reduction and optimizer step after its last task."""
     out = []
     for rank, (reduce, optimizer) in enumerate(tails):
         start = timeline.finish_s[rank]
-        out.append(Interval(rank, "data-parallel", "gradient reduction", start,
+        out.append(Interval(rank, "dp", "gradient reduction", start,
                             start + reduce.total_s))
         out.append(Interval(rank, "compute", "optimizer", start + reduce.total_s,
                             start + reduce.total_s + optimizer.total_s))
@@ -414,18 +432,17 @@ def total_passes(passes: list[Pass]) -> Pass:
 
 
 def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: Timeline,
-                tail: tuple[Sourced, Sourced], step_s: float) -> dict[str, Sourced]:
+                tail: tuple[Sourced, Sourced], step_s: float, sends_s: float
+                ) -> dict[str, Sourced]:
     """The busiest rank's step: its work, its exposed gradient reduction and optimizer step,
-    and the rest of the step as idle time. Of that, the sends it waits for on the critical
-    path (two per micro-batch and chunk, plus fill and drain) count as pp_comm, the rest
-    (fill, drain, slower stages) as bubble."""
+    and the rest of the step as idle time. Of that, `sends_s`, the sends on the chain of
+    tasks that ends the pipeline (`Timeline.path_send_s` of the rank that finishes last),
+    count as pp_comm, the rest (fill, drain, slower stages) as bubble."""
     work = _rank_passes(ctx, rank, costs)
     idle_s = step_s - timeline.busy_s[rank] - tail[0].total_s - tail[1].total_s
     if idle_s < 1e-9 * step_s:  # the rounding of the timeline's sums, not idle time
         idle_s = 0.0
-    layout = ctx.layout
-    sends = 2 * (ctx.microbatches * layout.vpp + layout.pp - 1) if layout.pp > 1 else 0
-    pp_s = min(idle_s, sends * costs[rank].send.total_s)
+    pp_s = min(idle_s, sends_s)
     return {
         "compute_s": work.compute, "tp_comm_s": work.tp, "cp_comm_s": work.cp,
         "ep_comm_s": work.ep,

@@ -1,9 +1,13 @@
 """A simulated step as a Chrome trace, to open in Perfetto (ui.perfetto.dev) or chrome://tracing.
 
 The JSON object format of the Trace Event Format: one process per pipeline rank (pid = rank),
-one thread per stream ("compute" first, then the communication channels by name) and one
-complete event ("ph": "X") per `Interval`. Trace times are microseconds; each event's args keep
-the simulator's seconds.
+one thread per stream ("compute" first, then the communication streams by name: "cp", "dp",
+"ep", "pp", "tp") and one complete event ("ph": "X") per `Interval`. A predicted step
+(`predict(..., record=True)`) draws each pipeline task as its compute followed by the exposed
+tensor-, context- and expert-parallel communication of its layers (summed per task), each
+activation or gradient sent to the next rank on "pp", and the exposed gradient reduction on
+"dp" (`schedule.with_streams`). Trace times are microseconds; each event's args keep the
+simulator's seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from parasim.simulator.errors import SpecError
+from parasim.simulator.files import write_text_atomic
 from parasim.simulator.schedule import Interval
 
 COMPUTE = "compute"
@@ -83,12 +87,9 @@ def chrome_trace(intervals: Iterable[Interval], *, title: str,
 
 
 def write_chrome_trace(path: str | Path, intervals: Iterable[Interval], *, title: str,
-                       stage_names: dict[int, str] | None = None) -> None:
-    """Write `chrome_trace(...)` as JSON to `path`; SpecError("--trace", ...) if it cannot."""
+                       stage_names: dict[int, str] | None = None, force: bool = False) -> None:
+    """Write `chrome_trace(...)` as JSON to `path`, atomically; an existing file only with
+    `force`. SpecError("--trace", ...) if it cannot."""
     text = json.dumps(chrome_trace(intervals, title=title, stage_names=stage_names),
                       separators=(",", ":"), allow_nan=False)
-    try:
-        Path(path).write_text(text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise SpecError("--trace", str(path), f"cannot write: {exc.strerror or exc}",
-                        "a writable file path") from None
+    write_text_atomic(path, text + "\n", force=force, field="--trace")

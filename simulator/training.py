@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parasim.simulator.checks import require_bool, require_choice, require_int, require_positive
+from parasim.simulator.checks import require_bool, require_choice, require_count, require_number
 from parasim.simulator.hardware import PRECISIONS, Precision
 
 BYTES_PER_VALUE = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
+MAX_GLOBAL_BATCH = 2**20  # sequences per step: the schedule simulates each micro-batch
+MAX_TOKENS = 1e18  # tokens of a whole run (Llama 3: 1.56e13): keeps every total finite
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,16 +25,18 @@ class TrainingSpec:
     checkpoint_interval_steps: int | None = None  # steps between checkpoints; None: Young's
 
     def __post_init__(self) -> None:
-        require_int("training.seq_length", self.seq_length)
-        require_int("training.global_batch_size", self.global_batch_size)
+        require_count("training.seq_length", self.seq_length)
+        require_count("training.global_batch_size", self.global_batch_size,
+                    maximum=MAX_GLOBAL_BATCH)
         require_choice("training.precision", self.precision, PRECISIONS)
         if self.tokens is not None:
-            require_positive("training.tokens", self.tokens)
+            require_number("training.tokens", self.tokens, 0, MAX_TOKENS, above=True,
+                           valid="a number > 0 and <= 1e18, e.g. 15e12")
         require_bool("training.flash_attention", self.flash_attention)
         if self.grad_precision is not None:
             require_choice("training.grad_precision", self.grad_precision, ("bf16", "fp16", "fp32"))
         if self.checkpoint_interval_steps is not None:
-            require_int("training.checkpoint_interval_steps", self.checkpoint_interval_steps)
+            require_count("training.checkpoint_interval_steps", self.checkpoint_interval_steps)
 
     @property
     def weight_bytes_per_param(self) -> int:

@@ -40,12 +40,14 @@ class ResidualBand:
 NO_BAND = ResidualBand(log_low=0.0, log_high=0.0, runs=0, source="none")
 
 
-def band_of(log_ratios: list[float], source: str, calibrated: bool) -> ResidualBand:
-    """The 5th and 95th percentiles (linear interpolation between order statistics, numpy's
-    default) of log(measured / predicted) over calibration runs."""
+def band_of(log_ratios: list[float], source: str, calibrated: bool, low_percent: float = 5,
+            high_percent: float = 95) -> ResidualBand:
+    """The 5th and 95th percentiles (or others; linear interpolation between order
+    statistics, numpy's default) of log(measured / predicted) over calibration runs."""
     assert log_ratios, "no residuals"
     ordered = sorted(log_ratios)
-    return ResidualBand(log_low=_percentile(ordered, 5), log_high=_percentile(ordered, 95),
+    return ResidualBand(log_low=_percentile(ordered, low_percent),
+                        log_high=_percentile(ordered, high_percent),
                         runs=len(ordered), source=source, calibrated=calibrated)
 
 
@@ -61,3 +63,10 @@ def step_band(band: ResidualBand, analytic_share: float) -> tuple[float, float]:
     share = min(max(analytic_share, 0.0), 1.0)
     weight = share + MEASURED_BAND_SHARE * (1.0 - share)
     return math.exp(min(band.log_low, 0.0) * weight), math.exp(max(band.log_high, 0.0) * weight)
+
+
+def interval_source(band: ResidualBand) -> str:
+    """What a prediction's interval is, in words: the band's runs, or why there is none."""
+    if band.runs == 0:
+        return band.source if band.source != "none" else "no calibration runs: no interval"
+    return band.source if band.calibrated else f"uncalibrated: {band.source}"

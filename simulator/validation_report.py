@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from parasim.simulator.errors import SpecError
+from parasim.simulator.files import make_folder, save_figure, write_text_atomic
 from parasim.simulator.validation import JobResult, Summary, read_results, results_csv, summarize
 
 MiB = 2**20
@@ -49,8 +50,9 @@ class RunFacts:
     fitted_profile: str | None = None  # the `parasim calibrate` folder the predictions used
 
 
-def write_facts(path: Path, facts: RunFacts) -> None:
-    path.write_text(json.dumps(asdict(facts), indent=2) + "\n", encoding="utf-8")
+def write_facts(path: Path, facts: RunFacts, field: str = "--out") -> None:
+    """facts.json, atomically (over an earlier one: the report folder was checked)."""
+    write_text_atomic(path, json.dumps(asdict(facts), indent=2) + "\n", force=True, field=field)
 
 
 def read_facts(path: Path) -> RunFacts:
@@ -217,7 +219,7 @@ def readme(results: list[JobResult], facts: RunFacts, analysis: str | None) -> s
 # Scatter -------------------------------------------------------------------------------------
 
 
-def scatter_png(results: list[JobResult], path: Path) -> None:
+def scatter_png(results: list[JobResult], path: Path, field: str = "--out") -> None:
     """Predicted against measured step time and memory, one point per measured job, on the
     identity line's log-log axes with the +-10 % band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -231,7 +233,7 @@ def scatter_png(results: list[JobResult], path: Path) -> None:
                                       r.name) for r in ok if r.measured_peak_bytes]))
     for index, (what, points) in enumerate(panels, start=1):
         _panel(figure.add_subplot(1, 2, index), what, points)
-    figure.savefig(path, format="png", dpi=110)
+    save_figure(figure, path, force=True, field=field)
 
 
 def _panel(axes, what: str, points: list[tuple[float, float, str]]) -> None:
@@ -267,15 +269,17 @@ def _panel(axes, what: str, points: list[tuple[float, float, str]]) -> None:
 
 
 def write_report(folder: Path, results: list[JobResult], facts: RunFacts) -> None:
-    """results.csv and facts.json (the data), then README.md and scatter.png from them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESULTS).write_text(results_csv(results), encoding="utf-8")
+    """results.csv and facts.json (the data), then scatter.png and README.md from them, each
+    file atomically and README.md, the folder's marker, last."""
+    make_folder(folder, field="--out")
+    write_text_atomic(folder / RESULTS, results_csv(results), force=True, field="--out")
     write_facts(folder / FACTS, facts)
-    render_report(folder)
+    render_report(folder, field="--out")
 
 
-def render_report(folder: Path) -> Summary:
-    """README.md and scatter.png from the folder's results.csv, facts.json and analysis.md."""
+def render_report(folder: Path, field: str = "--render") -> Summary:
+    """scatter.png, then README.md (last), from the folder's results.csv, facts.json and
+    analysis.md; SpecError naming `field` if one cannot be written."""
     if not (folder / RESULTS).is_file():
         raise SpecError("--render", str(folder), f"has no {RESULTS}",
                         "a report folder written by parasim validate")
@@ -283,6 +287,6 @@ def render_report(folder: Path) -> Summary:
     facts = read_facts(folder / FACTS)
     analysis_path = folder / ANALYSIS
     analysis = analysis_path.read_text(encoding="utf-8") if analysis_path.is_file() else None
-    (folder / README).write_text(readme(results, facts, analysis), encoding="utf-8")
-    scatter_png(results, folder / SCATTER)
+    scatter_png(results, folder / SCATTER, field)
+    write_text_atomic(folder / README, readme(results, facts, analysis), force=True, field=field)
     return summarize(results)

@@ -35,6 +35,11 @@ def parse_text(text: str, source: str, field: str = "job") -> Any:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(field, source, f"malformed YAML{where}: {problem}",
                         "well-formed YAML or JSON") from None
+    except ValueError as err:  # a scalar the constructors refuse: a 5000-digit integer, a date
+        raise SpecError(field, source, f"unreadable value: {str(err).split(';')[0]}",
+                        "well-formed YAML or JSON") from None
+    except RecursionError:
+        raise SpecError(field, source, "nested too deeply", "well-formed YAML or JSON") from None
 
 
 def load_data(stream) -> Any:

@@ -148,3 +148,68 @@ def test_vtrain_suite_end_to_end(tmp_path, capsys):
     default = band["prediction_interval"]
     assert f"log_low {default['log_low']:.4f}, log_high {default['log_high']:.4f}" in text
     assert main(["validate", "--suite", "vtrain", "--render", str(out)]) == 0
+
+
+def _calibration():
+    from parasim.simulator.calibration.fit import Calibration, FittedParameter
+    from parasim.simulator.calibration.stats import ErrorSummary
+
+    parameter = FittedParameter(name="overhead.step_s", value=0.01, base=0.0, ci_low=0.009,
+                                ci_high=0.011, status="fitted", meaning="per step")
+    return Calibration(profile=analytic_profile(), parameters=(parameter,),
+                       predicted_s=(1.0, 2.0), measured_s=(1.1, 1.9),
+                       error=ErrorSummary.of([1.0, 2.0], [1.1, 1.9]), evaluations=3)
+
+
+def test_a_fitted_profile_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Issue 17: a full or read-only folder left an empty profile.yaml. Now the folder is
+    staged and moved into place with profile.yaml last: a failed write leaves nothing, and
+    an existing folder's other files stay."""
+    import errno
+
+    from parasim.simulator.calibration.fitted import load_fitted, write_fitted
+    from parasim.simulator.errors import SpecError
+
+    facts = {"command": "test", "lines": [2, 3]}
+    out = tmp_path / "fitted"
+    write_fitted(out, _calibration(), facts)
+    assert sorted(p.name for p in out.iterdir()) == ["profile.yaml", "residuals.csv"]
+    assert load_fitted(out).step_overhead_s == analytic_profile().step_overhead_s
+
+    class FullDisk:  # the residuals' writer on a full disk
+        def __init__(self, f):
+            pass
+
+        def writerow(self, row):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("parasim.simulator.calibration.fitted.csv.writer", FullDisk)
+    full = tmp_path / "full"
+    with pytest.raises(SpecError, match=r"--out=.*cannot write: No space left on device") as err:
+        write_fitted(full, _calibration(), facts)
+    assert err.value.value == str(full)  # the folder the user named, not the staging one
+    assert not full.exists()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="not empty"):
+        write_fitted(out, _calibration(), facts)
+    with pytest.raises(SpecError, match="No space left"):
+        write_fitted(out, _calibration(), facts, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "profile.yaml",
+                                                     "residuals.csv"]
+    assert load_fitted(out)  # the old profile.yaml is intact
+
+
+def test_calibrate_into_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from parasim.simulator import files
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr("parasim.calibrate_cli.calibrate", lambda *a, **k: _calibration())
+    code, _, err = _calibrate(capsys, _runs_file(tmp_path), tmp_path / "fitted")
+    assert code == 2 and err.count("\n") == 1
+    assert "--out=" in err and "Read-only file system" in err
+    assert not (tmp_path / "fitted").exists()

@@ -37,6 +37,8 @@ MEGATRON_FLAGS = {
     "--data-parallel-sharding-strategy", "--recompute-activations", "--recompute-granularity",
     "--recompute-method", "--recompute-num-layers", "--overlap-grad-reduce",
     "--overlap-param-gather", "--tp-comm-overlap", "--overlap-moe-expert-parallel-comm",
+    # checked in commit d98e8a6 (2026-08; the gate is a TransformerConfig field made a flag)
+    "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32", "--moe-shared-expert-gate",
 }
 
 
@@ -131,20 +133,36 @@ def test_megatron_uneven_ends_use_first_and_last_stage_flags():
 
 
 def test_per_stage_full_recompute_is_megatrons_block_method():
-    """Megatron-LM recomputes the first --recompute-num-layers blocks of every chunk; per-stage
-    counts that differ take the largest, and say so; torchtitan recomputes every block."""
+    """Megatron-LM recomputes the first --recompute-num-layers blocks of every chunk and
+    nothing else: per-stage counts are exported when one N gives min(N, layers) = count on
+    every stage, and refused otherwise (issue 17: the export used to take the largest count
+    and say so in a comment); torchtitan recomputes every block or none."""
     cluster = {"base": "dgx-h100", "num_nodes": 2}
     even = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "full_recompute_layers": [5, 5]},
                 global_batch_size=64)
     args = _megatron_args(export_layout(even, "megatron"))
     assert (args["--recompute-granularity"], args["--recompute-method"],
             args["--recompute-num-layers"]) == ("full", "block", "5")
-    uneven = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "recompute": "selective",
-                                          "full_recompute_layers": [6, 2]}, global_batch_size=64)
-    text = export_layout(uneven, "megatron")
-    assert _megatron_args(text)["--recompute-num-layers"] == "6"
-    assert "[6, 2] blocks per virtual stage" in text and "selective recompute of the other" in text
-    config = tomllib.loads(export_layout(uneven, "torchtitan"))
+    capped = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "stages": [4, 76],
+                                          "full_recompute_layers": [4, 6]}, global_batch_size=64)
+    assert _megatron_args(export_layout(capped, "megatron"))["--recompute-num-layers"] == "6"
+    uneven = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "full_recompute_layers": [6, 2]},
+                  global_batch_size=64)
+    with pytest.raises(SpecError, match=r"\[6, 2\] blocks per virtual stage.*same first N") as err:
+        export_layout(uneven, "megatron")
+    assert err.value.field == "--export" and "full_recompute_layers=[6,6]" in err.value.valid
+    mixed = _job("llama3-70b", cluster, {"tp": 8, "pp": 2, "recompute": "selective",
+                                         "full_recompute_layers": [5, 5]}, global_batch_size=64)
+    with pytest.raises(SpecError, match="selective recompute of the others"):
+        export_layout(mixed, "megatron")
+    titan = {"tp": 8, "pp": 2, "sequence_parallel": True, "zero_stage": 3}
+    some = _job("llama3-70b", cluster, {**titan, "full_recompute_layers": [6, 2]},
+                global_batch_size=64)
+    with pytest.raises(SpecError, match="torchtitan checkpoints every block"):
+        export_layout(some, "torchtitan")
+    whole = _job("llama3-70b", cluster, {**titan, "full_recompute_layers": [40, 40]},
+                 global_batch_size=64)
+    config = tomllib.loads(export_layout(whole, "torchtitan"))
     assert config["activation_checkpoint"] == {"mode": "full"}
 
 
@@ -192,9 +210,10 @@ def test_megatron_deepseek_v3_on_h800():
 
 def test_megatron_gpt_full_recompute_fp16_and_unexpressible_gpipe():
     """A Megatron GPT (learned positions, tied embeddings, biases, dropout): no flags for what
-    is Megatron's default; gpipe has no Megatron schedule and becomes a comment."""
-    job = _job("gpt-18.4b", {"base": "dgx-a100", "num_nodes": 2},
-               {"tp": 8, "pp": 2, "schedule": "gpipe", "recompute": "full"},
+    is Megatron's default; gpipe has no Megatron schedule and is refused (issue 17: it was a
+    comment)."""
+    parallel = {"tp": 8, "pp": 2, "recompute": "full"}
+    job = _job("gpt-18.4b", {"base": "dgx-a100", "num_nodes": 2}, parallel,
                seq_length=2048, global_batch_size=64, precision="fp16")
     text = export_layout(job, "megatron")
     args = _megatron_args(text)
@@ -205,7 +224,27 @@ def test_megatron_gpt_full_recompute_fp16_and_unexpressible_gpipe():
                    "--untie-embeddings-and-output-weights", "--disable-bias-linear",
                    "--attention-dropout", "--bf16", "--recompute-activations"):
         assert absent not in args
-    assert "# not expressed: schedule gpipe" in text
+    assert "not expressed" not in text
+    gpipe = _job("gpt-18.4b", {"base": "dgx-a100", "num_nodes": 2},
+                 {**parallel, "schedule": "gpipe"}, seq_length=2048, global_batch_size=64,
+                 precision="fp16")
+    with pytest.raises(SpecError, match="schedule gpipe") as err:
+        export_layout(gpipe, "megatron")
+    assert err.value.valid == "--set parallel.schedule=1f1b, or leave --export out"
+
+
+def test_megatron_gradient_precision_is_a_flag_or_refused():
+    def grads(precision, grad_precision):
+        return _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, {"tp": 8},
+                    global_batch_size=8, precision=precision, grad_precision=grad_precision)
+    assert "--grad-reduce-in-bf16" in _megatron_args(export_layout(grads("bf16", "bf16"),
+                                                                   "megatron"))
+    assert "--accumulate-allreduce-grads-in-fp32" in _megatron_args(
+        export_layout(grads("fp16", "fp32"), "megatron"))
+    assert "--grad-reduce-in-bf16" not in _megatron_args(export_layout(grads("bf16", "fp32"),
+                                                                       "megatron"))
+    with pytest.raises(SpecError, match="fp16 gradients in a bf16 run"):
+        export_layout(grads("bf16", "fp16"), "megatron")
 
 
 def test_megatron_rank_order_and_zero3():
@@ -217,13 +256,30 @@ def test_megatron_rank_order_and_zero3():
     assert args["--data-parallel-sharding-strategy"] == "optim_grads_params"
     odd = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 2},
                {"tp": 2, "pp": 2, "order": "dp-tp-cp-pp"}, global_batch_size=64)
-    assert "# not expressed: rank order dp-tp-cp-pp" in export_layout(odd, "megatron")
+    with pytest.raises(SpecError, match="rank order dp-tp-cp-pp"):
+        export_layout(odd, "megatron")
 
 
 # torchtitan ----------------------------------------------------------------------------------
 
 
-def test_torchtitan_llama70b_parses(llama70b):
+def test_torchtitan_refuses_what_it_cannot_express(llama70b):
+    """ZeRO-1 (torchtitan has FSDP2 or DDP) and selective recompute (torchtitan's selective
+    checkpointing saves other tensors): refused, naming the fix (issue 17: comments)."""
+    with pytest.raises(SpecError, match="ZeRO-1") as err:
+        export_layout(llama70b, "torchtitan")
+    assert "parallel.zero_stage=3" in err.value.valid
+    sharded = _job("llama3-70b", {"base": "dgx-h100", "num_nodes": 16},
+                   {"tp": 8, "pp": 4, "vpp": 2, "schedule": "interleaved",
+                    "sequence_parallel": True, "recompute": "selective", "zero_stage": 3})
+    with pytest.raises(SpecError, match="recompute selective"):
+        export_layout(sharded, "torchtitan")
+
+
+def test_torchtitan_llama70b_parses():
+    llama70b = _job("llama3-70b", {"base": "dgx-h100", "num_nodes": 16},
+                    {"tp": 8, "pp": 4, "vpp": 2, "schedule": "interleaved", "micro_batch_size": 1,
+                     "sequence_parallel": True, "recompute": "full", "zero_stage": 3})
     text = export_layout(llama70b, "torchtitan")
     config = tomllib.loads(text)
     par, train = config["parallelism"], config["training"]
@@ -235,17 +291,19 @@ def test_torchtitan_llama70b_parses(llama70b):
     assert par["pipeline_parallel_split_points"] == [f"layers.{10 * i}" for i in range(1, 8)]
     assert train == {"local_batch_size": 256, "global_batch_size": 1024, "seq_len": 8192,
                      "mixed_precision_param": "bfloat16"}
-    assert config["activation_checkpoint"]["mode"] == "selective"
-    assert "# not expressed: ZeRO-1" in text  # torchtitan shards with FSDP2 only
+    assert config["activation_checkpoint"]["mode"] == "full"
+    assert "not expressed" not in text
 
 
-def test_torchtitan_zero2_is_a_comment_not_an_error():
-    job = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1},
-               {"tp": 2, "zero_stage": 2, "micro_batch_size": 2, "recompute": "full"},
+def test_torchtitan_zero2_is_refused_zero3_is_fsdp():
+    parallel = {"tp": 2, "micro_batch_size": 2, "recompute": "full", "sequence_parallel": True}
+    job = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, {**parallel, "zero_stage": 2},
                global_batch_size=64)
-    text = export_layout(job, "torchtitan")
-    config = tomllib.loads(text)
-    assert "# not expressed: ZeRO-2" in text
+    with pytest.raises(SpecError, match="ZeRO-2"):
+        export_layout(job, "torchtitan")
+    job = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, {**parallel, "zero_stage": 3},
+               global_batch_size=64)
+    config = tomllib.loads(export_layout(job, "torchtitan"))
     assert config["parallelism"]["data_parallel_shard_degree"] == 4
     assert "pipeline_parallel_schedule" not in config["parallelism"]  # no pipeline
     assert config["training"]["local_batch_size"] == 2  # micro-batches, accumulated to 64
@@ -253,27 +311,49 @@ def test_torchtitan_zero2_is_a_comment_not_an_error():
 
 
 @pytest.mark.parametrize("schedule, vpp, name", [
-    ("1f1b", 1, "1F1B"), ("gpipe", 1, "GPipe"), ("zero-bubble", 1, "ZBVZeroBubble")])
+    ("1f1b", 1, "1F1B"), ("gpipe", 1, "GPipe"), ("interleaved", 2, "Interleaved1F1B")])
 def test_torchtitan_schedules(schedule, vpp, name):
     job = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1},
-               {"pp": 4, "tp": 2, "schedule": schedule, "vpp": vpp, "zero_stage": 3},
-               global_batch_size=64)
+               {"pp": 4, "tp": 2, "schedule": schedule, "vpp": vpp, "zero_stage": 3,
+                "sequence_parallel": True}, global_batch_size=64)
     text = export_layout(job, "torchtitan")
     par = tomllib.loads(text)["parallelism"]
     assert par["pipeline_parallel_schedule"] == name
-    stages = 8 if schedule == "zero-bubble" else 4  # ZBV: two stages per rank
-    assert len(par["pipeline_parallel_split_points"]) == stages - 1
+    assert len(par["pipeline_parallel_split_points"]) == 4 * vpp - 1
+
+
+def test_torchtitan_refuses_zero_bubble():
+    """parasim's ZB-H1 has one stage per rank, torchtitan's ZBVZeroBubble two (issue 17:
+    the export halved the stages and said so in a comment)."""
+    job = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1},
+               {"pp": 4, "tp": 2, "schedule": "zero-bubble", "zero_stage": 3,
+                "sequence_parallel": True}, global_batch_size=64)
+    with pytest.raises(SpecError, match="schedule zero-bubble"):
+        export_layout(job, "torchtitan")
 
 
 def test_torchtitan_fp8_and_fp16():
-    fp8 = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, {"tp": 8, "zero_stage": 3},
+    parallel = {"tp": 8, "zero_stage": 3, "sequence_parallel": True}
+    fp8 = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, parallel,
                global_batch_size=8, precision="fp8")
     config = tomllib.loads(export_layout(fp8, "torchtitan"))
     assert config["model"]["converters"] == ["float8"]
-    fp16 = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, {"tp": 8},
+    fp16 = _job("llama3-8b", {"base": "dgx-h100", "num_nodes": 1}, parallel,
                 global_batch_size=8, precision="fp16")
-    text = export_layout(fp16, "torchtitan")
-    assert "# not expressed: precision fp16" in text and tomllib.loads(text)
+    with pytest.raises(SpecError, match="precision fp16"):
+        export_layout(fp16, "torchtitan")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mixed_node_groups_are_refused(fmt):
+    cluster = {"node_groups": [{"base": "dgx-h100", "num_nodes": 1},
+                               {"base": "dgx-a100", "num_nodes": 1}]}
+    job = _job("llama3-8b", cluster, {"tp": 8, "pp": 2, "zero_stage": 3,
+                                      "sequence_parallel": True, "recompute": "full"},
+               global_batch_size=64)
+    with pytest.raises(SpecError, match="mixed node groups") as err:
+        export_layout(job, fmt)
+    assert err.value.valid == "plan on one kind of node, or leave --export out"
 
 
 def test_unknown_format_is_a_spec_error(llama70b):

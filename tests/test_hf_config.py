@@ -244,18 +244,26 @@ def write(path, config) -> None:
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def test_load_names_the_model_after_its_folder(tmp_path):
-    path = tmp_path / "Meta-Llama-3-8B" / "config.json"
+def test_load_names_the_model_after_its_type_and_file(tmp_path):
+    # issue 17: a config in a folder called `hf` was named "hf"; the name now says what the
+    # model is and where it came from
+    path = tmp_path / "hf" / "config.json"
     write(path, CONFIGS["llama3-8b"])
     m = load_hf_config(path)
-    assert m.name == "Meta-Llama-3-8B" and m.kv_heads == 8
-    assert load_hf_config(path.parent).name == "Meta-Llama-3-8B"  # the folder works too
+    assert m.name == "llama from hf/config.json" and m.kv_heads == 8
+    assert load_hf_config(path.parent).name == "llama from hf/config.json"  # the folder works too
 
 
-def test_load_other_file_names_use_the_stem(tmp_path):
+def test_load_names_the_model_after_its_name_or_path(tmp_path):
+    path = tmp_path / "hf" / "config.json"
+    write(path, {**CONFIGS["llama3-8b"], "_name_or_path": "meta-llama/Meta-Llama-3-8B"})
+    assert load_hf_config(path).name == "Meta-Llama-3-8B"
+
+
+def test_load_other_file_names_use_the_file(tmp_path):
     path = tmp_path / "qwen3-moe.json"
     write(path, CONFIGS["qwen3-30b-a3b"])
-    assert load_hf_config(path).name == "qwen3-moe"
+    assert load_hf_config(path).name == "qwen3_moe from qwen3-moe.json"
 
 
 def test_load_missing_file(tmp_path):

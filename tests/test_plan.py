@@ -150,15 +150,16 @@ def test_plan_file_lists_the_node_groups_in_the_chosen_order(tmp_path):
     job_path = tmp_path / "job.yaml"
     job_path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "plan.json"
-    result = _cli(job_path, "--out", out)
+    result = _cli(job_path, "--out", out, "--profile", "analytic")  # the roofline's order
     assert result.returncode == 0, result.stderr
     assert "node groups take the ranks in this order: 1 x a100-80gb, 1 x h100-sxm" in result.stdout
     plan = json.loads(out.read_text())
     assert [g["base"] for g in plan["job"]["cluster"]["node_groups"]] == ["dgx-a100", "dgx-h100"]
     replay = tmp_path / "replay.yaml"
     replay.write_text(yaml.safe_dump(plan["job"]))
-    estimate = subprocess.run([sys.executable, "-m", "parasim", "estimate", replay, "--json"],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    estimate = subprocess.run([sys.executable, "-m", "parasim", "estimate", replay, "--json",
+                               "--profile", "analytic"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
     assert json.loads(estimate.stdout)["step_time_s"] == pytest.approx(
         plan["prediction"]["step_time_s"])
 

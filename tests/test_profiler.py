@@ -86,7 +86,8 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("profile") / "cpu-tiny"
-    result = profile("cpu", None, False, out, False, grids=TINY, timing=TINY_TIMING)
+    result = profile("cpu", None, False, out, False, grids=TINY, timing=TINY_TIMING,
+                     keep_unsteady=True)  # 2 runs per entry on a shared host: may be unsteady
     assert result.out_dir == out
     return out
 
@@ -194,6 +195,53 @@ def test_out_dir_is_created_refused_when_not_empty_and_forced(tmp_path):
     assert (out / "gemm.csv").read_text(encoding="utf-8") == "m\n"
 
 
+def _busy_host(monkeypatch):
+    """Every checked table judged as measured on a busy host (runtime.stability's verdict)."""
+    from parasim.runtime import profiler
+    from parasim.runtime.stability import Verdict
+
+    def recheck(table, rows, shape, remeasure):
+        return rows, Verdict(table=table, entries=len(rows), remeasured=len(rows),
+                             changed=len(rows), unsteady=len(rows), worst=40.0,
+                             worst_entry=f"{table} entry 1 ms, then 40 ms", out_of_order=0)
+    monkeypatch.setattr(profiler, "recheck", recheck)
+
+
+def test_a_busy_host_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """Issue 17: on a busy host the profiler wrote tables up to 10,000x slow without a word.
+    Refused with the numbers; the folder is not created; --force (keep_unsteady) keeps the
+    tables and says so in meta.json."""
+    _busy_host(monkeypatch)
+    out = tmp_path / "busy"
+    with pytest.raises(SpecError, match=r"profile=.*the host was too busy to profile: gemm: 4 "
+                       r"of 4 entries still disagree .*up to x40: gemm entry 1 ms, then 40 "
+                       r"ms.*load average .*nothing written") as err:
+        profile("cpu", None, False, out, False, grids=TINY, timing=TINY_TIMING)
+    assert "--force to keep these tables" in err.value.valid
+    assert not out.exists()
+    result = profile("cpu", None, False, out, False, grids=TINY, timing=TINY_TIMING,
+                     keep_unsteady=True)
+    notes = json.loads((out / "meta.json").read_text(encoding="utf-8"))["notes"]
+    assert any(n.startswith("steadiness: gemm: 4 of 4 entries still disagree") for n in notes)
+    assert [v.table for v in result.verdicts] == ["gemm", "attention", "elementwise",
+                                                  "optimizer"]
+
+
+def test_an_interrupted_profile_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    from parasim.runtime import profiler
+
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep", encoding="utf-8")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(profiler, "write_table", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        profile("cpu", None, False, out, False, force=True, grids=TINY, timing=TINY_TIMING)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
 def test_quick_cpu_grid_is_small():
     grids = cpu_quick_grids()
     assert len(grids.gemm_m) * len(grids.gemm_n) * len(grids.gemm_k) <= 216
@@ -261,12 +309,13 @@ def test_cli_quick_cpu_profile_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start_s = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "parasim", "profile", "--quick",
-                             "--device", "cpu", "--out", str(out)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+                             "--device", "cpu", "--out", str(out), "--force"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)  # --force:
+    # a shared test host may be busy, and then the profile is refused (test_stability.py)
     elapsed_s = time.monotonic() - start_s
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert elapsed_s < 300, f"--quick took {elapsed_s:.0f} s"
+    assert elapsed_s < 300, f"--quick took {elapsed_s:.0f} s"  # documented: about 4 minutes
     for table, columns in README_COLUMNS.items():
         header, rows = read_table(out / f"{table}.csv")
         assert header == columns and rows, table

@@ -80,6 +80,28 @@ def test_png_is_written(capsys, tmp_path):
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 
+def test_a_picture_of_many_hosts_says_how_many_it_left_out():
+    """Issue 17: the PNG dropped hosts without a word. 128 hosts: the title says 32 drawn and
+    96 left out, and the dp group's legend entry how many of its 32 hosts are not drawn."""
+    from parasim.simulator.jobfile import load_job
+    from parasim.topo import _fabric_figure, placements, topology_of
+
+    job = load_job(EXAMPLE)
+    topology = topology_of(job)
+    first = {p.axis: p.groups[0] for p in placements(job, topology)}
+    figure = _fabric_figure(job, topology, first)
+    axes = figure.axes[0]
+    assert "32 of 128 hosts drawn, 96 left out" in axes.get_title()
+    legend = [t.get_text() for t in axes.get_legend().get_texts()]
+    dp = next(t for t in legend if t.startswith("dp group 0"))
+    drawn = int(re.search(r"on 32 hosts: (\d+) drawn, (\d+) left out", dp).group(1))
+    assert 0 < drawn < 32 and next(t for t in legend if t.startswith("tp")).endswith("0-7")
+    small = load_job(EXAMPLE, ["cluster.num_nodes=16", "training.global_batch_size=64"])
+    figure = _fabric_figure(small, topology_of(small),
+                            {p.axis: p.groups[0] for p in placements(small, topology_of(small))})
+    assert "left out" not in figure.axes[0].get_title()  # every host drawn
+
+
 def test_rail_only_cluster(capsys, tmp_path):
     png = tmp_path / "rail-only.png"
     out = topo(capsys, EXAMPLE, "--set", "cluster.topology=rail-only", "--png", png)

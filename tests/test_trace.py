@@ -126,3 +126,60 @@ def test_unwritable_path_is_a_spec_error(tmp_path, where):
         write_chrome_trace(path, one_f_one_b_intervals(), title="t")
     assert caught.value.field == "--trace" and caught.value.value == str(path)
     assert caught.value.valid == "a writable file path"
+
+
+# A predicted step: communication tracks (issue 17) -----------------------------------------------
+
+
+def _predicted(parallel: dict, model="mixtral-8x7b", nodes: int = 2):
+    from pathlib import Path
+
+    from parasim.simulator.jobfile import job_from_mapping
+    from parasim.simulator.predict import predict
+
+    raw = {"model": model, "cluster": {"base": "dgx-h100", "num_nodes": nodes},
+           "training": {"seq_length": 4096, "global_batch_size": 64}, "parallel": parallel}
+    return predict(job_from_mapping(raw, base_dir=Path("."), source="t"), record=True)
+
+
+def test_a_predicted_step_has_one_track_per_communication_stream():
+    """tp, ep, pp and dp under each pipeline rank; the expert all-to-all of the critical rank
+    adds up to its breakdown's ep_comm, and each task's pieces tile the task."""
+    p = _predicted({"tp": 2, "pp": 2, "ep": 4, "vpp": 2, "schedule": "interleaved"})
+    trace = chrome_trace(p.intervals, title="t")
+    events = complete_events(trace)
+    streams = {(e["pid"], e["cat"]) for e in events}
+    assert streams == {(r, s) for r in range(2) for s in ("compute", "tp", "ep", "pp", "dp")}
+    threads = {args["name"] for args in metadata(trace, "thread_name").values()}
+    assert threads == {"compute", "tp", "ep", "pp", "dp"}
+    for rank in range(2):
+        ep = sum(i.end_s - i.start_s for i in p.intervals if i.rank == rank and i.stream == "ep")
+        assert ep == pytest.approx(p.breakdown.ep_comm_s, rel=1e-9)
+    by_task = defaultdict(list)
+    for i in p.intervals:
+        if i.task is not None and i.stream != "pp":
+            by_task[(i.rank, i.task)].append(i)
+    for pieces in by_task.values():
+        pieces.sort(key=lambda i: i.start_s)
+        assert all(a.end_s == b.start_s for a, b in zip(pieces, pieces[1:]))
+        assert [i.stream for i in pieces] == ["compute", "tp", "ep"]
+
+
+def test_pipeline_sends_do_not_overlap_on_a_track():
+    p = _predicted({"tp": 8, "pp": 4}, model="llama3-8b", nodes=4)
+    for rank in range(4):
+        sends = sorted((i for i in p.intervals if i.rank == rank and i.stream == "pp"),
+                       key=lambda i: i.start_s)
+        assert sends and all(a.end_s <= b.start_s + 1e-12 for a, b in zip(sends, sends[1:]))
+
+
+def test_an_estimate_records_nothing_unless_asked():
+    from pathlib import Path
+
+    from parasim.simulator.jobfile import job_from_mapping
+    from parasim.simulator.predict import predict
+
+    raw = {"model": "llama3-8b", "cluster": {"base": "dgx-h100", "num_nodes": 1},
+           "training": {"seq_length": 4096, "global_batch_size": 64},
+           "parallel": {"tp": 2, "pp": 4}}
+    assert predict(job_from_mapping(raw, base_dir=Path("."), source="t")).intervals == ()

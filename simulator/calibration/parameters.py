@@ -57,6 +57,11 @@ PARAMETERS = {p.name: p for p in (
                  upper=1e13, scale=1.0, log=True, meaning="GEMM size at half the max efficiency"),
     FitParameter(name="attention.max_efficiency", field="attention.max_efficiency", lower=0.05,
                  upper=1.0, scale=1.0, meaning="fused attention's share of dense peak"),
+    FitParameter(name="attention.half_efficiency_flop", field="attention.half_efficiency_flop",
+                 lower=1e6, upper=1e15, scale=1.0, log=True,
+                 meaning="attention size at half the max efficiency"),
+    FitParameter(name="attention.shape_exponent", field="attention.shape_exponent", lower=0.0,
+                 upper=2.0, scale=1.0, meaning="efficiency x (head dim / 128)^this below 128"),
     FitParameter(name="memory.bandwidth_efficiency", field="memory_bandwidth_efficiency",
                  lower=0.05, upper=1.0, scale=1.0, meaning="elementwise ops' share of HBM "
                  "bandwidth"),

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from parasim.simulator.datasets import vtrain
+from parasim.simulator.checks import require_number
 from parasim.simulator.errors import SpecError
 from parasim.simulator.job import Job
 from parasim.simulator.jobfile import apply_override, job_from_mapping, load_raw
@@ -90,20 +90,19 @@ def _read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     rows = [(line, cells) for line, cells in enumerate(table[1:], start=2) if any(cells)]
     for line, cells in rows:
         if len(cells) != len(header):
-            raise SpecError(f"--runs {path.name}:{line}", len(cells),
-                            f"cells where the header has {len(header)}", "one cell per column")
+            raise SpecError(f"--runs {path.name}:{line}", ",".join(cells),
+                            f"has {len(cells)} cells where the header has {len(header)}",
+                            "one cell per column")
     return header, rows
 
 
 def _positive(path: Path, line: int, column: str, text: str) -> float:
+    """A cell that must hold a finite number > 0."""
+    field = f"--runs {path.name}:{line}.{column}"
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise SpecError(f"--runs {path.name}:{line}.{column}", text, "must be a positive number",
-                        "a number > 0")
-    return value
+        return require_number(field, float(text), 0, above=True)
+    except (ValueError, SpecError):  # text, NaN, infinite, <= 0: the cell as written
+        raise SpecError(field, text, "must be a positive number", "a number > 0") from None
 
 
 def _job(path: Path, line: int, raw: dict, base_dir: Path) -> Job:

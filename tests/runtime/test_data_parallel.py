@@ -36,7 +36,8 @@ SCENARIOS = [
              layout=Layout(dp=2, zero_stage=1, overlap_grad_reduce=True)),
     Scenario(name="dp2-zero1-two-microbatches", spec=llama(), microbatches=2,
              layout=Layout(dp=2, zero_stage=1, overlap_grad_reduce=True)),
-    Scenario(name="dp2-one-bucket-no-overlap", spec=gpt(), layout=Layout(dp=2),
+    Scenario(name="dp2-one-bucket-no-overlap", spec=gpt(),
+             layout=Layout(dp=2, overlap_grad_reduce=False),
              bucket_bytes=2 ** 30),
 ]
 

@@ -25,6 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from parasim.cli import main  # noqa: E402  (after the importorskip)
+from parasim.planner.plan import plan_inputs  # noqa: E402
 from parasim.runtime import launch as launch_module  # noqa: E402
 from parasim.runtime import netns, processes  # noqa: E402
 from parasim.runtime import run as run_module  # noqa: E402
@@ -54,10 +55,11 @@ TWO_RANKS = {"model.hidden_size": 256, "model.num_attention_heads": 4, "model.nu
 
 
 def plan_document(**job_changes) -> dict:
-    """A plan file's object, as `parasim plan --out` writes it, for a 2 x 8 GPU job."""
+    """A plan file's object, as `parasim plan --out` writes it, for a 2 x 8 GPU job (its
+    inputs' hashes those of this job and of this parasim's catalogs, as `parasim run` checks)."""
+    job = job_with(job_changes)
     return {"schema_version": 1, "created": "2025-01-01T00:00:00+00:00", "objective": "time",
-            "job": job_with(job_changes), "prediction": {"step_time_s": 1.0},
-            "inputs": {"job_sha256": "0" * 64}}
+            "job": job, "prediction": {"step_time_s": 1.0}, "inputs": plan_inputs(job)}
 
 
 def small_plan_document() -> dict:
@@ -336,6 +338,43 @@ def test_cli_bad_options(tmp_path, capsys, tripwires, options, fragments):
     assert status == 2
     assert_one_line(err, *fragments)
     assert tripwires == []
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda d: d["job"]["training"].update(global_batch_size=128),
+     "its job was edited after planning (job_sha256 does not match the job it holds)"),
+    (lambda d: d["job"]["parallel"].update(tp=1), "its job was edited after planning"),
+    (lambda d: d["inputs"].update(job_sha256="0" * 64), "its job was edited after planning"),
+    (lambda d: d["inputs"].update({"gpus.yaml_sha256": "0" * 64}),
+     "gpus.yaml changed since it was planned (gpus.yaml_sha256 differs)"),
+    (lambda d: d["inputs"].pop("analytic.yaml_sha256"), "analytic.yaml changed since"),
+])
+def test_cli_plan_that_changed_since_planning(tmp_path, capsys, tripwires, tamper, fragment):
+    """Issue 17: a plan whose job was edited, or whose hashes were changed, ran without a
+    word. It is refused, saying what changed; --force runs it (here the next check, of the
+    emulation options, speaks), after a warning."""
+    document = small_plan_document()
+    tamper(document)
+    plan = write_plan(tmp_path, document)
+    status, err = run_in_process(capsys, plan, "--nproc", 2)
+    assert status == 2
+    assert_one_line(err, f"parasim: error: plan='{plan}': ", fragment,
+                    "valid: plan the job again", "or --force to run it as it is")
+    status, err = run_in_process(capsys, plan, "--nproc", 2, "--force", "--emulate-nodes", 2)
+    assert status == 2 and len(err) == 2, err
+    assert err[0].startswith(f"parasim: warning: {plan}: ") and "(--force)" in err[0]
+    assert "--emulate-nodes=2" in err[1] and "needs both" in err[1]
+    assert tripwires == []
+
+
+def test_cli_measurement_that_exists_is_kept(tmp_path, capsys, tripwires):
+    out = tmp_path / "MEASUREMENT.json"
+    out.write_text("mine", encoding="utf-8")
+    status, err = run_in_process(capsys, write_plan(tmp_path, small_plan_document()), "--nproc",
+                                 2, "--out", out)
+    assert status == 2
+    assert_one_line(err, f"--out='{out}'", "exists; refusing to overwrite it", "--force")
+    assert out.read_text(encoding="utf-8") == "mine" and tripwires == []
 
 
 def test_cli_without_the_trainer(tmp_path, capsys, tripwires, monkeypatch):
