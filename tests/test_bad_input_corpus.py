@@ -32,6 +32,7 @@ import yaml
 from parasim import profiles
 from parasim.cli import main
 from parasim.simulator.yamlfile import load_data
+from tests.test_cli_errors import DELETE, job_with
 
 REPO = Path(__file__).resolve().parents[1]
 NAN, INF = math.nan, math.inf
@@ -52,22 +53,10 @@ PROFILE_YAML = (profiles.path("analytic.yaml")).read_text(encoding="utf-8")
 VTRAIN_HEADER = ("# GPUs,global batch,micro batch,hidden size,attention heads,# layers,"
                  "sequence length,tensor parallelism,data parallelism,pipeline parallelism,"
                  "iteration time (ms)")
-DELETE = object()
-
-
 def job(changes: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> dict:
-    """A copy of `base` (BASE_JOB) with dotted keys set (or removed with DELETE)."""
-    out = copy.deepcopy(BASE_JOB if base is None else base)
-    for key, value in (changes or {}).items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is DELETE:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return out
+    """A copy of `base` (this corpus's BASE_JOB) with dotted keys set (or removed with
+    DELETE): `tests.test_cli_errors.job_with` on this file's base."""
+    return job_with(changes, BASE_JOB if base is None else base)
 
 
 def unlaid(changes: dict[str, Any] | None = None) -> dict:
