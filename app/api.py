@@ -77,10 +77,7 @@ def plan(job: Job | JobSource, *, objective: Objective = "time", top: int = 5,
     fewer nodes; `profile` a fitted profile. The plan's `result` holds the runners-up, the
     Pareto front and what was rejected."""
     if isinstance(job, Job):
-        if job.mapping is None:
-            raise SpecError("job", job.source, "was built in code, not from a job mapping",
-                            "parasim.load_job(path or mapping)")
-        raw, base_dir, source = copy.deepcopy(dict(job.mapping)), Path("."), job.source
+        raw, base_dir, source = copy.deepcopy(_mapping_of(job)), Path("."), job.source
     elif isinstance(job, Mapping):
         raw, base_dir, source = copy.deepcopy(dict(job)), Path("."), "<mapping>"
     else:
@@ -157,11 +154,7 @@ def sweep(job: Job | JobSource, grid: Mapping[str, Sequence[Any]], *,
     its reason in `error`."""
     import pandas
 
-    base = job if not isinstance(job, Job) else None
-    if base is None and job.mapping is None:
-        raise SpecError("job", job.source, "was built in code, not from a job mapping",
-                        "parasim.load_job(path or mapping)")
-    source = dict(job.mapping) if isinstance(job, Job) else job
+    source = _mapping_of(job) if isinstance(job, Job) else job
     rows = []
     for values in itertools.product(*grid.values()):
         row = dict(zip(grid, values))
@@ -181,3 +174,11 @@ def _names(profile: Profiles) -> list[str]:
     if profile is None:
         return []
     return [profile] if isinstance(profile, (str, Path)) else [str(p) for p in profile]
+
+
+def _mapping_of(job: Job) -> dict:
+    """The job-file mapping a Job was built from (`load_job` keeps it)."""
+    if job.mapping is None:
+        raise SpecError("job", job.source, "was built in code, not from a job mapping",
+                        "parasim.load_job(path or mapping)")
+    return dict(job.mapping)
