@@ -89,6 +89,7 @@ class AnalyticProfile:
     def with_generation(self, name: str, constants: AnalyticProfile) -> AnalyticProfile:
         """This profile with generation `name` set to `constants` (stored as the keys in which
         they differ from the top level)."""
+        assert any(g.name == name for g in self.generations), name
         overrides = _frozen(_difference(_flat_mapping(constants), _flat_mapping(self)))
         return replace(self, generations=tuple(
             replace(g, overrides=overrides) if g.name == name else g for g in self.generations))

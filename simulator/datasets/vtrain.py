@@ -26,8 +26,8 @@ vTrain   GPT: gelu, layernorm, learned positions (max(seq, 2048) rows), tied emb
          linear biases, dropout, ffn 4h, vocab 50257; fp16 (Megatron-DeepSpeed mixed
          precision); flash_attention false (vTrain's Megatron-DeepSpeed predates FlashAttention);
          recompute full, 1f1b, no sequence parallelism, ZeRO-0, no overlap of the gradient
-         reduction (bucketing off); a100-80gb (memory size unknown; it does not change the
-         time); cluster dgx-a100 preset (NVLink 300 GB/s per GPU, 8 x 200 Gb/s NICs per
+         reduction (bucketing off: overlap_grad_reduce false); a100-80gb (memory size
+         unknown; it does not change the time); cluster dgx-a100 preset (NVLink 300 GB/s per GPU, 8 x 200 Gb/s NICs per
          node), ceil(gpus/8) nodes (single-node rows with < 8 GPUs: one node of that many).
          vTrain's own simulator used 150 GB/s intra-node and 800 Gb/s per node, half the
          preset's rates; at 150 GB/s the calibration half's fitted NVLink efficiency sat at
@@ -59,7 +59,8 @@ def vtrain_job(row: dict[str, str]) -> dict[str, Any]:
         "parallel": {"tp": int(row["tensor parallelism"]), "pp": int(row["pipeline parallelism"]),
                      "dp": int(row["data parallelism"]), "micro_batch_size": int(row["micro batch"]),
                      "recompute": "full", "schedule": "1f1b", "sequence_parallel": False,
-                     "zero_stage": 0},
+                     "zero_stage": 0, "overlap_grad_reduce": False,
+                     "overlap_param_gather": False},
     }
 
 
