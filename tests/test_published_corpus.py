@@ -23,7 +23,7 @@ from parasim.simulator.flops import model_flop_per_step
 
 CORPUS = pub.default_corpus_dir()
 FILES = pub.corpus_files(CORPUS)
-# Blind-test sources (profiles/published/README.md): none may appear in the corpus. Patterns are
+# Blind-test sources (issue 16; profiles/published/README.md says why): none may appear in the corpus. Patterns are
 # case-insensitive; a note that says a source was not used must not name it either.
 RESERVED = (r"2104\.04473", r"2205\.05198", r"2402\.15027", r"2407\.21783", r"torchtitan",
             r"tr11", r"bloom-176b", r"megatron-bridge", r"performance[-_ ]summar",
