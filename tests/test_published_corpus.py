@@ -23,8 +23,9 @@ from parasim.simulator.flops import model_flop_per_step
 
 CORPUS = pub.default_corpus_dir()
 FILES = pub.corpus_files(CORPUS)
-# Blind-test sources (issue 16; profiles/published/README.md says why): none may appear in the corpus. Patterns are
-# case-insensitive; a note that says a source was not used must not name it either.
+# Blind-test sources (issue 16; profiles/published/README.md says why): none may appear in
+# the corpus. Patterns are case-insensitive; a note that says a source was not used must not
+# name it either.
 RESERVED = (r"2104\.04473", r"2205\.05198", r"2402\.15027", r"2407\.21783", r"torchtitan",
             r"tr11", r"bloom-176b", r"megatron-bridge", r"performance[-_ ]summar",
             r"megatron-lm\S{0,80}readme", r"megatron-lm readme", r"opt-175b", r"opt 175b",
