@@ -24,6 +24,7 @@ Torch-free; about a minute and a half on two cores.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import time
 from collections.abc import Sequence
@@ -61,7 +62,8 @@ def validate_published(*, data_dir: str | Path | None = None, out: str | Path | 
     target = check_new_folder(out or "reports/published", force=force, field="--out")
     published, skipped = load_published(Path(str(profiles.path("published"))), folder)
     runs = [r for r in map(_sourced, published) if r is not None]
-    fit_runs = [r for r in runs if _in_fit(r, runs)]
+    per_source = Counter(r.source for r in runs)
+    fit_runs = [r for r in runs if _in_fit(r, per_source[r.source])]
     base = analytic_profile()
     print(f"published: {len(runs)} runs with a measured step time from "
           f"{len({r.source for r in runs})} sources ({len(fit_runs)} in the fits); "
@@ -98,10 +100,10 @@ def _sourced(run: PublishedRun) -> by_source.SourcedRun | None:
                             for g in run.job.cluster.node_groups))
 
 
-def _in_fit(run: by_source.SourcedRun, runs: Sequence[by_source.SourcedRun]) -> bool:
-    """At most FIT_RUNS_PER_SOURCE runs of a large source take part in the fits: those whose
-    hash of (source, job source) falls in the smallest share (a fixed, seeded-free choice)."""
-    total = sum(1 for r in runs if r.source == run.source)
+def _in_fit(run: by_source.SourcedRun, total: int) -> bool:
+    """At most FIT_RUNS_PER_SOURCE runs of a large source (`total` runs) take part in the
+    fits: those whose hash of (source, job source) falls in the smallest share (a fixed,
+    seed-free choice)."""
     if total <= FIT_RUNS_PER_SOURCE:
         return True
     digest = hashlib.sha256(f"{run.source}|{run.job.source}".encode()).digest()

@@ -129,12 +129,13 @@ def _with_intervals(runs: Sequence[SourcedRun], predicted: dict, baseline: dict
     """Each held-out run's 80% interval: the band of the out-of-source residuals of its
     generation's OTHER sources (so no run's interval has seen its own source)."""
     logs = {id(r): math.log(r.measured_step_s / predicted[id(r)]) for r in runs}
+    bands = {}  # one band per (generation, held-out source), not one per run
+    for key in {(r.generation, r.source) for r in runs}:
+        others = [logs[id(o)] for o in runs if o.generation == key[0] and o.source != key[1]]
+        bands[key] = interval_band(others, "") if others else None
     out = []
     for r in runs:
-        others = [logs[id(o)] for o in runs if o.generation == r.generation
-                  and o.source != r.source]
-        band = interval_band(others, "") if others else None
-        p = predicted[id(r)]
+        band, p = bands[(r.generation, r.source)], predicted[id(r)]
         low, high = (p, p) if band is None else (p * math.exp(band.log_low),
                                                  p * math.exp(band.log_high))
         out.append(HeldOut(r, p, baseline[id(r)], low, high))
