@@ -28,6 +28,9 @@ from tests.runtime.oracle import (  # noqa: E402
     Scenario, check_scenario, gpt, llama, results_of, run_scenarios)
 
 CLOSE = {"rtol": 1e-5, "atol": 1e-6}
+# Gradients sum more float32 terms; where the exact value is 0 (a causal row's only key), the two
+# kernels' rounding differs by about 1e-6, so their absolute tolerance is ten times wider.
+GRAD_CLOSE = {"rtol": 1e-5, "atol": 1e-5}
 SCENARIOS = [
     Scenario(name="cp2-llama-gqa", spec=llama(),
              layout=Layout(dp=1, cp=2, overlap_grad_reduce=True)),
@@ -84,7 +87,7 @@ def test_block_attention_and_its_backward_equal_autograd_of_sdpa():
     dq, dk, dv = block_attention_backward(grad, q.detach(), k.detach(), v.detach(),
                                           out.detach(), lse.detach(), causal=True)
     for mine, reference in ((dq, q.grad), (dk, k.grad), (dv, v.grad)):
-        torch.testing.assert_close(mine, reference, **CLOSE)
+        torch.testing.assert_close(mine, reference, **GRAD_CLOSE)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -98,11 +101,11 @@ def test_matmul_fallback_equals_the_fused_cpu_block(causal):
     plain = matmul_block_attention(q, k, v, causal)
     for mine, reference in zip(plain, fused):
         torch.testing.assert_close(mine, reference, **CLOSE)
-    grad = torch.randn_like(fused[0])
+    grad = torch.randn(fused[0].shape, generator=torch.Generator().manual_seed(1))
     expected = block_attention_backward(grad, q, k, v, *fused, causal)
     for mine, reference in zip(matmul_block_attention_backward(grad, q, k, v, *fused, causal),
                                expected):
-        torch.testing.assert_close(mine, reference, **CLOSE)
+        torch.testing.assert_close(mine, reference, **GRAD_CLOSE)
 
 
 @pytest.mark.parametrize("size", [2, 4])
