@@ -212,7 +212,7 @@ def shown_axes(job: Job) -> list[str]:
 MESSAGES = {
     "tp": ("tp", "all_reduce", "activations b·s/cp·h"),
     "cp": ("cp", "all_gather", "one layer's keys and values, all of s"),
-    "ep": ("ep", "all_to_all", "routed tokens b·s/cp·k·h"),
+    "ep": ("ep", "all_to_all", "routed tokens b·s/cp·k·h (/tp with sequence parallel)"),
     "pp": ("pp_p2p", "p2p", "stage-boundary activations b·s/cp·h (/tp with sequence parallel)"),
 }
 

@@ -211,8 +211,10 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
             [op for op in ops if isinstance(op, Op)])
         b_compute = b_compute + _ops(compute, repeated)
     gemms = _ops(compute, [op for op in ops if _kind(op) == "gemm"])
-    tp_f = ctx.overlap(gemms, _tp_collective(ctx) * 2, layout.tp_comm_overlap)
-    tp_b = ctx.overlap(gemms, _tp_collective(ctx) * (4 if recompute == "full" else 2),
+    # attention's pair, then the MLP's or the expert dispatch's (`_routed_tokens`)
+    tp_pair = _tp_collective(ctx) + _tp_collective(ctx, _routed_tokens(ctx) if moe else None)
+    tp_f = ctx.overlap(gemms, tp_pair, layout.tp_comm_overlap)
+    tp_b = ctx.overlap(gemms, tp_pair * (2 if recompute == "full" else 1),
                        layout.tp_comm_overlap)
     cp_f, cp_b = _cp_passes(ctx, compute, ops)
     ep_f = ep_b = Sourced()
@@ -261,8 +263,9 @@ def _ops(compute: ComputeModel, ops, backward: bool = False) -> Sourced:
 
 def message_bytes(ctx: StepContext, axis: str) -> float:
     """Bytes of one collective of an axis for one micro-batch on one rank: tp's activations
-    b·s/cp·h; cp's keys and values of the whole sequence; ep's routed tokens b·s/cp·k·h;
-    the activation (or gradient) a pipeline stage sends, b·s/cp·h (/tp with SP)."""
+    b·s/cp·h; cp's keys and values of the whole sequence; ep's routed tokens b·s/cp·k·h
+    (/tp with SP: each tp rank dispatches its own sequence shard); the activation (or
+    gradient) a pipeline stage sends, b·s/cp·h (/tp with SP)."""
     model, layout, shard = ctx.job.model, ctx.layout, ctx.shard
     h, bpv = model.hidden_size, shard.bytes_per_value
     if axis == "tp":
@@ -272,13 +275,28 @@ def message_bytes(ctx: StepContext, axis: str) -> float:
             max(1, model.kv_heads // layout.tp)
         return shard.tokens * kv_heads * (model.qk_head_dim + model.v_head_dim) * bpv * layout.cp
     if axis == "ep":
-        return shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0) * h * bpv
+        return _routed_tokens(ctx) * shard.elementwise_tokens / shard.tokens * h * bpv
     assert axis == "pp_p2p", axis
     return shard.elementwise_tokens * h * bpv
 
 
-def _tp_collective(ctx: StepContext) -> Sourced:
-    """One all-reduce of a micro-batch's activations b·s/cp·h over the tp group, or with
+def _routed_tokens(ctx: StepContext) -> float:
+    """The expert inputs of a micro-batch's tokens on one tp group: tokens·k, padded to the
+    capacity factor when one is set.
+
+    Megatron-Core's all-to-all token dispatcher (`--moe-token-dispatcher-type alltoall`,
+    megatron/core/transformer/moe/token_dispatcher.py, core 0.8-0.12) with tp > 1 and sequence
+    parallelism: each tp rank routes its b·s/(cp·tp) tokens, sends their k copies over the ep
+    group, then all-gathers what it received over the tp group (the experts are tp-sharded)
+    and reduce-scatters the experts' output back: the MoE half of a block moves k times the
+    dense MLP's tp bytes, and the ep all-to-all 1/tp of the tokens' copies."""
+    model = ctx.job.model
+    return ctx.shard.tokens * model.experts_per_token * (model.capacity_factor or 1.0)
+
+
+def _tp_collective(ctx: StepContext, tokens: float | None = None) -> Sourced:
+    """One all-reduce of a micro-batch's activations b·s/cp·h (or of `tokens` tokens' hidden
+    states) over the tp group, or with
     sequence parallelism the reduce-scatter and the all-gather that replace it (Korthikanti et
     al. 2022, §4.2.2). Megatron-LM runs two per block forward and two backward (Shoeybi et al.
     2019, Figure 4); full recompute repeats the forward two in the backward pass. On the
@@ -286,6 +304,8 @@ def _tp_collective(ctx: StepContext) -> Sourced:
     from a measured profile they are two calls, each with its own fixed cost (on gloo
     1.3-1.6 ms each at 512 KiB against 1.8 ms for the all-reduce)."""
     size = message_bytes(ctx, "tp")
+    if tokens is not None:
+        size *= tokens / ctx.shard.tokens
     if ctx.layout.sequence_parallel:
         return ctx.collective("tp", "reduce_scatter", size) + \
             ctx.collective("tp", "all_gather", size)

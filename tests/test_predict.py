@@ -128,6 +128,28 @@ def test_moe_expert_parallel_splits_expert_memory_and_adds_all_to_all():
     assert ep1.params_active < ep1.params_total
 
 
+def test_moe_dispatch_moves_the_tp_shard_over_ep_and_k_copies_over_tp():
+    """Megatron-Core's all-to-all dispatcher with tp and sequence parallelism: each tp rank
+    sends its s/tp tokens' k copies over ep (bytes b·s·k·h/tp), and the MoE half of a block
+    all-gathers and reduce-scatters k times the dense MLP's tp bytes."""
+    from parasim.simulator.cost.profile import analytic_profile
+    from parasim.simulator.step_time import message_bytes, step_context
+    moe = {**MODEL, "name": "moe", "num_experts": 8, "experts_per_token": 2,
+           "moe_ffn_hidden_size": 14336}
+    sp = job({"tp": 4, "ep": 4, "sequence_parallel": True}, model=moe)
+    tokens_hidden_bytes = 4096 * 4096 * 2  # micro-batch 1, seq 4096, h 4096, bf16
+    assert message_bytes(step_context(sp, analytic_profile()), "ep") == pytest.approx(tokens_hidden_bytes * 2 / 4)
+    no_sp = job({"tp": 4, "ep": 4, "sequence_parallel": False}, model=moe)
+    assert message_bytes(step_context(no_sp, analytic_profile()), "ep") == pytest.approx(tokens_hidden_bytes * 2)
+    def tp_comm_s(k: int | None) -> float:
+        model = MODEL if k is None else {**moe, "experts_per_token": k}
+        return predict(job({"tp": 4, "sequence_parallel": True}, model=model)).breakdown.tp_comm_s
+    # one routed copy moves the dense MLP's bytes; each further copy adds the same again
+    assert tp_comm_s(1) == pytest.approx(tp_comm_s(None), rel=1e-9)
+    assert tp_comm_s(3) - tp_comm_s(2) == pytest.approx(tp_comm_s(2) - tp_comm_s(1), rel=1e-6)
+    assert tp_comm_s(2) > tp_comm_s(1)
+
+
 def test_full_recompute_of_half_the_blocks_lies_halfway():
     """16 of 32 blocks recomputed in full (the first 8 of each stage, Megatron-LM's block
     method): the recomputed FLOPs are half of full recompute's, and time and stored

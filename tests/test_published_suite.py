@@ -57,3 +57,21 @@ def test_the_suite_reproduces_the_shipped_profile(tmp_path, capsys):
     assert main(["validate", "--suite", "published", "--render", str(out)]) == 0
     assert (out / "README.md").is_file()
     assert "rendered" in capsys.readouterr().out
+
+
+def test_a_report_written_before_the_own_fit_column_still_renders(tmp_path):
+    """A results.csv without `own_s` (written before that column existed) renders, saying
+    the own-source fit was not computed."""
+    from parasim.published_report import render
+    header = "source,generation,job,measured_s,predicted_s,baseline_s,low_s,high_s\n"
+    rows = "".join(f"s{i % 2},hopper,j{i},{1 + i},{1.1 + i},{2 + i},{0.5 + i},{2 + i}\n"
+                   for i in range(4))
+    (tmp_path / "results.csv").write_text(header + rows)
+    (tmp_path / "memory.csv").write_text("source,label,predicted_GiB,measured_GiB\n")
+    (tmp_path / "fits.csv").write_text("label,predicted_fits,ran\n")
+    (tmp_path / "facts.json").write_text('{"command": "c", "created": "t", "elapsed_s": 1, '
+                                         '"fitted": ["gemm.max_efficiency"]}')
+    summary = render(tmp_path)
+    assert summary["own_mean_per_source_error"] is None
+    readme = (tmp_path / "README.md").read_text()
+    assert "| not computed |" in readme and "Fitted on itself:" not in readme

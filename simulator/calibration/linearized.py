@@ -108,7 +108,7 @@ def fit(lin: Linearization, measured_s: np.ndarray, weights: np.ndarray,
     """The coordinates minimising Σ w_i·log(measured_i / T_i(u))² over `rows` (all by
     default), within each parameter's bounds."""
     rows = np.arange(len(measured_s)) if rows is None else rows
-    sub = Linearization(lin.params, lin.at, lin.predicted_s[rows], lin.slope_s[rows])
+    sub = rows_of(lin, rows)
     root_w, log_measured = np.sqrt(weights[rows]), np.log(measured_s[rows])
     low, high = zip(*(_bounds(p) for p in lin.params))
     start = np.clip(lin.at, low, high)
@@ -128,18 +128,26 @@ def fit(lin: Linearization, measured_s: np.ndarray, weights: np.ndarray,
 
 def refit(predict_runs: Predictor, profile: AnalyticProfile, params: Sequence[FitParameter],
           measured_s: np.ndarray, weights: np.ndarray, rounds: int = 3,
-          tolerance: float = 0.01) -> tuple[AnalyticProfile, Linearization]:
+          tolerance: float = 0.01, lin: Linearization | None = None
+          ) -> tuple[AnalyticProfile, Linearization]:
     """Fit, linearise again at the fit, until no coordinate moves by more than `tolerance`
-    (relative) or after `rounds`; the fitted profile and its final linearisation."""
-    lin = linearize(predict_runs, profile, params)
+    (relative) or after `rounds`; the fitted profile and the linearisation it was last fitted
+    from (within `tolerance` of the fit). `lin`: the runs already linearised at `profile`
+    (saves the first pass; returned as is when the first fit does not move)."""
+    lin = lin or linearize(predict_runs, profile, params)
     for _ in range(rounds):
         u = fit(lin, measured_s, weights)
-        profile = with_coordinates(profile, params, u)
         moved = np.max(np.abs(u - lin.at) / np.maximum(np.abs(lin.at), 1e-9))
-        lin = linearize(predict_runs, profile, params)
+        profile = with_coordinates(profile, params, u)
         if moved < tolerance:
             break
+        lin = linearize(predict_runs, profile, params)
     return profile, lin
+
+
+def rows_of(lin: Linearization, rows: np.ndarray) -> Linearization:
+    """The linearisation of a subset of its runs."""
+    return Linearization(lin.params, lin.at, lin.predicted_s[rows], lin.slope_s[rows])
 
 
 def source_weights(sources: Sequence[str]) -> np.ndarray:

@@ -55,6 +55,9 @@ PARAMETERS = {p.name: p for p in (
                  scale=1.0, meaning="large-GEMM share of dense peak"),
     FitParameter(name="gemm.half_efficiency_flop", field="gemm.half_efficiency_flop", lower=1e6,
                  upper=1e13, scale=1.0, log=True, meaning="GEMM size at half the max efficiency"),
+    FitParameter(name="gemm.shape_exponent", field="gemm.shape_exponent", lower=0.0,
+                 upper=2.0, scale=1.0, meaning="efficiency x (smallest GEMM side / reference "
+                 "width)^this below the reference width"),
     FitParameter(name="attention.max_efficiency", field="attention.max_efficiency", lower=0.05,
                  upper=1.0, scale=1.0, meaning="fused attention's share of dense peak"),
     FitParameter(name="attention.half_efficiency_flop", field="attention.half_efficiency_flop",
