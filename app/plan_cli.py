@@ -9,7 +9,7 @@ from pathlib import Path
 
 from parasim.planner.plan import layout_mapping, make_plan, write_plan
 from parasim.report import duration, durations, format_estimate
-from parasim.simulator.layout import recompute_text
+from parasim.simulator.layout import cp_text, recompute_text
 from parasim.planner.search import Scored, SearchResult, headroom
 from parasim.simulator.calibration.fitted import base_profile
 from parasim.simulator.files import check_new_file
@@ -47,7 +47,7 @@ def why_lost(best: Scored, other: Scored, objective: str) -> str:
 
 def layout_text(layout) -> str:
     m = layout_mapping(layout)
-    parts = [f"tp {m['tp']}", f"pp {m['pp']}", f"dp {m['dp']}", f"cp {m['cp']}", f"ep {m['ep']}"]
+    parts = [f"tp {m['tp']}", f"pp {m['pp']}", f"dp {m['dp']}", cp_text(layout), f"ep {m['ep']}"]
     if m["vpp"] > 1:
         parts.append(f"vpp {m['vpp']}")
     return ", ".join(parts) + f", mbs {m['micro_batch_size']}, {m['schedule']}, " \

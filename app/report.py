@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from parasim.simulator import catalog
 from parasim.simulator.job import Job
-from parasim.simulator.layout import recompute_text
+from parasim.simulator.layout import cp_text, recompute_text
 from parasim.simulator.params import active_params, total_params
 from parasim.simulator.results import RunPrediction, StepPrediction
 
@@ -63,7 +63,7 @@ def durations(*seconds: float, like: float | None = None) -> list[str]:
 def _layout_line(job: Job) -> str:
     lay = job.layout
     assert lay is not None
-    parts = [f"tp {lay.tp}", f"pp {lay.pp}", f"dp {lay.dp}", f"cp {lay.cp}", f"ep {lay.ep}"]
+    parts = [f"tp {lay.tp}", f"pp {lay.pp}", f"dp {lay.dp}", cp_text(lay), f"ep {lay.ep}"]
     if lay.vpp > 1:
         parts.append(f"vpp {lay.vpp}")
     extras = [f"micro-batch {lay.micro_batch_size}", lay.schedule,

@@ -27,7 +27,7 @@ from parasim.simulator.errors import SpecError
 from parasim.simulator.files import save_figure
 from parasim.simulator.job import Job
 from parasim.simulator.placement import AXIS_NAMES, axis_groups
-from parasim.simulator.step_time import message_bytes, step_context
+from parasim.simulator.step_time import message_bytes, step_context, ulysses_bytes
 from parasim.simulator.topology import FabricTopology, Topology, bisection_bytes_per_s, build_topology
 
 if TYPE_CHECKING:
@@ -224,6 +224,9 @@ def message(job: Job, axis: str) -> Message:
         return Message(axis, "all_reduce", GRADIENT_BUCKET_BYTES, "a 1 GiB gradient bucket")
     net_axis, kind, what = MESSAGES[axis]
     ctx = step_context(job, analytic_profile())
+    if axis == "cp" and job.layout.cp_style == "ulysses":
+        return Message("cp", "all_to_all", ulysses_bytes(ctx)[0],
+                       "queries, keys and values of b·s/cp tokens, to a head split")
     return Message(net_axis, kind, message_bytes(ctx, net_axis), what)
 
 

@@ -329,7 +329,9 @@ def _megatron_overlap(layout: Layout) -> list[Flag]:
         flags.append(("--tp-comm-overlap", None))
     if layout.ep_comm_overlap and layout.ep > 1:
         flags.append(("--overlap-moe-expert-parallel-comm", None))
-    if layout.cp > 1 and not layout.cp_comm_overlap:
+    if layout.cp > 1 and layout.cp_style == "ulysses":
+        flags.append(("--cp-comm-type", "a2a"))  # Megatron-Core's DeepSpeed-Ulysses style
+    elif layout.cp > 1 and not layout.cp_comm_overlap:
         raise refusal("megatron", "cp_comm_overlap false (Megatron-LM's ring attention always "
                       "overlaps)", "--set parallel.cp_comm_overlap=true")
     return flags
@@ -393,6 +395,10 @@ def _titan_parallelism(job: Job, notes: list[str]) -> Section:
     if not sharded and (layout.tp > 1 or layout.pp > 1 or layout.cp > 1):
         notes.append("ZeRO-0 (DDP) with tp/pp/cp: older torchtitan raises 'DDP has not "
                      "supported > 1D parallelism'")
+    if layout.cp > 1 and layout.cp_style == "ulysses":
+        raise refusal("torchtitan", "cp_style ulysses (torchtitan's context parallelism is "
+                      "ring attention; its rotate method only changes how the ring passes "
+                      "keys and values)", "--set parallel.cp_style=ring")
     shard = layout.dp if sharded else 1
     if layout.ep > 1 and not layout.cp <= layout.ep <= shard * layout.cp:
         raise refusal("torchtitan", f"expert_parallel_degree {layout.ep} (torchtitan needs "

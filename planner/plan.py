@@ -172,7 +172,8 @@ def _sha256(data: bytes) -> str:
 def layout_mapping(layout: Layout) -> dict:
     """The `parallel:` section that reproduces `layout` in a job file."""
     return {
-        "tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "cp": layout.cp, "ep": layout.ep,
+        "tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "cp": layout.cp,
+        "cp_style": layout.cp_style, "ep": layout.ep,
         "vpp": layout.vpp, "micro_batch_size": layout.micro_batch_size,
         "schedule": layout.schedule, "sequence_parallel": layout.sequence_parallel,
         "recompute": layout.recompute, "zero_stage": layout.zero_stage, "order": layout.order,

@@ -20,7 +20,7 @@ from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
 from parasim.simulator.hardware import MAX_GPUS, MAX_PLAN_GPUS
 from parasim.simulator.job import Job, resolve_layout
-from parasim.simulator.layout import Layout, check_field
+from parasim.simulator.layout import CP_STYLES, Layout, check_field
 from parasim.simulator.memory import rank_model_states
 from parasim.simulator.params import stage_params
 
@@ -34,8 +34,8 @@ VIRTUAL_STAGES = (1, 2, 4)
 # bytes (reduce-scatter + all-gather = all-reduce) with less memory, so it never loses.
 ZERO_STAGES = (1, 3)
 RECOMPUTES = ("none", "selective", "full")
-SEARCHED = ("tp", "cp", "pp", "ep", "vpp", "micro_batch_size", "schedule", "zero_stage",
-            "recompute", "sequence_parallel")
+SEARCHED = ("tp", "cp", "cp_style", "pp", "ep", "vpp", "micro_batch_size", "schedule",
+            "zero_stage", "recompute", "sequence_parallel")
 
 
 MAX_COMBINATIONS = 250_000  # layouts one search may enumerate: twice the largest catalog
@@ -146,14 +146,16 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
     """Every layout of `job`'s model on its cluster, `fixed` fields held; SpecError when the
     cluster or the space is larger than the planner searches (`check_size`)."""
     options = _choices(job, fixed)
-    check_size(job, options)
+    check_size(job, options, fixed)
     base = Layout(**{k: v for k, v in fixed.items() if k not in SEARCHED})
     layouts, reasons = [], Reasons()
     names = list(options)
     for values in itertools.product(*(options[n] for n in names)):
         chosen = dict(zip(names, values))
-        for schedule in _schedules(chosen["vpp"], chosen["pp"], fixed):
-            layout, reason, error = _check(job, base, chosen, schedule, fixed)
+        for schedule, style in itertools.product(_schedules(chosen["vpp"], chosen["pp"], fixed),
+                                                 _cp_styles(chosen["cp"], fixed)):
+            layout, reason, error = _check(job, base, {**chosen, "cp_style": style}, schedule,
+                                           fixed)
             if reason:
                 reasons.add(reason, error)
             else:
@@ -161,7 +163,7 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
     return Space(tuple(layouts), reasons.counter(), reasons.errors())
 
 
-def check_size(job: Job, options: dict[str, tuple]) -> None:
+def check_size(job: Job, options: dict[str, tuple], fixed: dict) -> None:
     """SpecError, at once, for a cluster or a space of layouts larger than a search can cover
     in its stated time (MAX_PLAN_GPUS, MAX_COMBINATIONS), saying what to fix."""
     world = job.cluster.world_size
@@ -173,6 +175,8 @@ def check_size(job: Job, options: dict[str, tuple]) -> None:
                         f"on up to {MAX_GPUS:,}")
     sizes = {name: len(values) for name, values in options.items()}
     count = math.prod(sizes.values())
+    if "cp_style" not in fixed:  # both styles of every cp > 1
+        count += count * sum(c > 1 for c in options["cp"]) // sizes["cp"]
     if count > MAX_COMBINATIONS:
         widest = sorted((n for n in sizes if sizes[n] > 1), key=lambda n: -sizes[n])
         raise SpecError("parallel", None, f"leaves {count:,} combinations to search ("
@@ -188,6 +192,13 @@ def _schedules(vpp: int, pp: int, fixed: dict) -> tuple[str, ...]:
     if pp == 1:
         return ("1f1b",) if vpp == 1 else ()
     return ("interleaved",) if vpp > 1 else ("1f1b", "zero-bubble")
+
+
+def _cp_styles(cp: int, fixed: dict) -> tuple[str, ...]:
+    """Without context parallelism both styles are the same step: only ring is kept."""
+    if "cp_style" in fixed:
+        return (fixed["cp_style"],)
+    return CP_STYLES if cp > 1 else ("ring",)
 
 
 def _check(job: Job, base: Layout, chosen: dict, schedule: str, fixed: dict

@@ -60,6 +60,12 @@ def check_model_split(model: ModelSpec, layout: Layout) -> None:
         if width and width % layout.tp:
             raise SpecError("parallel.tp", layout.tp, f"does not divide {name}={width}",
                             _valid_list([d for d in divisors(heads) if width % d == 0]))
+    if layout.cp_style == "ulysses" and heads % (layout.tp * layout.cp):
+        raise SpecError("parallel.cp", layout.cp,
+                        f"with cp_style ulysses, tp·cp = {layout.tp}·{layout.cp} must divide "
+                        f"num_attention_heads={heads} (each rank attends over whole heads)",
+                        _valid_list([d for d in divisors(heads // layout.tp)])
+                        + " (or cp_style: ring)")
     if layout.ep > 1 and not model.is_moe:
         raise SpecError("parallel.ep", layout.ep, f"model {model.name} has no experts", "1")
     if model.is_moe and model.num_experts % layout.ep:

@@ -19,6 +19,8 @@ Schedule = Literal["gpipe", "1f1b", "interleaved", "zero-bubble"]
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")
 Recompute = Literal["none", "selective", "full"]
 RECOMPUTES = ("none", "selective", "full")
+CpStyle = Literal["ring", "ulysses"]
+CP_STYLES = ("ring", "ulysses")
 DENSE_AXES = ("tp", "cp", "dp", "pp")
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
@@ -31,6 +33,8 @@ class Layout:
     pp: int = 1  # pipeline-parallel degree (ranks)
     dp: int | None = None  # data-parallel degree; None = world / (tp·pp·cp)
     cp: int = 1  # context-parallel degree (sequence split inside attention)
+    cp_style: CpStyle = "ring"  # ring: keys/values passed around the cp ring (Megatron-Core
+    # p2p); ulysses: all-to-alls swap the sequence split for a head split (DeepSpeed-Ulysses)
     ep: int = 1  # expert-parallel degree, carved out of dp·cp
     vpp: int = 1  # virtual stages (model chunks) per pipeline rank
     micro_batch_size: int = 1  # sequences per micro-batch
@@ -111,6 +115,8 @@ def check_field(name: str, value: object) -> None:
         require_choice(field, value, SCHEDULES)
     elif name == "recompute":
         require_choice(field, value, RECOMPUTES)
+    elif name == "cp_style":
+        require_choice(field, value, CP_STYLES)
     elif name in FLAGS:
         require_bool(field, value)
     elif name == "zero_stage":
@@ -161,3 +167,8 @@ def recompute_text(layout) -> str:
     if not layout.full_recompute_layers:
         return layout.recompute
     return f"{layout.recompute} + full for {list(layout.full_recompute_layers)} blocks per stage"
+
+
+def cp_text(layout) -> str:
+    """`cp 1`, or `cp 8 (ring)` / `cp 8 (ulysses)`: the style only where there is a split."""
+    return f"cp {layout.cp}" + (f" ({layout.cp_style})" if layout.cp > 1 else "")

@@ -186,7 +186,8 @@ def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute:
     layout = ctx.layout
     key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
            recompute, layout.schedule == "zero-bubble", layout.tp_comm_overlap,
-           layout.cp_comm_overlap, layout.ep_comm_overlap, layout.ep, ctx.job.cluster,
+           layout.cp_comm_overlap, layout.cp_style, layout.ep_comm_overlap, layout.ep,
+           ctx.job.cluster,
            *(axis_signature(layout, axis) for axis in AXES))
     passes = _BLOCKS.get(key)
     if passes is None:
@@ -216,7 +217,7 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
     tp_f = ctx.overlap(gemms, tp_pair, layout.tp_comm_overlap)
     tp_b = ctx.overlap(gemms, tp_pair * (2 if recompute == "full" else 1),
                        layout.tp_comm_overlap)
-    cp_f, cp_b = _cp_passes(ctx, compute, ops)
+    cp_f, cp_b = _cp_passes(ctx, compute, ops, recompute)
     ep_f = ep_b = Sourced()
     if moe and layout.ep > 1:
         others = _ops(compute, [op for op in ops if not _name(op).startswith("expert_")])
@@ -312,17 +313,46 @@ def _tp_collective(ctx: StepContext, tokens: float | None = None) -> Sourced:
     return ctx.collective("tp", "all_reduce", size)
 
 
-def _cp_passes(ctx: StepContext, compute: ComputeModel, ops) -> tuple[Sourced, Sourced]:
+def _cp_passes(ctx: StepContext, compute: ComputeModel, ops, recompute: Recompute
+               ) -> tuple[Sourced, Sourced]:
     """Ring attention passes every rank's keys and values around the cp ring (cp - 1 steps)
     while it computes (overlap switchable); the backward sends keys, values and their
-    gradients (twice the bytes)."""
+    gradients (twice the bytes). Ulysses: `_ulysses_all_to_alls`."""
     layout = ctx.layout
     if layout.cp == 1:
         return Sourced(), Sourced()
+    if layout.cp_style == "ulysses":
+        forward = _ulysses_all_to_alls(ctx)
+        return forward, forward * (2 if recompute == "full" else 1)
     ring = ctx.collective("cp", "all_gather", message_bytes(ctx, "cp"))
     attention = core_attention_ops([op for op in ops if isinstance(op, Op)])
     return (ctx.overlap(compute.ops(attention), ring, layout.cp_comm_overlap),
             ctx.overlap(compute.ops(attention, backward=True), ring * 2, layout.cp_comm_overlap))
+
+
+def ulysses_bytes(ctx: StepContext) -> tuple[float, float]:
+    """Bytes one rank holds before each of the two Ulysses all-to-alls of a block's forward:
+    its b·s/cp tokens' queries, keys and values (of its tp shard of the heads), then the
+    attention output. Keys and values with fewer heads per tp rank than cp are replicated to
+    cp heads first, so every rank receives one (DeepSpeed-Ulysses, Jacobs et al. 2023,
+    arXiv:2309.14509, §3.1-3.2: with h the hidden size and N the sequence, 4·N·h/P values
+    cross each link per layer for MHA)."""
+    model, layout, shard = ctx.job.model, ctx.layout, ctx.shard
+    heads = model.num_attention_heads // layout.tp
+    kv = heads if model.mla else max(1, model.kv_heads // layout.tp, layout.cp)
+    dqk, dv, bpv = model.qk_head_dim, model.v_head_dim, shard.bytes_per_value
+    qkv = shard.tokens * (heads * dqk + kv * (dqk + dv)) * bpv
+    return qkv, shard.tokens * heads * dv * bpv
+
+
+def _ulysses_all_to_alls(ctx: StepContext) -> Sourced:
+    """A block's forward under Ulysses: queries, keys and values all-to-all from the
+    sequence split to the head split, attention over the whole sequence on cp times fewer
+    heads (the same FLOPs as the ring's, `ops.core_attention`), the output all-to-all back;
+    the backward runs the same two on the gradients. Nothing to hide them behind: attention
+    waits for its inputs, the next projection for its output."""
+    qkv, out = ulysses_bytes(ctx)
+    return ctx.collective("cp", "all_to_all", qkv) + ctx.collective("cp", "all_to_all", out)
 
 
 def _ep_all_to_all(ctx: StepContext) -> Sourced:

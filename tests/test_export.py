@@ -39,6 +39,8 @@ MEGATRON_FLAGS = {
     "--overlap-param-gather", "--tp-comm-overlap", "--overlap-moe-expert-parallel-comm",
     # checked in commit d98e8a6 (2026-08; the gate is a TransformerConfig field made a flag)
     "--grad-reduce-in-bf16", "--accumulate-allreduce-grads-in-fp32", "--moe-shared-expert-gate",
+    # megatron/training/arguments.py as stored on 2026-12-05: 'p2p, a2a, allgather or a2a+p2p'
+    "--cp-comm-type",
 }
 
 

@@ -5,7 +5,7 @@ The order is fixed, and each step says why it comes where it does:
 2. tensor (+ sequence) parallelism: slices the full weights, so it must see them unsliced;
 3. expert parallelism: keeps this rank's experts (already tp-sliced along the ffn dim; the two
    slicings touch different dims, so they commute, but EP must precede the DP buffers);
-4. context parallelism: swaps the core attention for ring attention;
+4. context parallelism: swaps the core attention for ring or Ulysses attention;
 5. recompute: wraps the final modules (after the swaps, so selective recompute wraps the ring
    attention too);
 6. data parallelism / ZeRO: last, because it turns every (final, local) parameter into a view
@@ -89,7 +89,7 @@ def parallelize(chunk: Chunk, layout: Layout, groups: ParallelGroups, *,
                         vocab_size=spec.vocab_size)
     tp_partial = apply_plan(chunk, tp)  # 2
     experts = shard_experts(chunk, groups.ep)  # 3
-    apply_context_parallel(chunk, groups.cp)  # 4
+    apply_context_parallel(chunk, groups.cp, layout.cp_style)  # 4
     full = apply_recompute(chunk, layout.recompute, full_recompute_layers)  # 5
     tied = tied_copies(chunk)
     grads = GradSync(chunk, groups, zero_stage=layout.zero_stage, expert_names=experts,

@@ -1,6 +1,7 @@
 """Context parallelism: the sequence split over the cp group, attention by ring attention
 (Liu et al. 2023, "Ring Attention with Blockwise Transformers"; Megatron-Core's
-`AttnFuncWithCPAndKVP2P`).
+`AttnFuncWithCPAndKVP2P`) or, with `cp_style: ulysses`, by all-to-alls that trade the sequence
+split for a head split (DeepSpeed-Ulysses, Jacobs et al. 2023; `UlyssesAttention` below).
 
 Load balance (Megatron-Core): the sequence is cut into 2·cp equal chunks and rank i holds
 chunks i and 2·cp-1-i, so every rank has the same amount of causal work. Everything but
@@ -35,7 +36,8 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
-from parasim.runtime.model import Attention, Chunk
+from parasim.runtime.model import Attention, Chunk, CoreAttention
+from parasim.runtime.parallel.expert import all_to_all
 from parasim.runtime.parallel.groups import Axis
 
 
@@ -215,10 +217,74 @@ class RingAttention(nn.Module):
         return _RingAttention.apply(q, k, v, self.axis)
 
 
-def apply_context_parallel(chunk: Chunk, axis: Axis) -> None:
-    """Swap every block's core attention for ring attention over `axis` (in place)."""
+def whole_sequence(pieces: torch.Tensor, dim: int) -> torch.Tensor:
+    """The full sequence from every rank's part (`pieces`: the cp parts stacked on dim 0,
+    each holding chunks j and 2cp-1-j along `dim` of a part): the inverse of stacking
+    `split_sequence` over the ranks."""
+    size = pieces.shape[0]
+    halves = [piece.chunk(2, dim=dim - 1) for piece in pieces]  # dim of a part, one lower
+    ordered = [None] * (2 * size)
+    for rank, (first, second) in enumerate(halves):
+        a, b = chunk_indices(rank, size)
+        ordered[a], ordered[b] = first, second
+    return torch.cat(ordered, dim=dim - 1)
+
+
+def sequence_parts(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Every rank's part of a full-sequence tensor along `dim`, stacked on a new dim 0."""
+    chunks = x.chunk(2 * size, dim=dim)
+    return torch.stack([torch.cat((chunks[a], chunks[b]), dim=dim)
+                        for a, b in (chunk_indices(r, size) for r in range(size))])
+
+
+def _to_heads(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """(b, heads, s/cp, d) with this rank's tokens -> (b, heads/cp, s, d) with this rank's
+    heads: head group j goes to rank j, the parts that arrive are put in sequence order."""
+    groups = x.unflatten(1, (axis.size, -1)).movedim(1, 0).contiguous()
+    arrived = all_to_all(groups, axis, [1] * axis.size, [1] * axis.size)
+    return whole_sequence(arrived, dim=3)
+
+
+def _to_sequence(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """The inverse of `_to_heads`: (b, heads/cp, s, d) -> (b, heads, s/cp, d)."""
+    parts = sequence_parts(x, axis.size, dim=2).contiguous()
+    arrived = all_to_all(parts, axis, [1] * axis.size, [1] * axis.size)
+    return arrived.movedim(0, 1).flatten(1, 2)
+
+
+def _kv_for_head_split(kv: torch.Tensor, heads: int, size: int) -> torch.Tensor:
+    """Keys or values whose head groups line up with the queries' after the split: as they
+    are when cp divides their heads, else repeated (to cp heads when their heads divide cp,
+    else to one per query head), as DeepSpeed-Ulysses replicates grouped keys/values."""
+    kv_heads = kv.shape[1]
+    if kv_heads % size == 0:
+        return kv
+    copies = size // kv_heads if size % kv_heads == 0 else heads // kv_heads
+    return kv.repeat_interleave(copies, dim=1)
+
+
+class UlyssesAttention(nn.Module):
+    """Causal attention over a sequence split across the cp group (drop-in for
+    `runtime.model.CoreAttention`): queries, keys and values all-to-all to a head split, the
+    plain attention of `CoreAttention` on the whole sequence for heads/cp heads, the output
+    all-to-all back. Autograd carries the gradients through the same all-to-alls reversed."""
+
+    def __init__(self, axis: Axis) -> None:
+        super().__init__()
+        self.axis = axis
+        self.core = CoreAttention()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        heads, size = q.shape[1], self.axis.size
+        k, v = (_to_heads(_kv_for_head_split(t, heads, size), self.axis) for t in (k, v))
+        return _to_sequence(self.core(_to_heads(q, self.axis), k, v), self.axis)
+
+
+def apply_context_parallel(chunk: Chunk, axis: Axis, style: str = "ring") -> None:
+    """Swap every block's core attention for ring (or Ulysses) attention over `axis` (in
+    place)."""
     if axis.size == 1:
         return
     for module in chunk.modules():
         if isinstance(module, Attention):
-            module.core = RingAttention(axis)
+            module.core = RingAttention(axis) if style == "ring" else UlyssesAttention(axis)

@@ -1,5 +1,5 @@
-"""Context parallelism (runtime.parallel.context): ring attention with the load-balanced
-causal split against the single-process oracle (tests.runtime.oracle states the tolerances),
+"""Context parallelism (runtime.parallel.context): ring and Ulysses attention with the
+load-balanced causal split against the single-process oracle (tests.runtime.oracle states the tolerances),
 and its pieces in one process: the chunk assignment, the block attention and its backward
 against autograd, and the ring's block schedule replayed for every rank and step, merged by
 the online softmax, against SDPA on the whole sequence (cp = 2 and 4).
@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from parasim.runtime.parallel.context import (  # noqa: E402
     _expand, _merge, block_attention, block_attention_backward, local_positions,
     matmul_block_attention, matmul_block_attention_backward, ring_blocks,
-    split_sequence)
+    _kv_for_head_split, sequence_parts, split_sequence, whole_sequence)
 from parasim.runtime.parallel.groups import Axis  # noqa: E402
 from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks  # noqa: E402
@@ -36,6 +36,10 @@ SCENARIOS = [
              layout=Layout(dp=1, cp=2, overlap_grad_reduce=True)),
     Scenario(name="cp2-gpt-selective-recompute", spec=gpt(),
              layout=Layout(dp=1, cp=2, recompute="selective")),
+    Scenario(name="cp2-ulysses-llama-gqa", spec=llama(),
+             layout=Layout(dp=1, cp=2, cp_style="ulysses")),
+    Scenario(name="cp2-ulysses-gpt-full-recompute", spec=gpt(),
+             layout=Layout(dp=1, cp=2, cp_style="ulysses", recompute="full")),
 ]
 
 
@@ -106,6 +110,31 @@ def test_matmul_fallback_equals_the_fused_cpu_block(causal):
     for mine, reference in zip(matmul_block_attention_backward(grad, q, k, v, *fused, causal),
                                expected):
         torch.testing.assert_close(mine, reference, **GRAD_CLOSE)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_ulysses_reassembles_the_sequence_from_every_ranks_part(size):
+    """What the all-to-all delivers (each rank's part of the sequence, stacked by rank) is put
+    back in sequence order, and split into the parts again for the return trip."""
+    x = torch.arange(2 * 3 * 8 * size).reshape(2, 3, 8 * size)[..., None]
+    parts = torch.stack([split_sequence(x, axis(r, size), dim=2) for r in range(size)])
+    assert torch.equal(whole_sequence(parts, dim=3), x)
+    assert torch.equal(sequence_parts(x, size, dim=2), parts)
+
+
+@pytest.mark.parametrize("kv_heads,size,sent", [(4, 2, 4), (2, 4, 4), (2, 2, 2), (3, 2, 12)])
+def test_ulysses_replicates_grouped_keys_so_each_rank_gets_its_own(kv_heads, size, sent):
+    """12 query heads: keys pass as they are when cp divides their heads, else repeated to cp
+    heads (kv dividing cp) or to one per query head; after the split each rank's query heads
+    still find their key head."""
+    kv = torch.arange(kv_heads).float().reshape(1, kv_heads, 1, 1)
+    out = _kv_for_head_split(kv, 12, size)
+    assert out.shape[1] == sent
+    per_rank_q, per_rank_k = 12 // size, sent // size
+    for rank in range(size):
+        for head in range(rank * per_rank_q, (rank + 1) * per_rank_q):
+            local = (head - rank * per_rank_q) // (per_rank_q // per_rank_k)
+            assert out[0, rank * per_rank_k + local, 0, 0] == head // (12 // kv_heads)
 
 
 @pytest.mark.parametrize("size", [2, 4])
