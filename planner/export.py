@@ -88,7 +88,11 @@ def _megatron(job: Job) -> str:
 
 
 def _flag_text(flag: str, value: object) -> str:
-    return flag if value is None else f"{flag} {shlex.quote(str(value))}"
+    """`--flag`, `--flag value`, or for a tuple `--flag v1 v2` (a flag taking a list)."""
+    if value is None:
+        return flag
+    values = value if isinstance(value, tuple) else (value,)
+    return " ".join([flag, *(shlex.quote(str(v)) for v in values)])
 
 
 def _megatron_launch(job: Job) -> str:
@@ -289,6 +293,9 @@ def _megatron_recompute(layout: Layout, stages: tuple[int, ...]) -> list[Flag]:
     on every stage and the other blocks are not recomputed; else the export is refused."""
     counts = layout.full_recompute_layers
     if not counts or not any(counts):
+        if layout.recompute_modules:
+            return [("--recompute-granularity", "selective"),
+                    ("--recompute-modules", tuple(layout.recompute_modules))]
         return {"none": [], "selective": [("--recompute-activations", None)],
                 "full": [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
                          ("--recompute-num-layers", 1)]}[layout.recompute]

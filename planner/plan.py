@@ -176,7 +176,10 @@ def layout_mapping(layout: Layout) -> dict:
         "cp_style": layout.cp_style, "ep": layout.ep,
         "vpp": layout.vpp, "micro_batch_size": layout.micro_batch_size,
         "schedule": layout.schedule, "sequence_parallel": layout.sequence_parallel,
-        "recompute": layout.recompute, "zero_stage": layout.zero_stage, "order": layout.order,
+        "recompute": layout.recompute,
+        "recompute_modules": list(layout.recompute_modules) if layout.recompute_modules
+        else None,
+        "zero_stage": layout.zero_stage, "order": layout.order,
         "stages": list(layout.stages) if layout.stages else None,
         "full_recompute_layers": list(layout.full_recompute_layers)
         if layout.full_recompute_layers else None,

@@ -35,7 +35,7 @@ from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
 from parasim.simulator.hardware import ClusterSpec
 from parasim.simulator.job import Job
-from parasim.simulator.layout import Layout
+from parasim.simulator.layout import Layout, recomputed_modules
 from parasim.simulator.memory import (
     block_activation_bytes,
     in_flight_microbatches,
@@ -178,6 +178,10 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
     for index, layout in enumerate(space.layouts):
         if progress is not None:
             progress(index + 1, len(space.layouts))
+        if layout.cp_style == "ulysses" and _ring_is_faster(job, layout, profile):
+            rejected["cp_style ulysses: its all-to-alls cost more than the ring's exposed "
+                     "transfers (same memory)"] += 1
+            continue
         estimate = _estimate(job, layout, profile, known)
         as_is = estimate is not None
         if not as_is and layout.recompute != "full":
@@ -187,6 +191,16 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
         else:
             out.append((estimate, layout, as_is))
     return out
+
+
+def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile) -> bool:
+    """A Ulysses layout whose blocks are no faster than its ring twin's cannot win: the two
+    hold the same memory and differ only in the blocks' context-parallel transfers."""
+    def block_s(style: str) -> float:
+        candidate = replace(job, layout=replace(layout, cp_style=style))
+        ctx = step_context(candidate, profile)
+        return block_time_s(ctx, ctx.job.cluster.node_groups[0].gpu)
+    return block_s("ulysses") >= block_s("ring")
 
 
 def _estimate(job: Job, layout: Layout, profile, known: dict) -> float | None:
@@ -300,7 +314,8 @@ def split_problem(job: Job, profile: AnalyticProfile | None = None
                             replicated=replicated_block_params(model, model.is_moe))
     in_flight = tuple(in_flight_microbatches(layout, r, ctx.microbatches) for r in range(layout.pp))
     state_bytes = rank_model_states(one_layer, job.training, layout).total_bytes
-    activation_bytes = tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode)
+    activation_bytes = tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode,
+                                                    recomputed_modules(layout))
                              for mode in modes)
     rebuild_bytes = block_activation_bytes(model, ctx.shard, model.is_moe, "none")
     extra_bytes = [0.0] * layout.num_virtual_stages

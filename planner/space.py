@@ -105,6 +105,8 @@ def _choices(job: Job, fixed: dict) -> dict[str, tuple]:
         "zero_stage": ZERO_STAGES,
         "recompute": RECOMPUTES,
     }
+    if "recompute_modules" in fixed:  # chosen modules: the recompute they belong to
+        options["recompute"] = ("selective",)
     for name, value in fixed.items():
         if name in options:
             options[name] = (value,)

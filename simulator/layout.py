@@ -21,6 +21,12 @@ Recompute = Literal["none", "selective", "full"]
 RECOMPUTES = ("none", "selective", "full")
 CpStyle = Literal["ring", "ulysses"]
 CP_STYLES = ("ring", "ulysses")
+# What selective recompute may repeat, in Megatron-Core's names (--recompute-modules):
+# core_attn softmax(QK^T)V; layernorm the norms (their outputs are not kept); mla_up_proj
+# MLA's up-projections (per-head queries, keys and values are not kept, only the latents);
+# moe_act the experts' activation function (its output, fc2's input, is not kept).
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "moe_act")
+DEFAULT_RECOMPUTE_MODULES = frozenset({"core_attn"})
 DENSE_AXES = ("tp", "cp", "dp", "pp")
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
@@ -41,6 +47,8 @@ class Layout:
     schedule: Schedule = "1f1b"  # pipeline schedule
     sequence_parallel: bool = False  # shard norms/dropout activations over tp (Korthikanti 2022)
     recompute: Recompute = "none"  # activation recomputation
+    recompute_modules: tuple[str, ...] | None = None  # selective: what it repeats (None:
+    # core_attn, Megatron-LM's --recompute-activations); any of RECOMPUTE_MODULES
     zero_stage: int = 0  # 0 none, 1 optimizer states, 2 + gradients, 3 + weights (over dp·cp)
     order: str = DEFAULT_ORDER  # rank order, innermost axis first
     stages: tuple[int, ...] | None = None  # layers per virtual stage; None = even, ends lighter
@@ -61,6 +69,13 @@ class Layout:
         self._check_schedule()
         if self.stages is not None and not isinstance(self.stages, tuple):
             object.__setattr__(self, "stages", tuple(self.stages))
+        if self.recompute_modules is not None:
+            object.__setattr__(self, "recompute_modules", tuple(self.recompute_modules))
+            if self.recompute != "selective":
+                raise SpecError("parallel.recompute_modules", list(self.recompute_modules),
+                                f"chooses what selective recompute repeats, but recompute is "
+                                f"{self.recompute}", "recompute: selective, or leave "
+                                "recompute_modules out")
         if self.full_recompute_layers is None:
             return
         if not isinstance(self.full_recompute_layers, tuple):
@@ -125,6 +140,8 @@ def check_field(name: str, value: object) -> None:
         _check_order(value)
     elif name in ("stages", "full_recompute_layers") and value is not None:
         _check_counts(name, value)
+    elif name == "recompute_modules" and value is not None:
+        _check_modules(value)
 
 
 def _check_counts(name: str, counts: object) -> None:
@@ -136,6 +153,20 @@ def _check_counts(name: str, counts: object) -> None:
         raise SpecError(f"parallel.{name}", counts, f"must be a list of {what}", f"e.g. {example}")
     for i, n in enumerate(counts):
         require_count(f"parallel.{name}[{i}]", n, minimum=1 if name == "stages" else 0)
+
+
+def _check_modules(modules: object) -> None:
+    valid = "a non-empty list of " + ", ".join(RECOMPUTE_MODULES)
+    if not isinstance(modules, (tuple, list)) or not modules:
+        raise SpecError("parallel.recompute_modules", modules, "must be a list of modules",
+                        valid)
+    for i, name in enumerate(modules):
+        require_choice(f"parallel.recompute_modules[{i}]", name, RECOMPUTE_MODULES)
+
+
+def recomputed_modules(layout: Layout) -> frozenset[str]:
+    """What a selectively recomputed block repeats (core attention unless chosen)."""
+    return frozenset(layout.recompute_modules or DEFAULT_RECOMPUTE_MODULES)
 
 
 def _check_order(order: object) -> None:
@@ -164,6 +195,8 @@ def default_stage_layers(num_layers: int, num_stages: int) -> tuple[int, ...]:
 
 def recompute_text(layout) -> str:
     """`selective`, or `none + full for [11, 9] blocks per stage` (the block method)."""
+    if layout.recompute_modules:
+        return f"selective ({', '.join(layout.recompute_modules)})"
     if not layout.full_recompute_layers:
         return layout.recompute
     return f"{layout.recompute} + full for {list(layout.full_recompute_layers)} blocks per stage"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parasim.simulator.layout import Layout, Recompute
+from parasim.simulator.layout import DEFAULT_RECOMPUTE_MODULES, Layout, Recompute
 from parasim.simulator.model import ModelSpec
 from parasim.simulator.ops import Shard
 from parasim.simulator.params import StageParams
@@ -72,61 +72,82 @@ def rank_model_states(stage: StageParams, training: TrainingSpec, layout: Layout
 # Activations ---------------------------------------------------------------------------------
 
 
-def attention_activation_bytes(model: ModelSpec, shard: Shard, recompute: Recompute) -> float:
-    """Tensors the attention half of a block keeps for its backward pass, per micro-batch."""
-    h, bpv = model.hidden_size, shard.bytes_per_value
+def attention_activation_bytes(model: ModelSpec, shard: Shard,
+                               repeated: frozenset[str] = frozenset()) -> float:
+    """Tensors the attention half of a block keeps for its backward pass, per micro-batch,
+    less what selective recompute repeats (`repeated`, `layout.RECOMPUTE_MODULES`). The inputs
+    of its linear layers are kept at `shard.linear_input_bytes` (FP8 training keeps their FP8
+    casts); everything else in the activations' precision."""
+    h, bpv, lin = model.hidden_size, shard.bytes_per_value, shard.linear_input_bytes
     tokens, edge = shard.tokens, shard.elementwise_tokens  # edge: tokens of norm regions
     heads = model.num_attention_heads // shard.tp
     kv_heads = heads if model.mla else max(1, model.kv_heads // shard.tp)
     dqk, dv = model.qk_head_dim, model.v_head_dim
-    total = 2 * bpv * edge * h  # norm input; projection input (norm output)
-    total += bpv * tokens * (heads * dqk + kv_heads * (dqk + dv))  # Q, K, V
+    total = bpv * edge * h  # norm input
+    if "layernorm" not in repeated:
+        total += lin * edge * h  # projection input (norm output)
+    if not (model.mla and "mla_up_proj" in repeated):
+        total += bpv * tokens * (heads * dqk + kv_heads * (dqk + dv))  # Q, K, V
     if model.mla:  # low-rank latents are the up-projections' inputs
-        total += bpv * tokens * (model.mla.q_lora_rank + model.mla.kv_lora_rank)
+        total += lin * tokens * (model.mla.q_lora_rank + model.mla.kv_lora_rank)
     if shard.flash_attention:
         total += 4 * tokens * heads  # fp32 softmax statistics (log-sum-exp) per query
-    elif recompute == "none":  # softmax output, with dropout also its mask and output
+    elif "core_attn" not in repeated:  # softmax output, with dropout its mask and output
         scores = shard.micro_batch * heads * (shard.seq_length // shard.cp) * shard.seq_length
         total += scores * ((2 * bpv + MASK_BYTES) if model.dropout else bpv)
-    total += bpv * tokens * heads * dv  # output projection input
+    total += lin * tokens * heads * dv  # output projection input
     if model.dropout:
         total += MASK_BYTES * edge * h
     return total
 
 
-def ffn_activation_bytes(model: ModelSpec, shard: Shard, moe: bool) -> float:
-    """Tensors the MLP / MoE half of a block keeps for its backward pass, per micro-batch."""
-    h, bpv = model.hidden_size, shard.bytes_per_value
+def ffn_activation_bytes(model: ModelSpec, shard: Shard, moe: bool,
+                         repeated: frozenset[str] = frozenset()) -> float:
+    """Tensors the MLP / MoE half of a block keeps for its backward pass, per micro-batch
+    (linear layers' inputs at `shard.linear_input_bytes`, the router's in 16 bits), less what
+    selective recompute repeats (`repeated`)."""
+    h, bpv, lin = model.hidden_size, shard.bytes_per_value, shard.linear_input_bytes
     tokens, edge = shard.tokens, shard.elementwise_tokens
-    total = 2 * bpv * edge * h  # norm input; fc1 (or router) input
+    total = bpv * edge * h  # norm input
+    if "layernorm" not in repeated:
+        total += (bpv if moe else lin) * edge * h  # fc1 (or router) input: the norm output
     if model.dropout:
         total += MASK_BYTES * edge * h
     if not moe:
-        return total + _mlp_inner_bytes(model, tokens, model.ffn_hidden_size // shard.tp, bpv)
+        return total + _mlp_inner_bytes(model, tokens, model.ffn_hidden_size // shard.tp, shard)
     slots = tokens * model.experts_per_token * (model.capacity_factor or 1.0)
     total += 4 * tokens * model.num_experts  # fp32 router probabilities
-    total += 2 * bpv * slots * h  # dispatched expert inputs and expert outputs before combine
-    total += _mlp_inner_bytes(model, slots, model.moe_ffn_hidden_size // shard.tp, bpv)
+    total += (lin + bpv) * slots * h  # dispatched expert inputs; expert outputs before combine
+    total += _mlp_inner_bytes(model, slots, model.moe_ffn_hidden_size // shard.tp, shard,
+                              "moe_act" in repeated)
     if model.num_shared_experts:
         width = model.num_shared_experts * model.shared_ffn_hidden_size // shard.tp
-        total += bpv * tokens * h + _mlp_inner_bytes(model, tokens, width, bpv)
+        total += lin * tokens * h + _mlp_inner_bytes(model, tokens, width, shard)
     return total
 
 
-def _mlp_inner_bytes(model: ModelSpec, tokens: float, width: int, bpv: int) -> float:
-    """fc1 output (the activation's input; gate and up for SwiGLU) and fc2 input."""
+def _mlp_inner_bytes(model: ModelSpec, tokens: float, width: int, shard: Shard,
+                     act_repeated: bool = False) -> float:
+    """fc1 output (the activation's input; gate and up for SwiGLU) and fc2 input (a linear
+    layer's input, not kept when the activation is recomputed)."""
     fc1_out = width * (2 if model.activation == "swiglu" else 1)
-    return bpv * tokens * (fc1_out + width)
+    fc2_in = 0 if act_repeated else shard.linear_input_bytes * width
+    return tokens * (shard.bytes_per_value * fc1_out + fc2_in)
 
 
-def block_activation_bytes(model: ModelSpec, shard: Shard, moe: bool, recompute: Recompute) -> float:
+def block_activation_bytes(model: ModelSpec, shard: Shard, moe: bool, recompute: Recompute,
+                           modules: frozenset[str] = DEFAULT_RECOMPUTE_MODULES) -> float:
     """Stored activations of one block for one micro-batch (Korthikanti et al. Table 2):
     GPT, no recompute: s·b·h·(34 + 5·a·s/h); tensor parallel: s·b·h·(10 + 24/t + 5·a·s/(h·t));
     with sequence parallelism: s·b·h·(34/t + 5·a·s/(h·t)); selective recompute drops the
-    5·a·s/h term; full recompute keeps only the block's input, 2·s·b·h (/t with SP)."""
+    5·a·s/h term (core_attn, its default `modules`; the others drop what
+    `layout.RECOMPUTE_MODULES` says); full recompute keeps only the block's input, 2·s·b·h
+    (/t with SP)."""
     if recompute == "full":
         return shard.bytes_per_value * shard.elementwise_tokens * model.hidden_size
-    return attention_activation_bytes(model, shard, recompute) + ffn_activation_bytes(model, shard, moe)
+    repeated = modules if recompute == "selective" else frozenset()
+    return attention_activation_bytes(model, shard, repeated) + \
+        ffn_activation_bytes(model, shard, moe, repeated)
 
 
 def head_activation_bytes(model: ModelSpec, shard: Shard) -> float:

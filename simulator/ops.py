@@ -54,6 +54,7 @@ class Shard:
     sequence_parallel: bool = False  # norms and elementwise ops see tokens / tp
     bytes_per_value: int = 2  # activations' precision
     flash_attention: bool = True  # fused attention: no s x s matrix in memory
+    linear_input_bytes: int = 2  # the saved input of a block's linear layer (1: FP8 training)
 
     @property
     def tokens(self) -> int:

@@ -16,6 +16,7 @@ from parasim.simulator.economics import run_prediction
 from parasim.simulator.flops import hardware_flop_per_step, model_flop_per_step
 from parasim.simulator.hardware import DeviceSpec, NodeGroup
 from parasim.simulator.job import Job
+from parasim.simulator.layout import recomputed_modules
 from parasim.simulator.memory import (
     block_activation_bytes,
     embedding_activation_bytes,
@@ -128,7 +129,8 @@ def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: flo
     job, layout, shard = ctx.job, ctx.layout, ctx.shard
     states = rank_model_states(params, job.training, layout)
     groups = rank_block_groups(job, rank)
-    per_mb = sum(g.count * block_activation_bytes(job.model, shard, g.moe, g.recompute)
+    modules = recomputed_modules(layout)
+    per_mb = sum(g.count * block_activation_bytes(job.model, shard, g.moe, g.recompute, modules)
                  for g in groups)
     if rank == 0:
         per_mb += embedding_activation_bytes(job.model, shard)

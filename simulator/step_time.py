@@ -18,7 +18,7 @@ from parasim.simulator.cost.compute import ComputeModel
 from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.cost.sourced import Sourced, total
 from parasim.simulator.job import Job
-from parasim.simulator.layout import Layout, Recompute
+from parasim.simulator.layout import Layout, Recompute, recomputed_modules
 from parasim.simulator.moe_balance import ExpertLoad, expert_load
 from parasim.simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
 from parasim.simulator.params import BlockGroup, StageParams, block_groups
@@ -128,6 +128,7 @@ def step_context(job: Job, analytic: AnalyticProfile, measured: ProfileDB | None
     shard = Shard(micro_batch=layout.micro_batch_size, seq_length=training.seq_length,
                   tp=layout.tp, cp=layout.cp, sequence_parallel=layout.sequence_parallel,
                   bytes_per_value=training.activation_bytes_per_value,
+                  linear_input_bytes=training.linear_input_bytes_per_value,
                   flash_attention=training.flash_attention)
     # the constants of the first node group's GPU generation (compute: each device's own)
     resolved = analytic.for_gpu(job.cluster.node_groups[0].gpu.name)
@@ -185,7 +186,8 @@ def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute:
         return _block_passes_uncached(ctx, compute, moe, recompute)
     layout = ctx.layout
     key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
-           recompute, layout.schedule == "zero-bubble", layout.tp_comm_overlap,
+           recompute, layout.recompute_modules, layout.schedule == "zero-bubble",
+           layout.tp_comm_overlap,
            layout.cp_comm_overlap, layout.cp_style, layout.ep_comm_overlap, layout.ep,
            ctx.job.cluster,
            *(axis_signature(layout, axis) for axis in AXES))
@@ -208,8 +210,7 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
         w = compute.weight_gradient([op.op if isinstance(op, _Paced) else op for op in ops])
         weight, b_compute = Pass(w), b_compute + w * -1
     if recompute != "none":  # Korthikanti et al. 2022 §5
-        repeated = ops if recompute == "full" else core_attention_ops(
-            [op for op in ops if isinstance(op, Op)])
+        repeated = ops if recompute == "full" else _recomputed_ops(ops, layout)
         b_compute = b_compute + _ops(compute, repeated)
     gemms = _ops(compute, [op for op in ops if _kind(op) == "gemm"])
     # attention's pair, then the MLP's or the expert dispatch's (`_routed_tokens`)
@@ -224,6 +225,21 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
         ep_f = ctx.overlap(others, _ep_all_to_all(ctx) * 2, layout.ep_comm_overlap)
         ep_b = ep_f
     return (Pass(f_compute, tp_f, cp_f, ep_f), Pass(b_compute, tp_b, cp_b, ep_b), weight)
+
+
+# The ops selective recompute repeats for each of `layout.RECOMPUTE_MODULES` but core_attn
+# (the ops marked core_attention): Megatron-Core's --recompute-modules layernorm, mla_up_proj,
+# moe_act, by the ops' names (`simulator.ops`).
+RECOMPUTED_OPS = {"layernorm": ("norm1", "norm2"), "mla_up_proj": ("q_up", "kv_up"),
+                  "moe_act": ("expert_activation",)}
+
+
+def _recomputed_ops(ops, layout: Layout) -> list:
+    """The block's ops that selective recompute runs again in the backward."""
+    modules = recomputed_modules(layout)
+    names = {name for m in modules for name in RECOMPUTED_OPS.get(m, ())}
+    return [op for op in ops if _name(op) in names
+            or ("core_attn" in modules and isinstance(op, Op) and op.core_attention)]
 
 
 @dataclass(frozen=True)

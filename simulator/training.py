@@ -64,6 +64,15 @@ class TrainingSpec:
         return 4 if self.precision == "fp32" else 2
 
     @property
+    def linear_input_bytes_per_value(self) -> int:
+        """The saved input of a block's linear layer for its weight gradient: FP8 training
+        keeps the FP8 cast it already made for the forward GEMM (Transformer Engine's FP8
+        `Linear` saves its FP8 input; DeepSeek-V3 report, arXiv:2412.19437 §3.3.3: "it is a
+        natural choice to cache activations in FP8 format for the backward pass of the Linear
+        operator"), 1 byte; else the activations' precision."""
+        return 1 if self.precision == "fp8" else self.activation_bytes_per_value
+
+    @property
     def checkpoint_bytes_per_param(self) -> int:
         """What a checkpoint saves per parameter: the working weights and the optimizer states
         (fp32 master copy, Adam moments); gradients are not saved (Megatron-LM's

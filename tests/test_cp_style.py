@@ -73,12 +73,17 @@ def test_full_recompute_repeats_the_forward_all_to_alls():
     assert full == pytest.approx(none * 3 / 2, rel=1e-6)  # forward 1 + backward 1 -> 1 + 2
 
 
-def test_the_search_tries_both_styles_where_cp_is_above_one():
-    fixed = {"tp": 1, "pp": 1, "cp": 4, "micro_batch_size": 1, "zero_stage": 1,
-             "recompute": "full"}
-    result = search(job(fixed, nodes=1), fixed, top=10)
-    styles = {s.layout.cp_style for s in result.ranked}
-    assert styles == {"ring", "ulysses"}
+def test_the_search_tries_both_styles_and_prunes_ulysses_where_the_ring_is_faster():
+    """cp 16 over two nodes at 8k tokens: the ring's transfers cross the nodes faster than
+    attention can hide them and Ulysses moves 4·N·h/P against the ring's 2·N·h, so Ulysses
+    wins; cp 8 inside one node: the ring hides its transfers, and every Ulysses layout is
+    pruned before it is estimated (same memory, slower blocks), counted with its reason."""
+    fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "zero_stage": 1, "recompute": "full"}
+    across = search(job({**fixed, "cp": 16}, seq=8192), {**fixed, "cp": 16}, top=10)
+    assert across.chosen.layout.cp_style == "ulysses"
+    inside = search(job({**fixed, "cp": 8}, nodes=1), {**fixed, "cp": 8}, top=10)
+    assert {s.layout.cp_style for s in inside.ranked} == {"ring"}
+    assert any("cp_style ulysses" in reason for reason in inside.rejected)
     alone = search(job({**fixed, "cp": 1}, nodes=1, seq=4096), {**fixed, "cp": 1}, top=10)
     assert {s.layout.cp_style for s in alone.ranked} == {"ring"}
 
