@@ -66,6 +66,14 @@ def check_model_split(model: ModelSpec, layout: Layout) -> None:
                         f"num_attention_heads={heads} (each rank attends over whole heads)",
                         _valid_list([d for d in divisors(heads // layout.tp)])
                         + " (or cp_style: ring)")
+    needs = {"mla_up_proj": (model.mla is not None, "has no MLA"),
+             "moe_act": (model.is_moe, "has no experts")}
+    for module in layout.recompute_modules or ():
+        present, missing = needs.get(module, (True, ""))
+        if not present:
+            raise SpecError("parallel.recompute_modules", list(layout.recompute_modules),
+                            f"names {module}, but model {model.name} {missing}",
+                            "leave it out of the list")
     if layout.ep > 1 and not model.is_moe:
         raise SpecError("parallel.ep", layout.ep, f"model {model.name} has no experts", "1")
     if model.is_moe and model.num_experts % layout.ep:

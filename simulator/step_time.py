@@ -187,9 +187,8 @@ def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute:
     layout = ctx.layout
     key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
            recompute, layout.recompute_modules, layout.schedule == "zero-bubble",
-           layout.tp_comm_overlap,
-           layout.cp_comm_overlap, layout.cp_style, layout.ep_comm_overlap, layout.ep,
-           ctx.job.cluster,
+           layout.tp_comm_overlap, layout.cp_comm_overlap, layout.cp_style,
+           layout.ep_comm_overlap, layout.ep, ctx.job.cluster,
            *(axis_signature(layout, axis) for axis in AXES))
     passes = _BLOCKS.get(key)
     if passes is None:

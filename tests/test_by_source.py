@@ -79,9 +79,9 @@ def test_leave_one_source_out_predicts_each_source_without_it():
                                              / (mfu * h.run.peak_flop_per_s))
 
 
-def test_each_source_fitted_on_itself_is_exact_where_the_model_can_express_it():
-    """s1 ran on GPUs at 0.40 of peak, s0 at 0.55: out of source each is missed, fitted on
-    itself each is reproduced (in-sample)."""
+def _two_sources():
+    """s0 measured at the truth (GEMMs at 0.55 of peak), s1 on slower GPUs (0.40): the slower
+    truth, the runs, and the all-source fit held out source by source."""
     base = analytic_profile()
     slower = base.with_generation("hopper", replace(
         base.for_gpu("h100-sxm"), gemm=replace(base.gemm, max_efficiency=0.40),
@@ -89,8 +89,14 @@ def test_each_source_fitted_on_itself_is_exact_where_the_model_can_express_it():
     runs = [r if r.source == "s0" else s for r, s in zip(
         _runs(_truth(), lambda i: f"s{i % 2}"), _runs(slower, lambda i: f"s{i % 2}"))]
     fitted, lins = by_source.fit_generations(runs, base, parameters(NAMES))
-    held = by_source.leave_one_source_out(runs, runs, fitted, lins, base)
-    own = by_source.fitted_on_itself(runs, held, base, parameters(NAMES))
+    return slower, runs, by_source.leave_one_source_out(runs, runs, fitted, lins, base)
+
+
+def test_each_source_fitted_on_itself_is_exact_where_the_model_can_express_it():
+    """Out of source each is missed, fitted on itself each is reproduced (in-sample), and
+    the out-of-source figures are left as they were."""
+    _, runs, held = _two_sources()
+    own = by_source.fitted_on_itself(runs, held, analytic_profile(), parameters(NAMES))
     for h in own:
         assert h.own_s == pytest.approx(h.run.measured_step_s, rel=0.02)
         assert (h.predicted_s, h.low_s, h.high_s) == next(
@@ -99,20 +105,12 @@ def test_each_source_fitted_on_itself_is_exact_where_the_model_can_express_it():
     assert missed > 0.1  # out of source: the other source's efficiency
 
 
-def test_a_fold_that_moves_far_is_linearised_again():
-    """Fitted on s1 alone (true efficiency 0.40) from the all-source point, the fold's fit
-    moves far: re-linearised at its own fit it lands on s1's constants, which the one linear
-    step from the all-source point would not."""
-    base = analytic_profile()
-    slower = base.with_generation("hopper", replace(
-        base.for_gpu("h100-sxm"), gemm=replace(base.gemm, max_efficiency=0.40),
-        step_overhead_s=0.2))
-    runs = [r if r.source == "s0" else s for r, s in zip(
-        _runs(_truth(), lambda i: f"s{i % 2}"), _runs(slower, lambda i: f"s{i % 2}"))]
-    fitted, lins = by_source.fit_generations(runs, base, parameters(NAMES))
-    held = by_source.leave_one_source_out(runs, runs, fitted, lins, base)
+def test_a_fold_lands_on_the_other_sources_constants():
+    """s0 held out is predicted by the fit on s1 alone, which moves far from the all-source
+    point (linearised again there): s1's constants, to 1%."""
+    slower, _, held = _two_sources()
     for h in held:
-        if h.run.source == "s0":  # predicted by the fit on s1: 0.40 of peak, exactly
+        if h.run.source == "s0":
             expected = predict(h.run.job, profile=slower).step_time_s
             assert h.predicted_s == pytest.approx(expected, rel=0.01)
 

@@ -74,6 +74,12 @@ def test_bad_modules_are_refused():
         Layout(recompute="selective", recompute_modules=("layernorm", "mlp_everything"))
     with pytest.raises(SpecError, match="non-empty"):
         Layout(recompute="selective", recompute_modules=())
+    with pytest.raises(SpecError, match="has no MLA"):
+        job_from_mapping({"model": "llama3-8b", "cluster": {"base": "dgx-h100", "num_nodes": 1},
+                          "training": {"seq_length": 4096, "global_batch_size": 8},
+                          "parallel": {"recompute": "selective",
+                                       "recompute_modules": ["mla_up_proj"]}},
+                         base_dir=Path("."), source="test")
 
 
 def _dsv3(parallel: dict):
