@@ -54,7 +54,12 @@ class Shard:
     sequence_parallel: bool = False  # norms and elementwise ops see tokens / tp
     bytes_per_value: int = 2  # activations' precision
     flash_attention: bool = True  # fused attention: no s x s matrix in memory
-    linear_input_bytes: int = 2  # the saved input of a block's linear layer (1: FP8 training)
+    linear_input_bytes: int | None = None  # the saved input of a block's linear layer (1:
+    # FP8 training); None: bytes_per_value
+
+    def __post_init__(self) -> None:
+        if self.linear_input_bytes is None:
+            object.__setattr__(self, "linear_input_bytes", self.bytes_per_value)
 
     @property
     def tokens(self) -> int:
