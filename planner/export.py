@@ -316,6 +316,13 @@ def _megatron_recompute(layout: Layout, stages: tuple[int, ...]) -> list[Flag]:
             ("--recompute-num-layers", most)]
 
 
+def _needs(present: bool, field: str, needed: str, flag: str, needed_flag: str) -> None:
+    """Refuse a `parallel.field` whose Megatron-LM flag needs another one that is off."""
+    if not present:
+        raise refusal("megatron", f"{field} without {needed} (Megatron-LM's {flag} needs "
+                      f"{needed_flag})", f"--set parallel.{needed}=true")
+
+
 def _megatron_overlap(layout: Layout) -> list[Flag]:
     """The overlaps that act on this layout (an overlap of an axis of size 1, or of ZeRO
     gathers without ZeRO, changes nothing and needs no flag)."""
@@ -323,16 +330,12 @@ def _megatron_overlap(layout: Layout) -> list[Flag]:
     if layout.overlap_grad_reduce:
         flags.append(("--overlap-grad-reduce", None))
     if layout.overlap_param_gather and layout.zero_stage >= 1:
-        if not layout.overlap_grad_reduce:
-            raise refusal("megatron", "overlap_param_gather without overlap_grad_reduce "
-                          "(Megatron-LM's --overlap-param-gather needs --overlap-grad-reduce)",
-                          "--set parallel.overlap_grad_reduce=true")
+        _needs(layout.overlap_grad_reduce, "overlap_param_gather", "overlap_grad_reduce",
+               "--overlap-param-gather", "--overlap-grad-reduce")
         flags.append(("--overlap-param-gather", None))
     if layout.tp_comm_overlap and layout.tp > 1:
-        if not layout.sequence_parallel:
-            raise refusal("megatron", "tp_comm_overlap without sequence parallelism "
-                          "(Megatron-LM's --tp-comm-overlap needs --sequence-parallel)",
-                          "--set parallel.sequence_parallel=true")
+        _needs(layout.sequence_parallel, "tp_comm_overlap", "sequence_parallel",
+               "--tp-comm-overlap", "--sequence-parallel")
         flags.append(("--tp-comm-overlap", None))
     if layout.ep_comm_overlap and layout.ep > 1:
         flags.append(("--overlap-moe-expert-parallel-comm", None))

@@ -417,3 +417,15 @@ def test_published_layout_is_consistent_and_builds(name):
     if entry["vpp"] > 1:  # the sc21 script's --num-layers-per-virtual-pipeline-stage
         per_chunk = job.model.num_layers // (entry["pp"] * entry["vpp"])
         assert args["--num-layers-per-virtual-pipeline-stage"] == str(per_chunk)
+
+
+@pytest.mark.parametrize("parallel,needed", [
+    ({"zero_stage": 1, "overlap_grad_reduce": False, "overlap_param_gather": True},
+     "overlap_grad_reduce"),
+    ({"tp": 8, "sequence_parallel": False, "tp_comm_overlap": True}, "sequence_parallel")])
+def test_megatron_refuses_an_overlap_whose_flag_needs_another(parallel, needed):
+    job = _job("llama3-70b", {"base": "dgx-h100", "num_nodes": 16},
+               {"tp": 8, "pp": 4, "micro_batch_size": 1, **parallel})
+    with pytest.raises(SpecError, match=f"without {needed}") as err:
+        export_layout(job, "megatron")
+    assert f"parallel.{needed}=true" in err.value.valid
