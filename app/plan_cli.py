@@ -9,7 +9,7 @@ from pathlib import Path
 
 from parasim.planner.plan import layout_mapping, make_plan, write_plan
 from parasim.report import duration, durations, format_estimate
-from parasim.simulator.layout import cp_text, recompute_text
+from parasim.simulator.layout import cp_text, overlap_text, recompute_text
 from parasim.planner.search import Scored, SearchResult, headroom
 from parasim.simulator.calibration.fitted import base_profile
 from parasim.simulator.files import check_new_file
@@ -52,6 +52,7 @@ def layout_text(layout) -> str:
         parts.append(f"vpp {m['vpp']}")
     return ", ".join(parts) + f", mbs {m['micro_batch_size']}, {m['schedule']}, " \
         f"recompute {recompute_text(layout)}, ZeRO-{m['zero_stage']}" + (
+            f", {overlap_text(layout)}" if overlap_text(layout) else "") + (
             ", ILP stage split" if m["stages"] else "")
 
 

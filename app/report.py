@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from parasim.simulator import catalog
 from parasim.simulator.job import Job
-from parasim.simulator.layout import cp_text, recompute_text
+from parasim.simulator.layout import cp_text, overlap_text, recompute_text
 from parasim.simulator.params import active_params, total_params
 from parasim.simulator.results import RunPrediction, StepPrediction
 
@@ -70,6 +70,8 @@ def _layout_line(job: Job) -> str:
               f"recompute {recompute_text(lay)}", f"ZeRO-{lay.zero_stage}"]
     if lay.sequence_parallel:
         extras.append("sequence-parallel")
+    if overlap_text(lay):
+        extras.append(overlap_text(lay))
     if lay.stages:
         extras.append(f"layers per stage {list(lay.stages)}")
     return ", ".join(parts) + " | " + ", ".join(extras)

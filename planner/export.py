@@ -29,6 +29,7 @@ import json
 import shlex
 from collections.abc import Callable
 
+from parasim.planner.overlaps import applies
 from parasim.simulator.layout import recompute_text
 from parasim.simulator.errors import SpecError
 from parasim.simulator.job import Job, num_microbatches
@@ -338,6 +339,11 @@ def _megatron_overlap(layout: Layout) -> list[Flag]:
                "--tp-comm-overlap", "--sequence-parallel")
         flags.append(("--tp-comm-overlap", None))
     if layout.ep_comm_overlap and layout.ep > 1:
+        if not applies(layout, "ep_comm_overlap"):
+            raise refusal("megatron", "ep_comm_overlap with full recompute, or with pp > 1 "
+                          "outside the interleaved schedule (Megatron-Core's "
+                          "--overlap-moe-expert-parallel-comm runs with neither)",
+                          "--set parallel.ep_comm_overlap=false")
         flags.append(("--overlap-moe-expert-parallel-comm", None))
     if layout.cp > 1 and layout.cp_style == "ulysses":
         flags.append(("--cp-comm-type", "a2a"))  # Megatron-Core's DeepSpeed-Ulysses style

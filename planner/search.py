@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
 from parasim.planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
+from parasim.planner.overlaps import applies, best_overlaps
 from parasim.planner.space import MAX_PLAN_GPUS, Space, enumerate_space
 from parasim.simulator.cost.profile import AnalyticProfile, default_profile
 from parasim.simulator.economics import step_economics
@@ -121,10 +122,13 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     if not estimates:
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
-    scored, solves = [], 0
-    for _estimate, layout, as_is in shortlist:
+    scored, solves, known = [], 0, {}
+    for _, layout, as_is in shortlist:
+        if as_is:  # the overlap flags, on what will be scored (planner.overlaps)
+            layout = best_overlaps(layout, fixed,
+                                   lambda lay: _estimate(job, lay, profile, known))
         best, used_ilp = _score(job, layout, bool({"stages", "full_recompute_layers"} & set(fixed)),
-                                profile, as_is)
+                                profile, as_is, "ep_comm_overlap" in fixed)
         solves += used_ilp
         if best is not None:
             scored.append(best)
@@ -225,10 +229,11 @@ def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
 
 
 def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile,
-           as_is: bool = True) -> tuple[Scored | None, int]:
+           as_is: bool = True, ep_overlap_fixed: bool = False) -> tuple[Scored | None, int]:
     """The full simulation of the default split (when it fits `as_is`) and of the ILP's split,
     placement and recompute (when there is a choice: pp > 1, blocks that may be recomputed in
-    full, or node groups to order)."""
+    full, or node groups to order). Where the ILP recomputes blocks in full, a searched expert
+    all-to-all overlap is dropped (Megatron-Core cannot run the two together)."""
     options = [replace(job, layout=layout)] if as_is else []
     used_ilp = 0
     choice = layout.pp > 1 or layout.recompute != "full" or not job.cluster.is_homogeneous
@@ -237,6 +242,9 @@ def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile
             default = replace(job, layout=layout)
             problem, orders = split_problem(default, profile)
             chosen = apply_split(job, layout, problem, orders, _solved(problem).split)
+            if chosen.layout.ep_comm_overlap and not ep_overlap_fixed and \
+                    not applies(chosen.layout, "ep_comm_overlap"):
+                chosen = replace(chosen, layout=replace(chosen.layout, ep_comm_overlap=False))
             if (chosen.stage_layers, chosen.layout.full_recompute_layers, chosen.cluster) != \
                     (default.stage_layers, None, default.cluster):
                 options.append(chosen)  # not the default split again

@@ -205,3 +205,20 @@ def recompute_text(layout) -> str:
 def cp_text(layout) -> str:
     """`cp 1`, or `cp 8 (ring)` / `cp 8 (ulysses)`: the style only where there is a split."""
     return f"cp {layout.cp}" + (f" ({layout.cp_style})" if layout.cp > 1 else "")
+
+
+def overlap_text(layout) -> str:
+    """The overlaps that differ from the framework defaults, in words ('' when none do):
+    `TP overlap, EP overlap`, `no grad-reduce overlap`."""
+    words = []
+    if layout.tp_comm_overlap and layout.tp > 1:
+        words.append("TP overlap")
+    if layout.ep_comm_overlap and layout.ep > 1:
+        words.append("EP overlap")
+    if not layout.overlap_grad_reduce and layout.dp * layout.cp > 1:
+        words.append("no grad-reduce overlap")
+    if not layout.overlap_param_gather and layout.zero_stage >= 1:
+        words.append("no param-gather overlap")
+    if not layout.cp_comm_overlap and layout.cp > 1 and layout.cp_style == "ring":
+        words.append("no CP overlap")
+    return ", ".join(words)
