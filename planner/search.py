@@ -178,11 +178,11 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
     """(closed-form step time, layout, whether its default split fits as it is) of every
     layout whose default split fits in memory. One that fits only with every block recomputed
     in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks."""
-    out, known = [], {}
+    out, known, ring_faster = [], {}, {}
     for index, layout in enumerate(space.layouts):
         if progress is not None:
             progress(index + 1, len(space.layouts))
-        if layout.cp_style == "ulysses" and _ring_is_faster(job, layout, profile):
+        if layout.cp_style == "ulysses" and _ring_is_faster(job, layout, profile, ring_faster):
             rejected["cp_style ulysses: its all-to-alls cost more than the ring's exposed "
                      "transfers (same memory)"] += 1
             continue
@@ -197,14 +197,20 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
     return out
 
 
-def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile) -> bool:
+def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
     """A Ulysses layout whose blocks are no faster than its ring twin's cannot win: the two
-    hold the same memory and differ only in the blocks' context-parallel transfers."""
+    hold the same memory and differ only in the blocks' context-parallel transfers. `known`
+    keeps the answers by what a block's time depends on: not the schedule, the virtual
+    stages, the ZeRO stage or the layer split (none moves a rank or changes a block's work)."""
     def block_s(style: str) -> float:
         candidate = replace(job, layout=replace(layout, cp_style=style))
         ctx = step_context(candidate, profile)
         return block_time_s(ctx, ctx.job.cluster.node_groups[0].gpu)
-    return block_s("ulysses") >= block_s("ring")
+    key = replace(layout, schedule="1f1b", vpp=1, zero_stage=0, stages=None,
+                  full_recompute_layers=None)
+    if key not in known:
+        known[key] = block_s("ulysses") >= block_s("ring")
+    return known[key]
 
 
 def _estimate(job: Job, layout: Layout, profile, known: dict) -> float | None:

@@ -65,7 +65,11 @@ class Layout:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            check_field(f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if isinstance(value, (int, str)) or value is None:  # bool is an int
+                _check_scalar(f.name, value)  # the planner builds ~10^5 layouts: once each
+            else:
+                check_field(f.name, value)
         self._check_schedule()
         if self.stages is not None and not isinstance(self.stages, tuple):
             object.__setattr__(self, "stages", tuple(self.stages))
@@ -142,6 +146,11 @@ def check_field(name: str, value: object) -> None:
         _check_counts(name, value)
     elif name == "recompute_modules" and value is not None:
         _check_modules(value)
+
+
+@lru_cache(maxsize=1024, typed=True)  # typed: True is not the count 1
+def _check_scalar(name: str, value: int | str | None) -> None:
+    check_field(name, value)
 
 
 def _check_counts(name: str, counts: object) -> None:
