@@ -76,9 +76,11 @@ def _layout_line(job: Job) -> str:
 
 
 def _cluster_line(job: Job) -> str:
-    groups = " + ".join(f"{g.num_nodes} x {g.gpus_per_node} {g.gpu.name}"
-                        for g in job.cluster.node_groups)
-    return f"{job.cluster.name}: {groups} ({job.cluster.world_size} GPUs)"
+    groups = " + ".join(f"{g.num_nodes} x {g.gpus_per_node} {g.gpu.name}" + (
+        f" in {g.domain_gpus}-GPU NVLink domains" if g.domain_gpus != g.gpus_per_node else "")
+        for g in job.cluster.node_groups)
+    planes = f", {job.cluster.planes} fabric planes" if job.cluster.planes > 1 else ""
+    return f"{job.cluster.name}: {groups} ({job.cluster.world_size} GPUs{planes})"
 
 
 def _interval_line(p: StepPrediction) -> str:

@@ -97,8 +97,20 @@ def _switch_line(topology: Topology, graph: nx.Graph) -> str:
     t = topology
     spine = f"a spine layer per pod ({_n(t.num_pods, 'pod')})" if t.has_spine else "no spine"
     core = "a core layer" if t.has_core else "no core"
-    return (f"{t.num_hosts} NVSwitch (one per host), {_leaves_text(topology)}, {spine}, "
+    planes = f" over {t.cluster.planes} independent planes" if t.cluster.planes > 1 else ""
+    return (f"{_nvswitch_text(t)}, {_leaves_text(topology)}{planes}, {spine}, "
             f"{core}: {switches} switch nodes (each tier's parallel links bundled)")
+
+
+def _nvswitch_text(t: FabricTopology) -> str:
+    """One NVSwitch per host, or one NVLink switch fabric per multi-node NVLink domain."""
+    if t.num_domains == t.num_hosts:
+        return f"{t.num_hosts} NVSwitch (one per host)"
+    sizes = _range(np.bincount(t.domain))
+    hosts = _range(np.array([len(np.unique(t.host[t.domain == d]))
+                             for d in range(t.num_domains)]))
+    return (f"{t.num_domains} NVLink switch fabric{'s' if t.num_domains > 1 else ''} "
+            f"({sizes}-GPU NVLink domains of {hosts} hosts each)")
 
 
 def _leaves_text(t: FabricTopology) -> str:
