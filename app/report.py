@@ -5,6 +5,7 @@ from __future__ import annotations
 from parasim.simulator import catalog
 from parasim.simulator.job import Job
 from parasim.simulator.layout import cp_text, recompute_text
+from parasim.simulator.nvfp4 import bf16_blocks
 from parasim.simulator.params import active_params, total_params
 from parasim.simulator.results import RunPrediction, StepPrediction
 
@@ -109,6 +110,8 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"activations {mem.activations_bytes / GiB:.1f} GiB",
         "  breakdown   " + _breakdown_text(p),
     ]
+    if job.training.precision == "fp4":
+        lines.insert(2, "  precision   " + fp4_text(job.model.num_layers))
     if p.dropped_token_fraction > 0:
         lines.append(f"  experts     {p.dropped_token_fraction:.1%} of the routed tokens "
                      f"dropped: over capacity factor {job.model.capacity_factor:g} (router "
@@ -119,6 +122,18 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
     if p.run is not None:
         lines += run_lines(p.run, job.training.checkpoint_interval_steps is not None)
     return "\n".join(lines)
+
+
+def fp4_text(num_layers: int) -> str:
+    """What an fp4 run computes in 4 bits (`simulator.nvfp4`)."""
+    first, last = bf16_blocks(num_layers)
+    if first + last >= num_layers:
+        return "fp4 (NVIDIA NVFP4 recipe): every block kept in bf16 (the recipe's first and " \
+            f"last blocks cover all {num_layers})"
+    return (f"fp4 (NVIDIA NVFP4 recipe): linear-layer GEMMs of blocks {first}-"
+            f"{num_layers - last - 1} in 4 bits; blocks 0-{first - 1} and "
+            f"{num_layers - last}-{num_layers - 1}, attention, norms, embedding and LM head in "
+            "bf16")
 
 
 def _breakdown_text(p: StepPrediction) -> str:
