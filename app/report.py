@@ -196,10 +196,12 @@ def format_listing(kind: str) -> str:
             d = catalog.gpu(name)
             rows.append([name, f"{d.peak_bf16_flop_per_s / 1e12:.0f}",
                          f"{d.peak_fp8_flop_per_s / 1e12:.0f}" if d.peak_fp8_flop_per_s else "-",
+                         f"{d.peak_fp4_flop_per_s / 1e12:.0f}" if d.peak_fp4_flop_per_s else "-",
                          f"{d.memory_bytes / GiB:.0f}", f"{d.memory_bytes_per_s / 1e12:.2f}",
                          f"{d.nvlink_bytes_per_s / 1e9:.0f}", f"{d.tdp_watts:.0f}",
                          f"{d.price_per_hour_usd:.2f}"])
-        return table(["gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s",
+        return table(["gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "fp4 TFLOP/s", "memory GiB",
+                      "HBM TB/s",
                        "NVLink GB/s", "TDP W", "$/GPU-hour"], rows)
     if kind == "models":
         rows = []
@@ -215,8 +217,10 @@ def format_listing(kind: str) -> str:
     for name, entry in sorted(catalog.entries("clusters").items()):
         intra, inter = entry["intra_node"], entry["inter_node"]
         rows.append([name, entry["gpu"], str(entry["gpus_per_node"]),
+                     str(entry.get("nvlink_domain_gpus", entry["gpus_per_node"])),
                      f"{intra['bandwidth_GBps']:g}",
                      f"{inter.get('nics_per_node', 1)} x {inter['bandwidth_Gbps']:g}",
                      entry.get("topology", "fat-tree")])
-    return table(["cluster", "gpu", "gpus/node", "NVLink GB/s per GPU", "NICs x Gb/s",
+    return table(["cluster", "gpu", "gpus/node", "NVLink domain", "NVLink GB/s per GPU",
+                  "NICs x Gb/s",
                    "topology"], rows)

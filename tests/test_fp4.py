@@ -22,7 +22,7 @@ from tests.builders import gpt
 from tests.test_cli_errors import assert_user_error, estimate
 
 GB200 = catalog.gpu("gb200")
-BLACKWELL_FP4 = ("b300", "gb200", "gb300")
+BLACKWELL_FP4 = ("b200", "b300", "gb200", "gb300")
 
 
 def job(precision: str = "fp4", layers: int = 62, pp: int = 2, **parallel):
@@ -55,9 +55,10 @@ def test_catalog_numbers_as_cited():
     assert catalog.gpu("b300").peak_fp4_flop_per_s == 14e15
     assert catalog.gpu("b300").memory_bytes == 288 * 2**30
     assert catalog.gpu("gb300").peak_fp4_flop_per_s == 15e15
+    assert catalog.gpu("b200").peak_fp4_flop_per_s == 72e15 / 8
 
 
-@pytest.mark.parametrize("name", ["h100-sxm", "h200", "a100-80gb", "b200", "mi300x"])
+@pytest.mark.parametrize("name", ["h100-sxm", "h200", "a100-80gb", "mi300x"])
 def test_gpus_without_fp4_units_have_none(name):
     assert catalog.gpu(name).peak_fp4_flop_per_s == 0
 
