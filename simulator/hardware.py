@@ -34,7 +34,7 @@ class DeviceSpec:
     peak_fp32_flop_per_s: float  # fp32 peak as used for fp32 training (TF32 on tensor cores)
     memory_bytes: float  # HBM capacity
     memory_bytes_per_s: float  # HBM bandwidth
-    nvlink_bytes_per_s: float  # per GPU, one direction, to its node's other GPUs
+    nvlink_bytes_per_s: float  # per GPU, one direction, to the other GPUs of its NVLink domain
     tdp_watts: float  # board power limit
     price_per_hour_usd: float  # typical on-demand price of one GPU-hour (see catalog date)
     idle_watts: float | None = None  # board power idle; None: a share of TDP (economics.yaml)
