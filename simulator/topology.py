@@ -152,20 +152,20 @@ class FabricTopology(Topology):
             leaf = block * (self.nic_rail.max() + 1) + self.nic_rail
         else:  # consecutive NICs of one plane share a leaf
             leaf = _rank_within(self.nic_plane) // self.leaf_down_ports
-        leaves, self.nic_leaf = np.unique(np.stack([self.nic_plane, leaf], axis=1), axis=0,
+        stride = int(leaf.max()) + 1
+        leaves, self.nic_leaf = np.unique(self.nic_plane * stride + leaf,
                                           return_inverse=True)  # no empty leaves
-        self.nic_leaf = self.nic_leaf.ravel()
         self.num_leaves = len(leaves)
-        self.leaf_plane = leaves[:, 0]  # leaf ids run plane by plane
+        self.leaf_plane = leaves // stride  # leaf ids run plane by plane
         per_plane = np.bincount(self.leaf_plane)
         self.has_spine = c.topology != "rail-only" and bool((per_plane > 1).any())
         leaves_per_pod = np.where(per_plane[self.leaf_plane] <= radix, radix, max(1, radix // 2))
         local_pod = _rank_within(self.leaf_plane) // leaves_per_pod
-        pods, self.leaf_pod = np.unique(np.stack([self.leaf_plane, local_pod], axis=1), axis=0,
+        stride = int(local_pod.max()) + 1
+        pods, self.leaf_pod = np.unique(self.leaf_plane * stride + local_pod,
                                         return_inverse=True)
-        self.leaf_pod = self.leaf_pod.ravel()
         self.num_pods = len(pods)
-        self.pod_plane = pods[:, 0]
+        self.pod_plane = pods // stride
         self.has_core = self.has_spine and bool((np.bincount(self.pod_plane) > 1).any())
 
     # Links.
