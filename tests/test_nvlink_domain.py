@@ -171,10 +171,10 @@ def test_max_gpus_steps_in_whole_domains():
 # Multi-plane fabrics -------------------------------------------------------------------------
 
 
-def planes_job(planes: int):
+def planes_job(planes: int, **cluster):
     raw = {"model": "llama3-8b",
            "cluster": {"base": "dgx-h100", "num_nodes": 64, "topology": "fat-tree",
-                       "switch_radix": 16, "planes": planes},
+                       "switch_radix": 16, "planes": planes, **cluster},
            "training": {"seq_length": 4096, "global_batch_size": 512}, "parallel": {"tp": 8}}
     return job_from_mapping(raw, base_dir=Path("."), source="t")
 
@@ -187,6 +187,19 @@ def test_planes_are_independent_fabrics():
     assert eight.num_pods == 8 and set(eight.leaf_plane.tolist()) == set(range(8))
     g = eight.graph()
     assert {g.nodes[n]["kind"] for n in g if n.startswith("spine")} == {"switch"}
+
+
+def test_planes_keep_the_bisection_a_tapered_core_would_cut():
+    """Spine-to-core tapered 4:1: one 512-NIC plane routes half its bisection through the
+    core (N/2 flows at 1/4 of 400 Gb/s: 3.2 TB/s); 8 planes never reach a core, so the
+    bisection is N/2 flows at line rate (12.8 TB/s)."""
+    from parasim.simulator.topology import bisection_bytes_per_s
+
+    tapered = {"oversubscription": [1, 4]}
+    one = build_topology(planes_job(1, **tapered).cluster)
+    eight = build_topology(planes_job(8, **tapered).cluster)
+    assert bisection_bytes_per_s(one) == pytest.approx(256 * 50e9 / 4)
+    assert bisection_bytes_per_s(eight) == pytest.approx(256 * 50e9)
 
 
 def test_traffic_between_planes_is_forwarded_over_nvlink():
