@@ -5,6 +5,7 @@ from __future__ import annotations
 from parasim.simulator import catalog
 from parasim.simulator.job import Job
 from parasim.simulator.layout import cp_text, overlap_text, recompute_text
+from parasim.simulator.nvfp4 import bf16_blocks
 from parasim.simulator.params import active_params, total_params
 from parasim.simulator.results import RunPrediction, StepPrediction
 
@@ -78,9 +79,11 @@ def _layout_line(job: Job) -> str:
 
 
 def _cluster_line(job: Job) -> str:
-    groups = " + ".join(f"{g.num_nodes} x {g.gpus_per_node} {g.gpu.name}"
-                        for g in job.cluster.node_groups)
-    return f"{job.cluster.name}: {groups} ({job.cluster.world_size} GPUs)"
+    groups = " + ".join(f"{g.num_nodes} x {g.gpus_per_node} {g.gpu.name}" + (
+        f" in {g.domain_gpus}-GPU NVLink domains" if g.domain_gpus != g.gpus_per_node else "")
+        for g in job.cluster.node_groups)
+    planes = f", {job.cluster.planes} fabric planes" if job.cluster.planes > 1 else ""
+    return f"{job.cluster.name}: {groups} ({job.cluster.world_size} GPUs{planes})"
 
 
 def _interval_line(p: StepPrediction) -> str:
@@ -109,6 +112,8 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"activations {mem.activations_bytes / GiB:.1f} GiB",
         "  breakdown   " + _breakdown_text(p),
     ]
+    if job.training.precision == "fp4":
+        lines.insert(2, "  precision   " + fp4_text(job.model.num_layers))
     if p.dropped_token_fraction > 0:
         lines.append(f"  experts     {p.dropped_token_fraction:.1%} of the routed tokens "
                      f"dropped: over capacity factor {job.model.capacity_factor:g} (router "
@@ -119,6 +124,18 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
     if p.run is not None:
         lines += run_lines(p.run, job.training.checkpoint_interval_steps is not None)
     return "\n".join(lines)
+
+
+def fp4_text(num_layers: int) -> str:
+    """What an fp4 run computes in 4 bits (`simulator.nvfp4`)."""
+    first, last = bf16_blocks(num_layers)
+    if first + last >= num_layers:
+        return "fp4 (NVIDIA NVFP4 recipe): every block kept in bf16 (the recipe's first and " \
+            f"last blocks cover all {num_layers})"
+    return (f"fp4 (NVIDIA NVFP4 recipe): linear-layer GEMMs of blocks {first}-"
+            f"{num_layers - last - 1} in 4 bits; blocks 0-{first - 1} and "
+            f"{num_layers - last}-{num_layers - 1}, attention, norms, embedding and LM head in "
+            "bf16")
 
 
 def _breakdown_text(p: StepPrediction) -> str:
@@ -181,10 +198,12 @@ def format_listing(kind: str) -> str:
             d = catalog.gpu(name)
             rows.append([name, f"{d.peak_bf16_flop_per_s / 1e12:.0f}",
                          f"{d.peak_fp8_flop_per_s / 1e12:.0f}" if d.peak_fp8_flop_per_s else "-",
+                         f"{d.peak_fp4_flop_per_s / 1e12:.0f}" if d.peak_fp4_flop_per_s else "-",
                          f"{d.memory_bytes / GiB:.0f}", f"{d.memory_bytes_per_s / 1e12:.2f}",
                          f"{d.nvlink_bytes_per_s / 1e9:.0f}", f"{d.tdp_watts:.0f}",
                          f"{d.price_per_hour_usd:.2f}"])
-        return table(["gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s",
+        return table(["gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "fp4 TFLOP/s", "memory GiB",
+                      "HBM TB/s",
                        "NVLink GB/s", "TDP W", "$/GPU-hour"], rows)
     if kind == "models":
         rows = []
@@ -200,8 +219,10 @@ def format_listing(kind: str) -> str:
     for name, entry in sorted(catalog.entries("clusters").items()):
         intra, inter = entry["intra_node"], entry["inter_node"]
         rows.append([name, entry["gpu"], str(entry["gpus_per_node"]),
+                     str(entry.get("nvlink_domain_gpus", entry["gpus_per_node"])),
                      f"{intra['bandwidth_GBps']:g}",
                      f"{inter.get('nics_per_node', 1)} x {inter['bandwidth_Gbps']:g}",
                      entry.get("topology", "fat-tree")])
-    return table(["cluster", "gpu", "gpus/node", "NVLink GB/s per GPU", "NICs x Gb/s",
+    return table(["cluster", "gpu", "gpus/node", "NVLink domain", "NVLink GB/s per GPU",
+                  "NICs x Gb/s",
                    "topology"], rows)

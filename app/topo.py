@@ -97,8 +97,20 @@ def _switch_line(topology: Topology, graph: nx.Graph) -> str:
     t = topology
     spine = f"a spine layer per pod ({_n(t.num_pods, 'pod')})" if t.has_spine else "no spine"
     core = "a core layer" if t.has_core else "no core"
-    return (f"{t.num_hosts} NVSwitch (one per host), {_leaves_text(topology)}, {spine}, "
+    planes = f" over {t.cluster.planes} independent planes" if t.cluster.planes > 1 else ""
+    return (f"{_nvswitch_text(t)}, {_leaves_text(topology)}{planes}, {spine}, "
             f"{core}: {switches} switch nodes (each tier's parallel links bundled)")
+
+
+def _nvswitch_text(t: FabricTopology) -> str:
+    """One NVSwitch per host, or one NVLink switch fabric per multi-node NVLink domain."""
+    if t.num_domains == t.num_hosts:
+        return f"{t.num_hosts} NVSwitch (one per host)"
+    sizes = _range(np.bincount(t.domain))
+    hosts = _range(np.array([len(np.unique(t.host[t.domain == d]))
+                             for d in range(t.num_domains)]))
+    return (f"{t.num_domains} NVLink switch fabric{'s' if t.num_domains > 1 else ''} "
+            f"({sizes}-GPU NVLink domains of {hosts} hosts each)")
 
 
 def _leaves_text(t: FabricTopology) -> str:
@@ -488,6 +500,20 @@ def _draw_hosts(axes: Axes, t: FabricTopology, layers: _Layers, x_host,
     gpus = np.unique(np.bincount(t.host))
     axes.text(-0.05, 0.02, f"hosts\n({_range(gpus)} GPUs)", ha="left", va="center", fontsize=9,
               style="italic")
+    if t.num_domains < t.num_hosts:
+        _draw_domains(axes, t, x_host, width)
+
+
+def _draw_domains(axes: Axes, t: FabricTopology, x_host, width: float) -> None:
+    """A bar over the drawn hosts of each multi-node NVLink domain (an NVL72 rack)."""
+    domain_of_host = t.domain[t.host_first_gpu]
+    for d in sorted({int(domain_of_host[h]) for h in x_host}):
+        xs = [x for h, x in x_host.items() if domain_of_host[h] == d]
+        gpus = int(np.sum(t.domain == d))
+        axes.plot([min(xs) - width / 2, max(xs) + width / 2], [0.36, 0.36], color="tab:orange",
+                  linewidth=3, solid_capstyle="butt", zorder=3)
+        axes.text((min(xs) + max(xs)) / 2, 0.38, f"NVLink domain {d} ({gpus} GPUs)",
+                  ha="center", va="bottom", fontsize=8, color="tab:orange")
 
 
 # A graph file: spring layout.

@@ -35,6 +35,7 @@ from parasim.simulator.errors import SpecError
 from parasim.simulator.job import Job, num_microbatches
 from parasim.simulator.layout import Layout
 from parasim.simulator.model import ModelSpec
+from parasim.simulator.nvfp4 import bf16_blocks
 
 FORMATS = ("megatron", "torchtitan")
 
@@ -254,6 +255,7 @@ def _megatron_moe(model: ModelSpec, layout: Layout) -> list[Flag]:
 # (training precision, gradient buffer) -> the flag that sets it, where it is not the default
 # (Megatron-LM keeps bf16 and fp8 runs' gradients in fp32, fp16 runs' in fp16)
 MEGATRON_GRADS = {("bf16", "bf16"): "--grad-reduce-in-bf16", ("fp8", "bf16"): "--grad-reduce-in-bf16",
+                  ("fp4", "bf16"): "--grad-reduce-in-bf16",
                   ("fp16", "fp32"): "--accumulate-allreduce-grads-in-fp32"}
 
 
@@ -261,7 +263,7 @@ def _megatron_precision(job: Job) -> list[Flag]:
     precision, grads = job.training.precision, job.training.grad_precision
     flags: list[Flag] = {"bf16": [("--bf16", None)], "fp16": [("--fp16", None)],
                          "fp8": [("--bf16", None), ("--fp8-format", "hybrid")],
-                         "fp32": []}[precision]
+                         "fp32": [], "fp4": _megatron_nvfp4(job)}[precision]
     default = "fp16" if precision == "fp16" else "fp32"
     if grads is None or grads == default:
         return flags
@@ -270,6 +272,15 @@ def _megatron_precision(job: Job) -> list[Flag]:
                       f"them in {default}, or bf16 in bf16 runs)",
                       f"--set training.grad_precision={default}")
     return flags + [(MEGATRON_GRADS[precision, grads], None)]
+
+
+def _megatron_nvfp4(job: Job) -> list[Flag]:
+    """NVIDIA's NVFP4 recipe (`simulator.nvfp4`) in Megatron-LM: the fp4 format and recipe,
+    and the first and last blocks kept in bf16 as parasim costs them."""
+    first, last = bf16_blocks(job.model.num_layers)
+    return [("--bf16", None), ("--fp4-format", "e2m1"), ("--fp4-recipe", "nvfp4"),
+            ("--first-last-layers-bf16", None), ("--num-layers-at-start-in-bf16", first),
+            ("--num-layers-at-end-in-bf16", last)]
 
 
 def _megatron_memory(job: Job, notes: list[str]) -> list[Flag]:
@@ -468,6 +479,10 @@ def _titan_training(job: Job) -> Section:
         values["mixed_precision_param"] = "bfloat16"
     elif training.precision == "fp32":
         values["mixed_precision_param"] = "float32"
+    elif training.precision == "fp4":
+        raise refusal("torchtitan", "precision fp4 (torchtitan has no NVFP4 training "
+                      "recipe; its float8 / MX converters train in 8 bits)",
+                      "--set training.precision=fp8")
     else:
         raise refusal("torchtitan", "precision fp16 (torchtitan's mixed_precision_param is "
                       "bfloat16 or float32)", "--set training.precision=bf16")

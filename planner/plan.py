@@ -132,12 +132,17 @@ def with_max_gpus(job: Job, max_gpus: int | None) -> list[Job]:
     if max_gpus < per_node:
         raise SpecError("--max-gpus", max_gpus, f"is less than one {per_node}-GPU node",
                         f"an integer from {per_node} to {MAX_PLAN_GPUS:,}")
-    counts, nodes = [], 1
+    unit = groups[0].domain_gpus // per_node  # nodes of one NVLink domain (1: a node)
+    if max_gpus < unit * per_node:
+        raise SpecError("--max-gpus", max_gpus, f"is less than one {unit * per_node}-GPU "
+                        "NVLink domain", f"an integer from {unit * per_node} to "
+                        f"{MAX_PLAN_GPUS:,}")
+    counts, nodes = [], unit
     while nodes * per_node <= max_gpus:
         counts.append(nodes)
         nodes *= 2
-    if max_gpus // per_node not in counts:
-        counts.append(max_gpus // per_node)
+    if max_gpus // (unit * per_node) * unit not in counts:
+        counts.append(max_gpus // (unit * per_node) * unit)
     return [replace(job, cluster=replace(job.cluster, node_groups=(
         replace(groups[0], num_nodes=n),))) for n in counts]
 

@@ -206,10 +206,10 @@ def _cp_styles(cp: int, fixed: dict) -> tuple[str, ...]:
 def _check(job: Job, base: Layout, chosen: dict, schedule: str, fixed: dict
            ) -> tuple[Layout | None, str, SpecError | None]:
     """The resolved layout, or the reason it cannot run (and the SpecError it came from)."""
-    per_node = job.cluster.node_groups[0].gpus_per_node
-    if chosen["tp"] > per_node:
-        error = SpecError("parallel.tp", chosen["tp"], "tensor parallelism beyond one node's "
-                          f"NVLink domain ({per_node} GPUs)", f"tp <= {per_node}")
+    domain = job.cluster.node_groups[0].domain_gpus  # a node, or a multi-node NVLink rack
+    if chosen["tp"] > domain:
+        error = SpecError("parallel.tp", chosen["tp"], "tensor parallelism beyond one "
+                          f"NVLink domain ({domain} GPUs)", f"tp <= {domain}")
         return None, f"{error.field}: {error.why}", error
     sequence_parallel = fixed.get("sequence_parallel", chosen["tp"] > 1)
     try:

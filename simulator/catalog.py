@@ -18,7 +18,7 @@ from parasim.simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
 
 GiB = 2**30
 KINDS = {"gpus": "gpu", "clusters": "cluster", "models": "model"}
-OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None}  # value when left out
+OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None, "peak_fp4_tflops": 0.0}  # value when left out
 _NOT_SPEC_FIELDS = {"aliases", "description", "source", "sources", "published_params",
                     "published_active_params", "published_params_source", "price_date"}
 
@@ -86,6 +86,7 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
         "tdp_watts": ("tdp_watts", 1),
         "price_per_hour_usd": ("price_per_hour_usd", 1),
         "idle_watts": ("idle_watts", 1),
+        "peak_fp4_tflops": ("peak_fp4_flop_per_s", 1e12),
     }
     unknown = set(data) - set(units) - _NOT_SPEC_FIELDS - {"name", "usual_node"}
     if unknown:
@@ -98,10 +99,10 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
                 kwargs[spec_field] = OPTIONAL_GPU_FIELDS[key]
                 continue
             raise SpecError(f"{field}.{key}", None, "missing", "a number")
-        zero = key in ("peak_fp8_tflops", "idle_watts")
+        zero = key in ("peak_fp8_tflops", "peak_fp4_tflops", "idle_watts")
+        no_units = {"peak_fp8_tflops": "fp8", "peak_fp4_tflops": "fp4"}.get(key)
         value = require_number(f"{field}.{key}", data[key], 0, above=not zero,
-                               valid="a number >= 0 (0 = no fp8)" if key == "peak_fp8_tflops"
-                               else None)
+                               valid=f"a number >= 0 (0 = no {no_units})" if no_units else None)
         if value * scale > 1e30:  # no device is near; keeps every product of rates finite
             raise SpecError(f"{field}.{key}", data[key], "is too large", f"a number up to "
                             f"{1e30 / scale:g}")

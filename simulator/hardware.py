@@ -13,8 +13,8 @@ from parasim.simulator.checks import require_choice, require_count, require_numb
 from parasim.simulator.errors import SpecError
 from parasim.simulator.facility import FacilitySpec, default_facility
 
-Precision = Literal["bf16", "fp16", "fp8", "fp32"]
-PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+Precision = Literal["bf16", "fp16", "fp8", "fp32", "fp4"]
+PRECISIONS = ("bf16", "fp16", "fp8", "fp32", "fp4")
 Topology = Literal["fat-tree", "rail-optimized", "rail-only"]
 TOPOLOGIES = ("fat-tree", "rail-optimized", "rail-only")
 MAX_GPUS = 2**20  # the largest cluster parasim models (1,048,576 GPUs): its graph takes about
@@ -34,10 +34,11 @@ class DeviceSpec:
     peak_fp32_flop_per_s: float  # fp32 peak as used for fp32 training (TF32 on tensor cores)
     memory_bytes: float  # HBM capacity
     memory_bytes_per_s: float  # HBM bandwidth
-    nvlink_bytes_per_s: float  # per GPU, one direction, to its node's other GPUs
+    nvlink_bytes_per_s: float  # per GPU, one direction, to the other GPUs of its NVLink domain
     tdp_watts: float  # board power limit
     price_per_hour_usd: float  # typical on-demand price of one GPU-hour (see catalog date)
     idle_watts: float | None = None  # board power idle; None: a share of TDP (economics.yaml)
+    peak_fp4_flop_per_s: float = 0.0  # dense NVFP4 peak; 0 where the device has no fp4 units
 
     def __post_init__(self) -> None:
         for name in ("peak_bf16_flop_per_s", "peak_fp16_flop_per_s", "peak_fp32_flop_per_s",
@@ -50,6 +51,8 @@ class DeviceSpec:
                            f"({self.tdp_watts:g} W)")
         require_number("gpu.peak_fp8_flop_per_s", self.peak_fp8_flop_per_s, 0,
                        valid="a number >= 0 (0 = no fp8)")
+        require_number("gpu.peak_fp4_flop_per_s", self.peak_fp4_flop_per_s, 0,
+                       valid="a number >= 0 (0 = no fp4)")
 
     def peak_flop_per_s(self, precision: Precision) -> float:
         """Dense peak for the GEMM precision of a training run."""
@@ -58,11 +61,25 @@ class DeviceSpec:
             "fp16": self.peak_fp16_flop_per_s,
             "fp8": self.peak_fp8_flop_per_s,
             "fp32": self.peak_fp32_flop_per_s,
+            "fp4": self.peak_fp4_flop_per_s,
         }[precision]
         if peak <= 0:
             raise SpecError("training.precision", precision,
-                            f"gpu {self.name} has no {precision} tensor cores", "bf16, fp16, fp32")
+                            f"gpu {self.name} has no {precision} tensor cores",
+                            _precisions_valid(self, precision))
         return peak
+
+
+def _precisions_valid(device: DeviceSpec, precision: str) -> str:
+    """The precisions `device` runs, and the catalog GPUs that have `precision`'s units."""
+    from parasim.simulator import catalog  # the catalog builds DeviceSpecs: imported here
+
+    own = ", ".join(p for p in PRECISIONS if p != precision and getattr(
+        device, f"peak_{p}_flop_per_s") > 0)
+    having = [name for name in catalog.names("gpus")
+              if getattr(catalog.gpu(name), f"peak_{precision}_flop_per_s") > 0]
+    return f"{own} on {device.name}; {precision} needs " + (
+        ", ".join(having) if having else "a GPU with its tensor cores")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,11 +104,15 @@ class NodeGroup:
     intra_node: LinkSpec  # per GPU, one direction (NVLink)
     inter_node: LinkSpec  # per NIC line rate, one direction
     nics_per_node: int  # NICs per node (one per GPU on rail-optimized fabrics)
+    nvlink_domain_gpus: int | None = None  # GPUs joined by one NVLink switch fabric (a GB200
+    #                                        NVL72 rack: 72 over 18 trays); None: the node
 
     def __post_init__(self) -> None:
         require_count("cluster.num_nodes", self.num_nodes)
         require_count("cluster.gpus_per_node", self.gpus_per_node)
         require_count("cluster.inter_node.nics_per_node", self.nics_per_node)
+        if self.nvlink_domain_gpus is not None:
+            self._check_domain()
         if self.num_gpus > MAX_GPUS:
             raise SpecError("cluster.num_nodes", self.num_nodes,
                             f"gives {self.num_nodes:,} x {self.gpus_per_node} = "
@@ -100,9 +121,29 @@ class NodeGroup:
                             f"num_nodes · gpus_per_node <= {MAX_GPUS:,} (plan: "
                             f"<= {MAX_PLAN_GPUS:,})")
 
+    def _check_domain(self) -> None:
+        """An NVLink domain is whole nodes, and the group is whole domains."""
+        domain, g = self.nvlink_domain_gpus, self.gpus_per_node
+        require_count("cluster.nvlink_domain_gpus", domain, maximum=MAX_GPUS)
+        if domain % g:
+            raise SpecError("cluster.nvlink_domain_gpus", domain, f"is not a whole number of "
+                            f"{g}-GPU nodes", f"a multiple of gpus_per_node ({g}), e.g. "
+                            f"{g * max(1, domain // g)}")
+        if self.num_gpus % domain:
+            nodes = domain // g
+            raise SpecError("cluster.num_nodes", self.num_nodes, f"does not fill whole "
+                            f"{domain}-GPU NVLink domains ({nodes} nodes each)",
+                            f"a multiple of {nodes} nodes, e.g. "
+                            f"{nodes * max(1, round(self.num_nodes / nodes))}")
+
     @property
     def num_gpus(self) -> int:
         return self.num_nodes * self.gpus_per_node
+
+    @property
+    def domain_gpus(self) -> int:
+        """GPUs of one NVLink domain: `nvlink_domain_gpus`, or one node's."""
+        return self.nvlink_domain_gpus or self.gpus_per_node
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +160,7 @@ class ClusterSpec:
     price_per_gpu_hour_usd: float | None = None  # override of the catalog price
     power_watts_per_gpu: float | None = None  # override of the catalog TDP
     facility: FacilitySpec = field(default_factory=default_facility)  # power, prices, failures
+    planes: int = 1  # independent fabric planes: NIC i of a node on plane i mod planes
 
     def __post_init__(self) -> None:
         assert self.node_groups, "a cluster has at least one node group"
@@ -143,6 +185,27 @@ class ClusterSpec:
             require_positive("cluster.price_per_gpu_hour", self.price_per_gpu_hour_usd)
         if self.power_watts_per_gpu is not None:
             require_positive("cluster.power_watts", self.power_watts_per_gpu)
+        if self.planes != 1:
+            self._check_planes()
+
+    def _check_planes(self) -> None:
+        """A multi-plane fabric splits every node's NICs evenly over the planes."""
+        require_count("cluster.planes", self.planes, maximum=1024)
+        if self.topology == "rail-only":
+            raise SpecError("cluster.planes", self.planes, "rail-only already gives every NIC "
+                            "its own fabric", "planes: 1 with rail-only, or fat-tree / "
+                            "rail-optimized planes")
+        for group in self.node_groups:
+            nics = min(group.nics_per_node, group.gpus_per_node)  # bundled as the graph does
+            if nics % self.planes:
+                raise SpecError("cluster.planes", self.planes, f"does not divide the "
+                                f"{nics} NICs of a {group.gpu.name} node evenly",
+                                f"a divisor of {nics}")
+
+    @property
+    def max_domain_gpus(self) -> int:
+        """The largest NVLink domain of the cluster's node groups."""
+        return max(group.domain_gpus for group in self.node_groups)
 
     @property
     def world_size(self) -> int:

@@ -29,10 +29,11 @@ from parasim.simulator.training import TrainingSpec
 from parasim.simulator.yamlfile import parse_text
 
 TOP_LEVEL = ("model", "cluster", "training", "parallel")
-NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node")
+NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node",
+               "nvlink_domain_gpus")
 CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription", "switch_radix",
                                 "graph", "price_per_gpu_hour", "power_watts",
-                                "straggler_slowdown")
+                                "straggler_slowdown", "planes")
 # Facility fields of `cluster:` (simulator/facility.py): job-file name -> (spec field, to SI).
 FACILITY_FIELDS = {
     "pue": ("pue", 1.0),
@@ -220,6 +221,7 @@ def cluster_spec(value: Any, layout: Layout | None, base_dir: Path = Path(".")) 
                                                 merged.get("price_per_gpu_hour")),
         power_watts_per_gpu=_optional_number("cluster.power_watts", merged.get("power_watts")),
         facility=facility_spec(merged),
+        planes=merged.get("planes", 1),
     )
 
 
@@ -306,6 +308,8 @@ def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> Node
         defaults = _merged({"gpus_per_node": usual["gpus_per_node"],
                             "intra_node": {"latency_us": usual["intra_node"]["latency_us"]},
                             "inter_node": usual["inter_node"]}, defaults)
+        if "nvlink_domain_gpus" in usual:  # a rack-scale GPU's usual NVLink domain
+            defaults["nvlink_domain_gpus"] = usual["nvlink_domain_gpus"]
     data = _merged(defaults, data)
     _require_node_fields(data, gpu, field)
     gpus_per_node = data["gpus_per_node"]
@@ -319,7 +323,8 @@ def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> Node
         num_nodes = _nodes_for_layout(layout, gpus_per_node, field)
     require_count(f"{field}.num_nodes", num_nodes)
     return NodeGroup(gpu=gpu, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                     intra_node=intra, inter_node=inter, nics_per_node=nics)
+                     intra_node=intra, inter_node=inter, nics_per_node=nics,
+                     nvlink_domain_gpus=data.get("nvlink_domain_gpus"))
 
 
 def _require_node_fields(data: dict[str, Any], gpu: DeviceSpec, field: str) -> None:

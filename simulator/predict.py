@@ -38,6 +38,7 @@ from parasim.simulator.step_time import (
     StepContext,
     chunk_blocks,
     rank_block_groups,
+    rank_precision_groups,
     simulate_step,
     step_context,
 )
@@ -130,8 +131,9 @@ def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: flo
     states = rank_model_states(params, job.training, layout)
     groups = rank_block_groups(job, rank)
     modules = recomputed_modules(layout)
-    per_mb = sum(g.count * block_activation_bytes(job.model, shard, g.moe, g.recompute, modules)
-                 for g in groups)
+    per_mb = sum(g.count * block_activation_bytes(job.model, ctx.shard_for(precision), g.moe,
+                                                  g.recompute, modules)
+                 for precision, g in rank_precision_groups(job, rank))
     if rank == 0:
         per_mb += embedding_activation_bytes(job.model, shard)
     if rank == layout.pp - 1:

@@ -20,6 +20,7 @@ from parasim.simulator.cost.sourced import Sourced, total
 from parasim.simulator.job import Job
 from parasim.simulator.layout import Layout, Recompute, recomputed_modules
 from parasim.simulator.moe_balance import ExpertLoad, expert_load
+from parasim.simulator.nvfp4 import precision_spans
 from parasim.simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
 from parasim.simulator.params import BlockGroup, StageParams, block_groups
 from parasim.simulator.placement import axis_signature
@@ -99,10 +100,18 @@ class StepContext:
                            "outside the profile's collectives: analytic")
         return Sourced.of(net.time_s(kind, size_bytes) + fixed_s, "analytic")
 
-    def compute(self, device) -> ComputeModel:
-        """Op times on `device`, with the constants of its GPU generation."""
+    def compute(self, device, precision: str | None = None) -> ComputeModel:
+        """Op times on `device`, with the constants of its GPU generation, for GEMMs in
+        `precision` (default: the run's)."""
         constants = (self.profile or self.analytic).for_gpu(device.name)
-        return ComputeModel(device, self.job.training.precision, constants, self.measured)
+        return ComputeModel(device, precision or self.job.training.precision, constants,
+                            self.measured)
+
+    def shard_for(self, precision: str) -> Shard:
+        """The shard of a block whose GEMMs run in `precision` (its saved linear inputs)."""
+        lin = self.job.training.linear_input_bytes_for(precision)
+        return self.shard if lin == self.shard.linear_input_bytes else replace(
+            self.shard, linear_input_bytes=lin)
 
     def overlap(self, hidden_by: Sourced, comm: Sourced, enabled: bool) -> Sourced:
         """What `comm` adds to a pass: all of it, or with overlap only what `hidden_by`
@@ -148,6 +157,26 @@ def chunk_blocks(job: Job, stage: int) -> tuple[BlockGroup, ...]:
     return block_groups(job.model, start, start + split[stage], layout.recompute, start + full)
 
 
+def precision_chunks(job: Job, stage: int) -> list[tuple[str, tuple[BlockGroup, ...]]]:
+    """Virtual stage `stage`'s blocks by GEMM precision: all in the run's, except that fp4
+    runs keep their first and last blocks in bf16 (NVIDIA's NVFP4 recipe, `simulator.nvfp4`)."""
+    precision = job.training.precision
+    if precision != "fp4":
+        return [(precision, chunk_blocks(job, stage))]
+    split, layout = job.stage_layers, job.layout
+    start = sum(split[:stage])
+    full = layout.full_recompute_layers[stage] if layout.full_recompute_layers else 0
+    return [(gemms, block_groups(job.model, lo, hi, layout.recompute, start + full))
+            for lo, hi, gemms in precision_spans(start, start + split[stage],
+                                                 job.model.num_layers)]
+
+
+def rank_precision_groups(job: Job, rank: int) -> list[tuple[str, BlockGroup]]:
+    """(GEMM precision, block group) of pipeline rank `rank` over its virtual stages."""
+    return [(precision, group) for s in range(rank, len(job.stage_layers), job.layout.pp)
+            for precision, groups in precision_chunks(job, s) for group in groups]
+
+
 def rank_block_groups(job: Job, rank: int) -> list[BlockGroup]:
     """The block groups held by pipeline rank `rank` over its virtual stages."""
     return [group for s in range(rank, len(job.stage_layers), job.layout.pp)
@@ -160,10 +189,12 @@ def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
     compute = ctx.compute(device)
     stages = len(job.stage_layers)
     forward, backward, weight = Pass(), Pass(), Pass()
-    for group in chunk_blocks(job, stage):
-        f, b, w = _block_passes(ctx, compute, group.moe, group.recompute)
-        forward, backward, weight = (forward + f * group.count, backward + b * group.count,
-                                     weight + w * group.count)
+    for precision, groups in precision_chunks(job, stage):
+        gemms = ctx.compute(device, precision)
+        for group in groups:
+            f, b, w = _block_passes(ctx, gemms, group.moe, group.recompute)
+            forward, backward, weight = (forward + f * group.count, backward + b * group.count,
+                                         weight + w * group.count)
     extra = list(embedding_ops(job.model, shard)) if stage == 0 else []
     if stage == stages - 1:
         extra += head_ops(job.model, shard)

@@ -53,6 +53,7 @@ class Topology:
 
     num_gpus: int
     host: np.ndarray  # host index of every GPU
+    domain: np.ndarray  # NVLink domain of every GPU (its host, unless domains span nodes)
     capacity: np.ndarray  # bytes/s of every directed link
     latency: np.ndarray  # seconds of every directed link
     kind: np.ndarray  # NVLINK or NETWORK per link
@@ -100,15 +101,18 @@ class FabricTopology(Topology):
 
     def _place_gpus(self) -> None:
         hosts, local, gpn, nic_of, nic_rate, nic_host, nic_rail = [], [], [], [], [], [], []
-        host = 0
+        domains = []
+        host = domain = 0
         for group in self.cluster.node_groups:
             g, n = group.gpus_per_node, group.nics_per_node
             logical = min(g, n)  # several NICs per GPU are bundled into one logical NIC
             rate = group.inter_node.bytes_per_s * n / logical
-            for _ in range(group.num_nodes):
+            nodes_per_domain = group.domain_gpus // g
+            for node in range(group.num_nodes):
                 base = len(nic_rate)
                 for i in range(g):
                     hosts.append(host)
+                    domains.append(domain + node // nodes_per_domain)
                     local.append(i)
                     gpn.append(g)
                     nic_of.append(base + i * logical // g)
@@ -116,41 +120,53 @@ class FabricTopology(Topology):
                 nic_host += [host] * logical
                 nic_rail += list(range(logical))
                 host += 1
+            domain += group.num_nodes // nodes_per_domain
         self.num_gpus, self.num_hosts = len(hosts), host
         self.host, self.local = np.array(hosts), np.array(local)
+        self.domain, self.num_domains = np.array(domains), domain
         self.gpus_per_host = np.array(gpn)
         self.nic_of_gpu = np.array(nic_of)
         self.nic_rate, self.nic_host = np.array(nic_rate), np.array(nic_host)
         self.nic_rail = np.array(nic_rail)
+        self.nic_plane = self.nic_rail % self.cluster.planes
         self.host_first_gpu = np.searchsorted(self.host, np.arange(host))
         self.rail_of_gpu = self.nic_rail[self.nic_of_gpu]
-        # the first GPU of each (host, rail): where rail-only forwarding relays a flow
-        self.rail_gpu = np.full((host, int(self.nic_rail.max()) + 1), -1)
-        self.rail_gpu[self.host[::-1], self.rail_of_gpu[::-1]] = np.arange(len(hosts))[::-1]
+        self.plane_of_gpu = self.nic_plane[self.nic_of_gpu]
+        # the first GPU of each (host, rail) and (host, plane): where forwarding relays a flow
+        self.rail_gpu = _first_gpu(self.host, self.rail_of_gpu, host)
+        self.plane_gpu = _first_gpu(self.host, self.plane_of_gpu, host)
         self._place_nics()
 
     def _place_nics(self) -> None:
-        """Leaves and pods of every NIC."""
+        """Leaves and pods of every NIC. With planes, each plane is a fabric of its own (its
+        own leaves, spines and core) built the same way from the NICs on it."""
         c = self.cluster
         radix = c.switch_radix
         leaf_over = c.oversubscription[0]
         self.leaf_down_ports = max(1, int(radix * leaf_over / (1 + leaf_over)))
         self.leaf_up_ports = max(1, radix - self.leaf_down_ports)
-        nics = len(self.nic_rate)
         if c.topology == "rail-only":
-            self.nic_leaf = self.nic_rail.copy()  # one switch per rail, spanning all hosts
+            leaf = self.nic_rail.copy()  # one switch per rail, spanning all hosts
         elif c.topology == "rail-optimized":
             block = self.nic_host // self.leaf_down_ports
-            self.nic_leaf = block * (self.nic_rail.max() + 1) + self.nic_rail
-        else:
-            self.nic_leaf = np.arange(nics) // self.leaf_down_ports
-        self.nic_leaf = np.unique(self.nic_leaf, return_inverse=True)[1]  # no empty leaves
-        self.num_leaves = int(self.nic_leaf.max()) + 1
-        self.has_spine = c.topology != "rail-only" and self.num_leaves > 1
-        leaves_per_pod = radix if self.num_leaves <= radix else max(1, radix // 2)
-        self.leaf_pod = np.arange(self.num_leaves) // leaves_per_pod
-        self.num_pods = int(self.leaf_pod.max()) + 1
-        self.has_core = self.has_spine and self.num_pods > 1
+            leaf = block * (self.nic_rail.max() + 1) + self.nic_rail
+        else:  # consecutive NICs of one plane share a leaf
+            leaf = _rank_within(self.nic_plane) // self.leaf_down_ports
+        stride = int(leaf.max()) + 1
+        leaves, self.nic_leaf = np.unique(self.nic_plane * stride + leaf,
+                                          return_inverse=True)  # no empty leaves
+        self.num_leaves = len(leaves)
+        self.leaf_plane = leaves // stride  # leaf ids run plane by plane
+        per_plane = np.bincount(self.leaf_plane)
+        self.has_spine = c.topology != "rail-only" and bool((per_plane > 1).any())
+        leaves_per_pod = np.where(per_plane[self.leaf_plane] <= radix, radix, max(1, radix // 2))
+        local_pod = _rank_within(self.leaf_plane) // leaves_per_pod
+        stride = int(local_pod.max()) + 1
+        pods, self.leaf_pod = np.unique(self.leaf_plane * stride + local_pod,
+                                        return_inverse=True)
+        self.num_pods = len(pods)
+        self.pod_plane = pods // stride
+        self.has_core = self.has_spine and bool((np.bincount(self.pod_plane) > 1).any())
 
     # Links.
 
@@ -164,7 +180,7 @@ class FabricTopology(Topology):
     def _wire(self) -> None:
         c, t = self.cluster, _Tiers()
         groups = [c.group_of_rank(int(g)) for g in self.host_first_gpu]
-        up = [self._add(f"gpu{g}", f"nvswitch{self.host[g]}",
+        up = [self._add(f"gpu{g}", f"nvswitch{self.domain[g]}",
                         groups[self.host[g]].intra_node.bytes_per_s,
                         groups[self.host[g]].intra_node.latency_s / 2, NVLINK)
               for g in range(self.num_gpus)]
@@ -185,8 +201,9 @@ class FabricTopology(Topology):
             if self.has_core:
                 pod_down = np.bincount(self.leaf_pod, weights=down / over, minlength=self.num_pods)
                 over2 = c.oversubscription[1] if len(c.oversubscription) > 1 else 1.0
-                up = [self._add(f"spine{p}", "core", pod_down[p] / over2, 0.0, NETWORK)
-                      for p in range(self.num_pods)]
+                core = ["core"] if c.planes == 1 else [f"core{k}" for k in range(c.planes)]
+                up = [self._add(f"spine{p}", core[self.pod_plane[p]], pod_down[p] / over2, 0.0,
+                                NETWORK) for p in range(self.num_pods)]
                 t.pod_up = np.array(up, dtype=int)
                 t.pod_down = t.pod_up + 1
         self.tiers = t
@@ -198,16 +215,22 @@ class FabricTopology(Topology):
     # Routes.
 
     def route(self, src: np.ndarray, dst: np.ndarray) -> Routes:
-        """Each flow src[i] -> dst[i]: NVLink inside a host; else NIC, leaf, (spine, (core))."""
+        """Each flow src[i] -> dst[i]: NVLink inside an NVLink domain (a node, or a rack of
+        nodes behind NVLink switches); else NIC, leaf, (spine, (core)) of the destination's
+        plane, first forwarded over NVLink to the source host's GPU on that plane."""
         src, dst = np.asarray(src, dtype=int), np.asarray(dst, dtype=int)
         flows = np.arange(len(src))
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         t = self.tiers
-        same_host = self.host[src] == self.host[dst]
+        same_domain = self.domain[src] == self.domain[dst]
         if self.cluster.topology == "rail-only":
-            src = self._forward_to_rail(src, dst, same_host, parts, flows)
-        remote = ~same_host & (src != dst)
-        inside = same_host & (src != dst)
+            src = self._forward(src, dst, same_domain, parts, flows, self.rail_of_gpu,
+                                self.rail_gpu)
+        elif self.cluster.planes > 1:
+            src = self._forward(src, dst, same_domain, parts, flows, self.plane_of_gpu,
+                                self.plane_gpu)
+        remote = ~same_domain & (src != dst)
+        inside = same_domain & (src != dst)
         parts += [(flows[inside], t.gpu_up[src[inside]]), (flows[inside], t.gpu_down[dst[inside]])]
         f, s, d = flows[remote], src[remote], dst[remote]
         nic_s, nic_d = self.nic_of_gpu[s], self.nic_of_gpu[d]
@@ -222,17 +245,20 @@ class FabricTopology(Topology):
                 parts += [(f[far], t.pod_up[pod_s[far]]), (f[far], t.pod_down[pod_d[far]])]
         return Routes(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
-    def _forward_to_rail(self, src, dst, same_host, parts, flows) -> np.ndarray:
-        """Rail-only: a flow to another host on another rail first crosses NVLink to the GPU of
-        its own host that sits on the destination's rail (NCCL's PXN)."""
-        hop = ~same_host & (self.rail_of_gpu[src] != self.rail_of_gpu[dst])
+    def _forward(self, src, dst, same_domain, parts, flows, lane, lane_gpu) -> np.ndarray:
+        """A flow leaving the NVLink domain on another rail (rail-only) or plane (multi-plane)
+        than the destination's first crosses NVLink to the GPU of its own host on the
+        destination's rail / plane (NCCL's PXN; DeepSeek's multi-plane fat tree,
+        arXiv:2505.09343 §5.1: traffic between planes is forwarded inside the node)."""
+        hop = ~same_domain & (lane[src] != lane[dst])
         if not hop.any():
             return src
-        relay = self.rail_gpu[self.host[src[hop]], self.rail_of_gpu[dst[hop]]]
+        relay = lane_gpu[self.host[src[hop]], lane[dst[hop]]]
         if (relay < 0).any():
-            raise SpecError("cluster.topology", "rail-only", "a host lacks the destination's "
-                            "rail (node groups with different NIC counts)",
-                            "node groups with equal NICs per node, or fat-tree")
+            raise SpecError("cluster.topology", self.cluster.topology, "a host lacks the "
+                            "destination's rail or plane (node groups with different NIC "
+                            "counts)", "node groups with equal NICs per node, or fat-tree "
+                            "with planes: 1")
         parts += [(flows[hop], self.tiers.gpu_up[src[hop]]), (flows[hop], self.tiers.gpu_down[relay])]
         src = src.copy()
         src[hop] = relay
@@ -254,8 +280,16 @@ class FabricTopology(Topology):
             g.nodes[node]["kind"] = _kind_of(node)
             if node.startswith("gpu"):
                 rank = int(node[3:])
-                g.nodes[node].update(rank=rank, host=int(self.host[rank]))
+                g.nodes[node].update(rank=rank, host=int(self.host[rank]),
+                                     domain=int(self.domain[rank]))
         return g
+
+
+def _first_gpu(host: np.ndarray, lane: np.ndarray, hosts: int) -> np.ndarray:
+    """(hosts, lanes) table of the first GPU of each host on each lane; -1 where none."""
+    table = np.full((hosts, int(lane.max()) + 1), -1)
+    table[host[::-1], lane[::-1]] = np.arange(len(host))[::-1]
+    return table
 
 
 def _kind_of(name: str) -> str:
@@ -281,6 +315,7 @@ class GraphTopology(Topology):
         hosts = [graph.nodes[n].get("host", n) for n in gpus]
         index = {h: i for i, h in enumerate(dict.fromkeys(hosts))}
         self.host = np.array([index[h] for h in hosts])
+        self.domain = self.host  # a file's NVLink links route as its edges say
         self._edge_ids: dict[tuple[Any, Any], int] = {}
         caps, lats, kinds, self._names = [], [], [], []
         for a, b, data in graph.edges(data=True):
@@ -403,3 +438,11 @@ def bisection_bytes_per_s(topology: Topology) -> float:
     share = np.full(half, np.inf)
     np.minimum.at(share, routes.flow, topology.capacity[routes.link] / load[routes.link])
     return float(np.sum(share[np.isfinite(share)]))
+
+
+def _rank_within(label: np.ndarray) -> np.ndarray:
+    """Each element's index among the elements with its label, in order."""
+    order = np.argsort(label, kind="stable")
+    ranks = np.empty(len(label), int)
+    ranks[order] = np.arange(len(label)) - np.searchsorted(label[order], label[order])
+    return ranks

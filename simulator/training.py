@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from parasim.simulator.checks import require_bool, require_choice, require_count, require_number
 from parasim.simulator.hardware import PRECISIONS, Precision
+from parasim.simulator.nvfp4 import STORED_BYTES_PER_VALUE
 
 BYTES_PER_VALUE = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 MAX_GLOBAL_BATCH = 2**20  # sequences per step: the schedule simulates each micro-batch
@@ -18,7 +19,8 @@ class TrainingSpec:
 
     seq_length: int  # tokens per sequence s
     global_batch_size: int  # sequences per optimizer step
-    precision: Precision = "bf16"  # GEMM precision; fp8 keeps bf16 weights (Transformer Engine)
+    precision: Precision = "bf16"  # GEMM precision; fp8 / fp4 keep bf16 weights (Transformer
+    #                                Engine; fp4 is NVIDIA's NVFP4 recipe, simulator/nvfp4.py)
     tokens: float | None = None  # tokens of the whole run, for its wall time
     flash_attention: bool = True  # fused attention: no s^2 score matrix is stored
     grad_precision: Precision | None = None  # gradient buffer; None = Megatron-LM's default
@@ -40,7 +42,8 @@ class TrainingSpec:
 
     @property
     def weight_bytes_per_param(self) -> int:
-        """Working copy of the weights: fp8 training keeps bf16 weights and casts per GEMM."""
+        """Working copy of the weights: fp8 and fp4 training keep bf16 weights and cast per GEMM
+        (the quantised copy is cached across micro-batches and not counted)."""
         return 4 if self.precision == "fp32" else 2
 
     @property
@@ -50,7 +53,7 @@ class TrainingSpec:
         in fp16 (Rajbhandari et al. 2020, §3.1: 2 bytes)."""
         if self.grad_precision is not None:
             return BYTES_PER_VALUE[self.grad_precision]
-        return 2 if self.precision == "fp16" else 4
+        return 2 if self.precision == "fp16" else 4  # fp4 and fp8 as bf16
 
     @property
     def optimizer_bytes_per_param(self) -> int:
@@ -64,13 +67,21 @@ class TrainingSpec:
         return 4 if self.precision == "fp32" else 2
 
     @property
-    def linear_input_bytes_per_value(self) -> int:
+    def linear_input_bytes_per_value(self) -> float:
         """The saved input of a block's linear layer for its weight gradient: FP8 training
         keeps the FP8 cast it already made for the forward GEMM (Transformer Engine's FP8
         `Linear` saves its FP8 input; DeepSeek-V3 report, arXiv:2412.19437 §3.3.3: "it is a
         natural choice to cache activations in FP8 format for the backward pass of the Linear
-        operator"), 1 byte; else the activations' precision."""
-        return 1 if self.precision == "fp8" else self.activation_bytes_per_value
+        operator"), 1 byte; FP4 training keeps its NVFP4 cast, 4-bit values with one FP8 E4M3
+        scale per 16 (`nvfp4.STORED_BYTES_PER_VALUE`, 0.5625 bytes; arXiv:2509.25149 §2); else
+        the activations' precision. The blocks fp4 keeps in BF16 (`nvfp4.bf16_blocks`) store
+        16 bits: `linear_input_bytes_for`."""
+        return self.linear_input_bytes_for(self.precision)
+
+    def linear_input_bytes_for(self, gemm_precision: Precision) -> float:
+        """The saved linear-layer input of a block whose GEMMs run in `gemm_precision`."""
+        return {"fp8": 1, "fp4": STORED_BYTES_PER_VALUE}.get(
+            gemm_precision, self.activation_bytes_per_value)
 
     @property
     def checkpoint_bytes_per_param(self) -> int:

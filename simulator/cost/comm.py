@@ -14,8 +14,10 @@ and latency a of the ring's slowest hop:
     ring all-reduce        2(n-1) steps of S/n:   2(n-1)/n · S·w + 2(n-1)·a
     ring all-gather / RS   (n-1) steps of S/n:    (n-1)/n · S·w + (n-1)·a
     tree all-reduce        2·S·w + 2·ceil(log2 n)·a (pipelined double binary tree)
-    hierarchical           reduce-scatter inside each host, all-reduce of S/local across
-                           hosts among same-position members, all-gather inside the host
+    hierarchical           reduce-scatter inside each NVLink domain, all-reduce of S/local
+                           across domains among same-position members, all-gather inside
+                           the domain (a domain is a node, or a GB200 NVL72 rack of 18 nodes
+                           behind NVLink switches: `topology.domain`)
     all-to-all             every ordered pair at once, S/n each: S/n · w_pairs + a
     broadcast              pipelined ring: S·w + (n-1)·a
     p2p                    S·w + a
@@ -108,18 +110,19 @@ def _pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class _Split:
-    """A group's two levels: members per host (`local`) and hosts (`nodes`)."""
+    """A group's two levels: members per NVLink domain (`local`) and domains (`nodes`)."""
 
     local: int
     nodes: int
-    intra: np.ndarray  # (groups·nodes, local): members sharing a host
-    inter: np.ndarray  # (groups·local, nodes): same position, one per host
+    intra: np.ndarray  # (groups·nodes, local): members sharing an NVLink domain
+    inter: np.ndarray  # (groups·local, nodes): same position, one per domain
 
 
 def _split(topology: Topology, groups: np.ndarray) -> _Split | None:
-    """The two-level view, when every group has the same number of members on each host."""
+    """The two-level view, when every group has the same number of members in each NVLink
+    domain."""
     count, n = groups.shape
-    hosts = topology.host[groups]
+    hosts = topology.domain[groups]
     order = np.argsort(hosts, axis=1, kind="stable")
     groups, hosts = np.take_along_axis(groups, order, 1), np.take_along_axis(hosts, order, 1)
     local = int(np.sum(hosts[0] == hosts[0, 0]))
@@ -144,8 +147,9 @@ class AxisNetwork:
         self._pairs = pairs
         self._phases: dict[str, Phase] = {}
         self._split = _split(topology, groups) if self.size > 2 else None
-        hosts = topology.host[groups]
-        self.within_host = bool((hosts == hosts[:, :1]).all())  # every group inside a host
+        domains = topology.domain[groups]
+        # every group inside one NVLink domain (a node, or a multi-node NVLink rack)
+        self.within_host = bool((domains == domains[:, :1]).all())
 
     def _phase(self, name: str) -> Phase:
         if name not in self._phases:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.cost.sourced import Sourced, total
 from parasim.simulator.hardware import DeviceSpec, Precision
+from parasim.simulator.nvfp4 import CAST_BYTES_PER_VALUE as NVFP4_CAST_BYTES_PER_VALUE
 from parasim.simulator.ops import Op
 from parasim.simulator.profile import ProfileDB, Timed
 
@@ -42,34 +43,44 @@ def op_time_s(op: Op, device: DeviceSpec, precision: Precision, profile: Analyti
     """Forward (or backward) time of `op` on `device`. In fp8 training only the block's
     linear layers (`op.fp8`) run at the FP8 peak, and each pays for casting its input (the
     output gradient in the backward) to FP8 with its transpose (`fp8_cast_bytes`); everything
-    else runs at the 16-bit peak (fused attention included: FlashAttention computes in bf16)."""
+    else runs at the 16-bit peak (fused attention included: FlashAttention computes in bf16).
+    fp4 training (NVIDIA's NVFP4 recipe, `simulator.nvfp4`) is the same with the FP4 peak and
+    the NVFP4 cast (`nvfp4.CAST_BYTES_PER_VALUE` per value)."""
     bandwidth = device.memory_bytes_per_s * profile.memory_bandwidth_efficiency
     memory_s = op.bytes / bandwidth
     factor = backward_factor(op, profile) if backward else 1.0
     if op.kind == "memory":
         return max(memory_s, profile.op_overhead_s) * factor
-    in_fp8 = precision == "fp8" and op.kind == "gemm" and op.fp8
-    peak = device.peak_flop_per_s(precision if in_fp8 or precision != "fp8" else "bf16")
+    low = precision in LOW_PRECISIONS
+    in_fp8 = low and op.kind == "gemm" and op.fp8  # a block's linear layer, in fp8 or fp4
+    peak = device.peak_flop_per_s(precision if in_fp8 or not low else "bf16")
     if op.kind == "gemm":  # one launch, batched or grouped over op.count instances
         kernel, flop, width = profile.gemm, op.flop, min(op.shape)
     else:  # fused attention: causal kernels skip the masked half of the square
         kernel, flop = profile.attention, op.flop * profile.causal_work_fraction
         width = op.shape[4] if len(op.shape) > 4 else None
     compute_s = flop / (peak * kernel.efficiency(flop, width))
-    cast_s = fp8_cast_bytes(op, backward, profile) / bandwidth if in_fp8 else 0.0
+    cast_s = fp8_cast_bytes(op, backward, profile, precision) / bandwidth if in_fp8 else 0.0
     return max(compute_s, memory_s, profile.op_overhead_s) * factor + cast_s
 
 
-def fp8_cast_bytes(op: Op, backward: bool, profile: AnalyticProfile) -> float:
+LOW_PRECISIONS = ("fp8", "fp4")  # GEMM-only precisions: the rest of the step runs in bf16
+
+
+def fp8_cast_bytes(op: Op, backward: bool, profile: AnalyticProfile,
+                   precision: Precision = "fp8") -> float:
     """Bytes moved casting an FP8 GEMM's 16-bit input to FP8 (forward: the activation, m x k;
     backward: the output gradient, m x n), each read once and written as FP8 with its FP8
     transpose for the other GEMM (`fp8.cast_bytes_per_value`, 4: 2 read + 1 + 1 written;
     Transformer Engine's fused cast-transpose kernels, Micikevicius et al. 2022, "FP8 Formats
     for Deep Learning", §4; weights are cast once per step and cached across micro-batches).
-    Returned in bytes, for the caller to divide by the bandwidth."""
+    Returned in bytes, for the caller to divide by the bandwidth. For fp4, the NVFP4 cast
+    (`nvfp4.CAST_BYTES_PER_VALUE`: an amax pass, then both 4-bit copies with their scales)."""
     m, n, k = op.shape
     values = m * (n if backward else k) * op.count
-    return values * profile.fp8_cast_bytes_per_value
+    per_value = NVFP4_CAST_BYTES_PER_VALUE if precision == "fp4" else \
+        profile.fp8_cast_bytes_per_value
+    return values * per_value
 
 
 @dataclass(frozen=True)
