@@ -13,23 +13,23 @@ Source: NVIDIA, "Pretraining Large Language Models with NVFP4", arXiv:2509.25149
 - Random Hadamard transforms (16x16) on the inputs of Wgrad only (§4.2); stochastic
   rounding on the gradients (§4.4); both are fused into the quantisation kernels and cost
   their memory traffic, not tensor-core time.
-- In BF16: a few sensitive linear layers - for the paper's 12B model the first two and the
-  last eight of its 62 blocks, about 16% of the linear layers (§4.1) - and everything that
-  is not a block's linear layer: embeddings, the output head (LM head), the MoE router,
+- In BF16: a few sensitive linear layers, about 16% of them, at the ends of the stack (the
+  paper's "selective BF16 layers (~16%)", as its public summaries state it, e.g.
+  MarkTechPost's and news.chathome.org's of arXiv:2509.25149), and everything that is not a
+  block's linear layer: embeddings, the output head (LM head), the MoE router,
   normalisation, non-linearities and attention (softmax, the Q·K^T and scores·V batched
   GEMMs). Master weights and optimizer states stay in FP32 as in mixed-precision training,
   gradients are reduced in FP32 / BF16.
 
-parasim keeps the paper's share of BF16 blocks at the paper's ends of the stack for any
-depth: round(L·2/62) first blocks and round(L·8/62) last blocks, at least one of each
-(Megatron-LM's `--first-last-layers-bf16 --num-layers-at-start-in-bf16
---num-layers-at-end-in-bf16` sets the same split).
+Which blocks hold that 16% is model-specific and not transcribed here; parasim's assumption,
+stated in the README, is half at each end: round(0.08·L) first and round(0.08·L) last blocks,
+at least one of each (Megatron-LM's `--first-last-layers-bf16 --num-layers-at-start-in-bf16
+N --num-layers-at-end-in-bf16 M` expresses any split, and the export writes this one).
 """
 
 from __future__ import annotations
 
-PAPER_BLOCKS = 62  # the 12B hybrid Mamba-Transformer of arXiv:2509.25149
-PAPER_FIRST_BF16, PAPER_LAST_BF16 = 2, 8  # its blocks kept in BF16 (§4.1)
+BF16_SHARE = 0.16  # of the linear layers kept in BF16 (arXiv:2509.25149, as summarised)
 ELEMENT_BYTES = 0.5  # E2M1: 4 bits
 BLOCK_VALUES = 16  # values per FP8 E4M3 scale (1 byte), 1D blocks
 STORED_BYTES_PER_VALUE = ELEMENT_BYTES + 1 / BLOCK_VALUES  # 0.5625: an NVFP4 activation
@@ -41,13 +41,13 @@ CAST_BYTES_PER_VALUE = 2 * 2 + 2 * STORED_BYTES_PER_VALUE  # 5.125
 
 
 def bf16_blocks(num_layers: int) -> tuple[int, int]:
-    """(first, last) blocks of an L-block model kept in BF16: the paper's 2 + 8 of 62 blocks
-    scaled to L, at least one block at each end, never more than the model has."""
+    """(first, last) blocks of an L-block model kept in BF16: the recipe's 16% share, half at
+    each end (parasim's assumption), at least one block at each end, never more than the
+    model has."""
     assert num_layers >= 1, num_layers
-    first = max(1, round(num_layers * PAPER_FIRST_BF16 / PAPER_BLOCKS))
-    last = max(1, round(num_layers * PAPER_LAST_BF16 / PAPER_BLOCKS))
-    first = min(first, num_layers)
-    return first, min(last, num_layers - first)
+    each = max(1, round(num_layers * BF16_SHARE / 2))
+    first = min(each, num_layers)
+    return first, min(each, num_layers - first)
 
 
 def precision_spans(start: int, stop: int, num_layers: int) -> list[tuple[int, int, str]]:

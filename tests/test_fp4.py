@@ -80,17 +80,18 @@ def test_fp4_on_h100_is_a_one_line_cli_error(tmp_path):
 # The recipe's choices ------------------------------------------------------------------------
 
 
-def test_blocks_kept_in_bf16_are_the_papers():
-    """§4.1: the 12B model (62 blocks) keeps its first two and last eight blocks in BF16,
-    about 16% of its linear layers; other depths keep the same share at the same ends."""
-    assert nvfp4.bf16_blocks(62) == (2, 8)
+def test_blocks_kept_in_bf16_are_the_recipes_share_half_at_each_end():
+    """About 16% of the linear layers stay in BF16 (arXiv:2509.25149 as summarised); which
+    blocks is model-specific, so parasim keeps half of them at each end of the stack."""
+    assert nvfp4.bf16_blocks(62) == (5, 5)
     assert sum(nvfp4.bf16_blocks(62)) / 62 == pytest.approx(0.16, abs=0.005)
-    assert nvfp4.bf16_blocks(32) == (1, 4)
-    assert nvfp4.bf16_blocks(126) == (4, 16)
+    assert nvfp4.bf16_blocks(32) == (3, 3)
+    assert nvfp4.bf16_blocks(126) == (10, 10)
+    assert nvfp4.bf16_blocks(4) == (1, 1)  # at least one at each end
     assert nvfp4.bf16_blocks(1) == (1, 0)  # a single block: bf16, never more than exist
-    assert nvfp4.precision_spans(0, 62, 62) == [(0, 2, "bf16"), (2, 54, "fp4"),
-                                                (54, 62, "bf16")]
-    assert nvfp4.precision_spans(31, 62, 62) == [(31, 54, "fp4"), (54, 62, "bf16")]
+    assert nvfp4.precision_spans(0, 62, 62) == [(0, 5, "bf16"), (5, 57, "fp4"),
+                                                (57, 62, "bf16")]
+    assert nvfp4.precision_spans(31, 62, 62) == [(31, 57, "fp4"), (57, 62, "bf16")]
 
 
 def test_nvfp4_bytes_follow_the_format():
@@ -132,8 +133,8 @@ def test_pipeline_stages_keep_their_end_blocks_in_bf16():
     j = job(pp=2)
     first = precision_chunks(j, 0)
     last = precision_chunks(j, 1)
-    assert [(p, sum(g.count for g in gs)) for p, gs in first] == [("bf16", 2), ("fp4", 29)]
-    assert [(p, sum(g.count for g in gs)) for p, gs in last] == [("fp4", 23), ("bf16", 8)]
+    assert [(p, sum(g.count for g in gs)) for p, gs in first] == [("bf16", 5), ("fp4", 26)]
+    assert [(p, sum(g.count for g in gs)) for p, gs in last] == [("fp4", 26), ("bf16", 5)]
     assert [p for p, _ in precision_chunks(job("fp8"), 1)] == ["fp8"]
 
 
@@ -148,7 +149,7 @@ def test_fp4_step_and_memory_between_the_others():
 def test_megatron_export_sets_the_recipe_and_its_bf16_blocks():
     text = export(job(), "megatron")
     for flag in ("--fp4-format e2m1", "--fp4-recipe nvfp4", "--first-last-layers-bf16",
-                 "--num-layers-at-start-in-bf16 2", "--num-layers-at-end-in-bf16 8"):
+                 "--num-layers-at-start-in-bf16 5", "--num-layers-at-end-in-bf16 5"):
         assert flag in text, flag
 
 
