@@ -18,7 +18,7 @@ from parasim.simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
 
 GiB = 2**30
 KINDS = {"gpus": "gpu", "clusters": "cluster", "models": "model"}
-OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None}  # value when left out
+OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None, "pcie_GBps": None}  # value when left out
 _NOT_SPEC_FIELDS = {"aliases", "description", "source", "sources", "published_params",
                     "published_active_params", "published_params_source", "price_date"}
 
@@ -86,6 +86,7 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
         "tdp_watts": ("tdp_watts", 1),
         "price_per_hour_usd": ("price_per_hour_usd", 1),
         "idle_watts": ("idle_watts", 1),
+        "pcie_GBps": ("pcie_bytes_per_s", 1e9),
     }
     unknown = set(data) - set(units) - _NOT_SPEC_FIELDS - {"name", "usual_node"}
     if unknown:

@@ -29,7 +29,8 @@ from parasim.simulator.training import TrainingSpec
 from parasim.simulator.yamlfile import parse_text
 
 TOP_LEVEL = ("model", "cluster", "training", "parallel")
-NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node")
+NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node",
+               "host_memory_GiB", "cpu_adam_params_per_s")
 CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription", "switch_radix",
                                 "graph", "price_per_gpu_hour", "power_watts",
                                 "straggler_slowdown")
@@ -305,7 +306,8 @@ def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> Node
     if usual is not None:
         defaults = _merged({"gpus_per_node": usual["gpus_per_node"],
                             "intra_node": {"latency_us": usual["intra_node"]["latency_us"]},
-                            "inter_node": usual["inter_node"]}, defaults)
+                            "inter_node": usual["inter_node"],
+                            "host_memory_GiB": usual.get("host_memory_GiB")}, defaults)
     data = _merged(defaults, data)
     _require_node_fields(data, gpu, field)
     gpus_per_node = data["gpus_per_node"]
@@ -319,7 +321,21 @@ def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> Node
         num_nodes = _nodes_for_layout(layout, gpus_per_node, field)
     require_count(f"{field}.num_nodes", num_nodes)
     return NodeGroup(gpu=gpu, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                     intra_node=intra, inter_node=inter, nics_per_node=nics)
+                     intra_node=intra, inter_node=inter, nics_per_node=nics,
+                     **_host_fields(data, field))
+
+
+def _host_fields(data: dict[str, Any], field: str) -> dict[str, float]:
+    """The node's host side for offloading: its CPU memory (`host_memory_GiB`, at most 1 PiB)
+    and its CPU Adam rate (`cpu_adam_params_per_s`), each where set."""
+    out = {}
+    if data.get("host_memory_GiB") is not None:
+        out["host_memory_bytes"] = _number(f"{field}.host_memory_GiB", data["host_memory_GiB"],
+                                           maximum=2**20) * 2**30
+    if data.get("cpu_adam_params_per_s") is not None:
+        out["cpu_adam_params_per_s"] = _number(f"{field}.cpu_adam_params_per_s",
+                                               data["cpu_adam_params_per_s"], maximum=1e15)
+    return out
 
 
 def _require_node_fields(data: dict[str, Any], gpu: DeviceSpec, field: str) -> None:
