@@ -29,18 +29,19 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
 from parasim.planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
-from parasim.planner.space import MAX_PLAN_GPUS, Space, enumerate_space
+from parasim.planner.space import MAX_PLAN_GPUS, Space, can_offload, enumerate_space
 from parasim.simulator.cost.profile import AnalyticProfile, default_profile
 from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
 from parasim.simulator.hardware import ClusterSpec
 from parasim.simulator.job import Job
-from parasim.simulator.layout import Layout, recomputed_modules
+from parasim.simulator.layout import Layout, Offload, recomputed_modules
 from parasim.simulator.memory import (
     block_activation_bytes,
     in_flight_microbatches,
     rank_model_states,
 )
+from parasim.simulator.offload import node_dp
 from parasim.simulator.params import StageParams, block_params, replicated_block_params
 from parasim.simulator.predict import (
     predict,
@@ -117,7 +118,7 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     profile = profile or default_profile()
     space = enumerate_space(job, fixed)
     rejected = Counter(space.rejected)
-    estimates = _estimates(job, space, rejected, progress, profile)
+    estimates = _estimates(job, space, rejected, progress, profile, fixed)
     if not estimates:
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
@@ -170,11 +171,13 @@ def break_ties(ranked: tuple[Scored, ...], objective: Objective, profile: Analyt
 
 
 def _estimates(job: Job, space: Space, rejected: Counter, progress,
-               profile: AnalyticProfile) -> list[tuple[float, Layout, bool]]:
+               profile: AnalyticProfile, fixed: dict | None = None
+               ) -> list[tuple[float, Layout, bool]]:
     """(closed-form step time, layout, whether its default split fits as it is) of every
     layout whose default split fits in memory. One that fits only with every block recomputed
-    in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks."""
-    out, known = [], {}
+    in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks.
+    One that fits neither way is tried with offloading (`_offloaded`)."""
+    out, known, offload_open = [], {}, "offload" not in (fixed or {}) and can_offload(job)
     for index, layout in enumerate(space.layouts):
         if progress is not None:
             progress(index + 1, len(space.layouts))
@@ -186,11 +189,33 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
         as_is = estimate is not None
         if not as_is and layout.recompute != "full":
             estimate = _estimate(job, replace(layout, recompute="full"), profile, known)
+        if estimate is None and offload_open:
+            estimate, layout = _offloaded(job, layout, profile, known)
+            as_is = estimate is not None
         if estimate is None:
             rejected["does not fit (activations)"] += 1
         else:
             out.append((estimate, layout, as_is))
     return out
+
+
+def _offloaded(job: Job, layout: Layout, profile: AnalyticProfile, known: dict
+               ) -> tuple[float | None, Layout]:
+    """The fastest of the layout's offloading variants (its optimizer states, its activations,
+    both; each keeping what the layout already offloads) that fits, with its estimate; (None,
+    layout) when none does. Only asked of layouts that fit no other way: offloading never
+    makes a fitting layout faster."""
+    best: tuple[float | None, Layout] = (None, layout)
+    for optimizer, activations in ((True, False), (False, True), (True, True)):
+        variant = replace(layout, offload=Offload(
+            optimizer=optimizer or layout.offload.optimizer,
+            activations=activations or layout.offload.activations))
+        if variant == layout:
+            continue
+        estimate = _estimate(job, variant, profile, known)
+        if estimate is not None and (best[0] is None or estimate < best[0]):
+            best = (estimate, variant)
+    return best
 
 
 def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile) -> bool:
@@ -313,7 +338,9 @@ def split_problem(job: Job, profile: AnalyticProfile | None = None
     one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0,
                             replicated=replicated_block_params(model, model.is_moe))
     in_flight = tuple(in_flight_microbatches(layout, r, ctx.microbatches) for r in range(layout.pp))
-    state_bytes = rank_model_states(one_layer, job.training, layout).total_bytes
+    state_bytes = rank_model_states(one_layer, job.training, layout,
+                                    node_dp(job.cluster, layout) if layout.zero_pp else 1
+                                    ).total_bytes
     activation_bytes = tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode,
                                                     recomputed_modules(layout))
                              for mode in modes)
