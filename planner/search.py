@@ -6,8 +6,10 @@
    pipeline's m·T + (Σ t - T)/vpp, the data-parallel tail) and its peak memory; layouts that do
    not fit are rejected.
    A layout that fits only with every block recomputed in full stays (its estimate is that
-   of full recompute): the ILP may recompute fewer blocks.
-3. The `full` best by that estimate (all of them when the space is small) get from the ILP
+   of full recompute): the ILP may recompute fewer blocks. Only when no layout fits are they
+   tried with the optimizer states and/or the activations offloaded to the host.
+3. The `full` best by that estimate, with the ZeRO++ twin of each ZeRO-3 one whose
+   data-parallel groups cross nodes (the `full` best again), get from the ILP
    (`planner.ilp`) their layer-to-stage split, the blocks of each stage to recompute in full,
    and on mixed clusters the order in which the node groups take the pipeline ranks; both the
    ILP's answer and the default split are scored by the full simulator (`simulator.predict`);
@@ -29,7 +31,13 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
 from parasim.planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
-from parasim.planner.space import MAX_PLAN_GPUS, Space, can_offload, enumerate_space
+from parasim.planner.space import (
+    MAX_PLAN_GPUS,
+    Space,
+    can_offload,
+    enumerate_space,
+    zero_pp_twin,
+)
 from parasim.simulator.cost.profile import AnalyticProfile, default_profile
 from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
@@ -122,6 +130,8 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     if not estimates:
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
+    shortlist = sorted(shortlist + _zero_pp_estimates(job, shortlist, profile, fixed),
+                       key=lambda e: e[0])[:full]
     scored, solves = [], 0
     for _estimate, layout, as_is in shortlist:
         best, used_ilp = _score(job, layout, bool({"stages", "full_recompute_layers"} & set(fixed)),
@@ -176,11 +186,31 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
     """(closed-form step time, layout, whether its default split fits as it is) of every
     layout whose default split fits in memory. One that fits only with every block recomputed
     in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks.
-    One that fits neither way is tried with offloading (`_offloaded`)."""
-    out, known, offload_open = [], {}, "offload" not in (fixed or {}) and can_offload(job)
-    for index, layout in enumerate(space.layouts):
+    Offloading is searched only where no layout fits without it (`_offloaded_estimates`)."""
+    known, fixed = {}, fixed or {}
+    offload_open = "offload" not in fixed and can_offload(job)
+    plain = [layout for layout in space.layouts if not (offload_open and layout.offload.any)]
+    out, failed = _plain_estimates(job, plain, rejected, progress, profile, known)
+    moved = [layout for layout in space.layouts if offload_open and layout.offload.any]
+    if out or not offload_open:
+        if failed:
+            rejected["does not fit (activations)"] += len(failed)
+        if moved:
+            rejected["model states alone exceed device memory (fit with the optimizer "
+                     "offloaded, which is searched only where nothing fits without)"] += len(moved)
+        return out
+    return _offloaded_estimates(job, moved + failed, rejected, profile, known)
+
+
+def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progress,
+                     profile: AnalyticProfile, known: dict
+                     ) -> tuple[list[tuple[float, Layout, bool]], list[Layout]]:
+    """`_estimates` of `layouts` as they are (or with full recompute); also the layouts that
+    do not fit either way."""
+    out, failed = [], []
+    for index, layout in enumerate(layouts):
         if progress is not None:
-            progress(index + 1, len(space.layouts))
+            progress(index + 1, len(layouts))
         if layout.cp_style == "ulysses" and _ring_is_faster(job, layout, profile):
             rejected["cp_style ulysses: its all-to-alls cost more than the ring's exposed "
                      "transfers (same memory)"] += 1
@@ -189,13 +219,45 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
         as_is = estimate is not None
         if not as_is and layout.recompute != "full":
             estimate = _estimate(job, replace(layout, recompute="full"), profile, known)
-        if estimate is None and offload_open:
-            estimate, layout = _offloaded(job, layout, profile, known)
-            as_is = estimate is not None
         if estimate is None:
-            rejected["does not fit (activations)"] += 1
+            failed.append(layout)
         else:
             out.append((estimate, layout, as_is))
+    return out, failed
+
+
+def _offloaded_estimates(job: Job, layouts: list[Layout], rejected: Counter,
+                         profile: AnalyticProfile, known: dict
+                         ) -> list[tuple[float, Layout, bool]]:
+    """When nothing fits without offloading: the space's layouts that fit only with the
+    optimizer offloaded (`space._with_optimizer_offload`), and every layout that did not fit,
+    each with the fastest of its offloading variants that fits (`_offloaded`)."""
+    out = []
+    for layout in layouts:
+        estimate = _estimate(job, layout, profile, known) if layout.offload.any else None
+        if estimate is None:
+            estimate, layout = _offloaded(job, layout, profile, known)
+        if estimate is None:
+            rejected["does not fit (activations), offloading included"] += 1
+        else:
+            out.append((estimate, layout, True))
+    return out
+
+
+def _zero_pp_estimates(job: Job, shortlist: list[tuple[float, Layout, bool]],
+                       profile: AnalyticProfile, fixed: dict
+                       ) -> list[tuple[float, Layout, bool]]:
+    """ZeRO++ beside each ZeRO-3 layout of the shortlist whose data-parallel groups cross
+    nodes (`space.zero_pp_twin`). Only there: ZeRO++ changes nothing but a ZeRO-3 layout's
+    data-parallel tail and memory, and estimating a twin for each of the thousands of ZeRO-3
+    layouts of a large search (its node-level collectives routed on the whole fabric) costs
+    more than the search itself."""
+    out, known = [], {}
+    for _estimate_s, layout, _as_is in shortlist:
+        twin = zero_pp_twin(job, layout, fixed)
+        estimate = _estimate(job, twin, profile, known) if twin is not None else None
+        if estimate is not None:
+            out.append((estimate, twin, True))
     return out
 
 

@@ -166,7 +166,6 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
                 reasons.add(reason, error)
             else:
                 layouts.append(layout)
-                layouts.extend(_zero_pp_twin(job, layout, fixed))
     return Space(tuple(layouts), reasons.counter(), reasons.errors())
 
 
@@ -249,16 +248,16 @@ def _with_optimizer_offload(job: Job, layout: Layout, fixed: dict) -> Layout | N
     return offloaded if _states_fit(job, offloaded) else None
 
 
-def _zero_pp_twin(job: Job, layout: Layout, fixed: dict) -> list[Layout]:
+def zero_pp_twin(job: Job, layout: Layout, fixed: dict) -> Layout | None:
     """ZeRO++ of a ZeRO-3 layout whose data-parallel groups cross nodes (within a node it
     saves little: its cuts are of the bytes that leave a node) and whose states still fit
-    with hpZ's secondary weights; none where the job fixes zero_pp."""
+    with hpZ's secondary weights; None where the job fixes zero_pp."""
     if "zero_pp" in fixed or layout.zero_stage != 3 or layout.zero_pp:
-        return []
+        return None
     per_node = job.cluster.node_groups[0].gpus_per_node
     nodes = {int(r) // per_node for r in axis_groups(layout, "dp_cp")[0]}
     twin = replace(layout, zero_pp=True)
-    return [twin] if len(nodes) > 1 and _states_fit(job, twin) else []
+    return twin if len(nodes) > 1 and _states_fit(job, twin) else None
 
 
 def _states_fit(job: Job, layout: Layout) -> bool:

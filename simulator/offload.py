@@ -24,9 +24,9 @@ from parasim.simulator.placement import axis_groups
 def pcie_bytes_per_s(device: DeviceSpec) -> float:
     """The GPU's host link, one direction; SpecError where the catalog does not know it."""
     if device.pcie_bytes_per_s is None:
-        raise SpecError("parallel.offload", "on", f"copies over the GPU's host link, but gpu "
-                        f"{device.name} has no pcie_GBps in the catalog",
-                        "set cluster.gpu.pcie_GBps (e.g. 64 for PCIe Gen5 x16), or "
+        raise SpecError("cluster.gpu.pcie_GBps", None, f"missing: parallel.offload copies "
+                        f"over the GPU's host link, and gpu {device.name} has none in the "
+                        "catalog", "set cluster.gpu.pcie_GBps (e.g. 64 for PCIe Gen5 x16), or "
                         "parallel.offload: {optimizer: false, activations: false}")
     return device.pcie_bytes_per_s
 
@@ -34,8 +34,9 @@ def pcie_bytes_per_s(device: DeviceSpec) -> float:
 def host_capacity_bytes(group: NodeGroup) -> float:
     """One node's host memory; SpecError where neither the preset nor the job sets it."""
     if group.host_memory_bytes is None:
-        raise SpecError("parallel.offload", "on", "keeps bytes in host memory, but the "
-                        "cluster does not say how much a node has",
+        raise SpecError("cluster.host_memory_GiB", None, "missing: parallel.offload keeps "
+                        "bytes in host memory, and the cluster preset does not say how much a "
+                        "node has",
                         "set cluster.host_memory_GiB (e.g. 2048 for a DGX H100), or "
                         "parallel.offload: {optimizer: false, activations: false}")
     return group.host_memory_bytes

@@ -236,7 +236,8 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
 def _activation_offload(ctx: StepContext, compute: ComputeModel, moe: bool, recompute: Recompute,
                         forward: Sourced, backward: Sourced) -> tuple[Sourced, Sourced]:
     """Exposed copies of a block's stored activations to the host after its forward and back
-    before its backward (`offload.block_exposed_s`); nothing without activation offload."""
+    before its backward (`offload.block_exposed_s`); nothing without activation offload. Every
+    block is charged, the one a chunk keeps too (at most one block's copy too many)."""
     if not ctx.layout.offload.activations:
         return Sourced(), Sourced()
     stored = block_activation_bytes(ctx.job.model, ctx.shard, moe, recompute,

@@ -10,7 +10,8 @@ import pytest
 
 from parasim.planner.export import export_layout
 from parasim.planner.plan import layout_mapping
-from parasim.planner.space import enumerate_space
+from parasim.planner.search import search
+from parasim.planner.space import enumerate_space, zero_pp_twin
 from parasim.simulator.errors import SpecError
 from parasim.simulator.jobfile import job_from_mapping
 from parasim.simulator.layout import Layout
@@ -96,16 +97,30 @@ def test_exports_refuse_zero_pp_in_one_line():
         assert "\n" not in str(err.value)
 
 
-def test_planner_tries_zero_pp_only_on_zero3_across_nodes():
+def test_zero_pp_twin_only_on_zero3_across_nodes():
     job = _job({}, nodes=2)
     space = enumerate_space(job, {"pp": 1, "cp": 1, "micro_batch_size": 1})
-    twins = [layout for layout in space.layouts if layout.zero_pp]
+    twins = [t for t in (zero_pp_twin(job, layout, {}) for layout in space.layouts) if t]
     assert twins
     for layout in twins:
         assert layout.zero_stage == 3
         group = axis_groups(layout, "dp_cp")[0]
         assert len({int(r) // 8 for r in group}) > 1
-    one_node = enumerate_space(_job({}, nodes=1), {"pp": 1, "cp": 1, "micro_batch_size": 1})
-    assert not any(layout.zero_pp for layout in one_node.layouts)
+    one = _job({}, nodes=1)
+    assert not any(zero_pp_twin(one, layout, {}) for layout in
+                   enumerate_space(one, {"pp": 1, "cp": 1, "micro_batch_size": 1}).layouts)
     fixed = enumerate_space(job, {"pp": 1, "cp": 1, "micro_batch_size": 1, "zero_pp": True})
     assert fixed.layouts and all(l.zero_pp and l.zero_stage == 3 for l in fixed.layouts)
+
+
+def test_planner_picks_zero_pp_for_a_fixed_zero3_across_nodes():
+    fixed = {"tp": 1, "pp": 1, "cp": 1, "zero_stage": 3, "micro_batch_size": 1,
+             "recompute": "full"}
+    result = search(_job({}), fixed)
+    assert result.chosen.layout.zero_pp
+
+
+def test_planner_leaves_zero_pp_out_inside_one_node():
+    result = search(_job({}, nodes=1), {"tp": 1, "pp": 1, "cp": 1, "micro_batch_size": 1,
+                                        "recompute": "full", "zero_stage": 3})
+    assert not any(s.layout.zero_pp for s in result.ranked)
