@@ -18,7 +18,8 @@ from parasim.simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
 
 GiB = 2**30
 KINDS = {"gpus": "gpu", "clusters": "cluster", "models": "model"}
-OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None, "pcie_GBps": None}  # value when left out
+# value when left out
+OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None, "pcie_GBps": None}
 _NOT_SPEC_FIELDS = {"aliases", "description", "source", "sources", "published_params",
                     "published_active_params", "published_params_source", "price_date"}
 

@@ -76,7 +76,7 @@ def rank_model_states(stage: StageParams, training: TrainingSpec, layout: Layout
 def rank_host_state_bytes(stage: StageParams, training: TrainingSpec, layout: Layout) -> float:
     """Host memory one GPU's optimizer offload takes: its ZeRO shard's optimizer states (fp32
     master weights, Adam moments) and a copy of the shard's gradients it updates from
-    (Ren et al. 2021, "ZeRO-Offload", §4.1: fp32 parameters, gradients, momentum and variance
+    (Ren et al. 2021, "ZeRO-Offload", §3: fp32 parameters, gradients, momentum and variance
     on the CPU; Megatron-Core's HybridDeviceOptimizer keeps the CPU gradients pinned,
     `--no-pin-cpu-grads`). 0 without optimizer offload."""
     if not layout.offload.optimizer:

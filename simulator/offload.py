@@ -1,12 +1,13 @@
 """Offloading to the host: what the GPUs copy over PCIe, how long it takes, what it hides behind.
 
 Optimizer offload is ZeRO-Offload (Ren et al. 2021, "ZeRO-Offload: Democratizing
-Billion-Scale Model Training", USENIX ATC; §4.1 the offload strategy, §4.2 its multi-GPU form on
-top of ZeRO-2, §5.1 the CPU Adam), as Megatron-Core runs it (`--optimizer-cpu-offload`,
-`--optimizer-offload-fraction 1.0`, `--overlap-cpu-optimizer-d2h-h2d`, NVIDIA/Megatron-LM
-megatron/training/arguments.py): the 16-bit weights, the forward and the backward stay on the GPU;
-each GPU sends the gradients of its ZeRO shard to its host, the host's CPUs update the fp32 master
-weights and Adam moments, and the updated 16-bit weights come back. Activation offload is
+Billion-Scale Model Training", USENIX ATC; §3 the offload strategy, §4.1-4.2 its schedule on
+one GPU and on ZeRO-2 partitions, §5.1 the CPU Adam), as Megatron-Core runs it
+(`--optimizer-cpu-offload`, `--optimizer-offload-fraction 1.0`,
+`--overlap-cpu-optimizer-d2h-h2d`, NVIDIA/Megatron-LM megatron/training/arguments.py): the
+16-bit weights, the forward and the backward stay on the GPU; each GPU sends the gradients of
+its ZeRO shard to its host, the host's CPUs update the fp32 master weights and Adam moments,
+and the updated 16-bit weights come back. Activation offload is
 Transformer Engine's CPU offload (Megatron-Core `--cpu-offloading-num-layers`): see
 `memory.offloaded_activations` for what it keeps and `block_exposed_s` for the time.
 """
@@ -45,7 +46,7 @@ def host_capacity_bytes(group: NodeGroup) -> float:
 def optimizer_times_s(shard_params: float, weight_bytes: float, grad_bytes: float,
                       device: DeviceSpec, group: NodeGroup) -> tuple[float, float, float]:
     """(gradients to the host, CPU Adam, weights back) of one step, in seconds, for a GPU
-    updating `shard_params` parameters (its ZeRO shard). ZeRO-Offload §4.1 moves the gradients
+    updating `shard_params` parameters (its ZeRO shard). ZeRO-Offload §3 moves the gradients
     down and the 16-bit parameters up once per step (2M + 2M bytes for M parameters in fp16);
     here the gradients go at their buffer's precision (`grad_bytes`). The CPU update runs at the
     node's CPU Adam rate (`hardware.CPU_ADAM_PARAMS_PER_S`, cited there) shared by the node's

@@ -599,9 +599,9 @@ def _shard_params(ctx: StepContext, params: StageParams) -> float:
 def _offloaded_optimizer(ctx: StepContext, params: StageParams, device,
                          last_backward: Sourced) -> Sourced:
     """The step's optimizer under optimizer offload (`offload.optimizer_times_s`), without
-    ZeRO-Offload's one-step delayed update (§5.2, off by default): the shard's gradients go to
+    ZeRO-Offload's one-step delayed update (§5.2, optional): the shard's gradients go to
     the host bucket by bucket behind the last micro-batch's backward, as the gradient reduction
-    does (§4.1's schedule; fully exposed without overlap_grad_reduce); then the CPU update and
+    does (§4.1-4.2's schedule; fully exposed without overlap_grad_reduce); then the CPU update and
     the weights' way back run in overlapped chunks, max(CPU Adam, copy up) (Megatron-LM
     `--overlap-cpu-optimizer-d2h-h2d`: "Overlap CPU optimizer step, gradients D2H and updated
     parameters H2D")."""

@@ -57,7 +57,7 @@ def test_cpu_adam_rate_is_deepspeeds_measurement():
 
 
 def test_optimizer_traffic_is_zero_offloads_4m_per_step():
-    """ZeRO-Offload §4.1: 2M bytes of fp16 gradients down and 2M of fp16 parameters up per
+    """ZeRO-Offload §3: 2M bytes of fp16 gradients down and 2M of fp16 parameters up per
     step for M parameters; the CPU update of a node's 8 shards at the node's CPU Adam rate."""
     device, group = catalog.gpu("h100-sxm"), _job({}).cluster.node_groups[0]
     down, cpu, up = optimizer_times_s(1e9, 2, 2, device, group)
