@@ -9,7 +9,7 @@ from pathlib import Path
 
 from parasim.planner.plan import layout_mapping, make_plan, write_plan
 from parasim.report import duration, durations, format_estimate
-from parasim.simulator.layout import cp_text, overlap_text, recompute_text
+from parasim.simulator.layout import cp_text, offload_text, overlap_text, recompute_text
 from parasim.planner.search import Scored, SearchResult, headroom
 from parasim.simulator.calibration.fitted import base_profile
 from parasim.simulator.files import check_new_file
@@ -51,9 +51,10 @@ def layout_text(layout) -> str:
     if m["vpp"] > 1:
         parts.append(f"vpp {m['vpp']}")
     return ", ".join(parts) + f", mbs {m['micro_batch_size']}, {m['schedule']}, " \
-        f"recompute {recompute_text(layout)}, ZeRO-{m['zero_stage']}" + (
-            f", {overlap_text(layout)}" if overlap_text(layout) else "") + (
-            ", ILP stage split" if m["stages"] else "")
+        f"recompute {recompute_text(layout)}, ZeRO-{m['zero_stage']}" \
+        + ("++" if layout.zero_pp else "") + (", ILP stage split" if m["stages"] else "") \
+        + (f", {overlap_text(layout)}" if overlap_text(layout) else "") \
+        + (f", {offload_text(layout)}" if layout.offload.any else "")
 
 
 def format_plan(job: Job, result: SearchResult, objective: str) -> str:

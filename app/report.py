@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from parasim.simulator import catalog
 from parasim.simulator.job import Job
-from parasim.simulator.layout import cp_text, overlap_text, recompute_text
+from parasim.simulator.layout import cp_text, offload_text, overlap_text, recompute_text
 from parasim.simulator.nvfp4 import bf16_blocks
 from parasim.simulator.params import active_params, total_params
 from parasim.simulator.results import RunPrediction, StepPrediction
@@ -68,13 +68,16 @@ def _layout_line(job: Job) -> str:
     if lay.vpp > 1:
         parts.append(f"vpp {lay.vpp}")
     extras = [f"micro-batch {lay.micro_batch_size}", lay.schedule,
-              f"recompute {recompute_text(lay)}", f"ZeRO-{lay.zero_stage}"]
+              f"recompute {recompute_text(lay)}",
+              f"ZeRO-{lay.zero_stage}" + ("++" if lay.zero_pp else "")]
     if lay.sequence_parallel:
         extras.append("sequence-parallel")
     if overlap_text(lay):
         extras.append(overlap_text(lay))
     if lay.stages:
         extras.append(f"layers per stage {list(lay.stages)}")
+    if lay.offload.any:
+        extras.append(offload_text(lay))
     return ", ".join(parts) + " | " + ", ".join(extras)
 
 
@@ -94,10 +97,21 @@ def _interval_line(p: StepPrediction) -> str:
     return f"  interval    {low} to {high} ({p.interval_source})"
 
 
+def _host_lines(p: StepPrediction) -> list[str]:
+    """The host memory offloading takes on the fullest node, when the layout offloads."""
+    if p.stages[0].host_capacity_bytes is None:
+        return []
+    node = max(p.stages, key=lambda m: m.node_host_bytes)
+    verdict = "fits" if node.host_fits else "DOES NOT FIT"
+    return [f"  host memory {node.node_host_bytes / GiB:.1f} GiB of "
+            f"{node.host_capacity_bytes / GiB:.0f} GiB per node offloaded: {verdict}"]
+
+
 def format_estimate(job: Job, p: StepPrediction) -> str:
     """The default output of `parasim estimate`."""
     mem = p.peak_stage
-    verdict = "fits" if p.fits else "DOES NOT FIT"
+    on_gpu = all(m.peak_bytes <= m.capacity_bytes for m in p.stages)
+    verdict = "fits" if on_gpu else "DOES NOT FIT"
     lines = [
         f"{job.source or 'job'}: {job.model.name} on {_cluster_line(job)}",
         f"  layout      {_layout_line(job)}; {p.microbatches} micro-batches per step",
@@ -110,6 +124,7 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"              weights {mem.weights_bytes / GiB:.1f}, gradients "
         f"{mem.gradients_bytes / GiB:.1f}, optimizer {mem.optimizer_bytes / GiB:.1f}, "
         f"activations {mem.activations_bytes / GiB:.1f} GiB",
+        *_host_lines(p),
         "  breakdown   " + _breakdown_text(p),
     ]
     if job.training.precision == "fp4":

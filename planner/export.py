@@ -295,7 +295,35 @@ def _megatron_memory(job: Job, notes: list[str]) -> list[Flag]:
         notes.append(f"ZeRO-{layout.zero_stage} is Megatron FSDP "
                      f"({flags[-1][1]}); check that your Megatron-LM version runs it with "
                      "this pipeline and expert layout")
-    return flags + _megatron_recompute(layout, job.stage_layers)
+    return flags + _megatron_recompute(layout, job.stage_layers) + _megatron_offload(job)
+
+
+def _megatron_offload(job: Job) -> list[Flag]:
+    """Offloading and ZeRO++ (NVIDIA/Megatron-LM megatron/training/arguments.py, commit
+    d98e8a6): the optimizer's CPU offload is `--optimizer-cpu-offload` with the whole state
+    (`--optimizer-offload-fraction 1.0`), which validate_args requires with
+    `--use-precision-aware-optimizer`, and its copies overlapped with the CPU step
+    (`--overlap-cpu-optimizer-d2h-h2d`, what parasim's time assumes). Activation offload is
+    `--cpu-offloading-num-layers N` (sets cpu_offloading), N below the layer count, and
+    Megatron-Core's TransformerConfig refuses it with pipeline parallelism or recompute.
+    ZeRO++ is DeepSpeed's; Megatron-LM has no such setting."""
+    layout, flags = job.layout, []
+    if layout.zero_pp:
+        raise refusal("megatron", "zero_pp (ZeRO++ is DeepSpeed's zero_quantized_weights, "
+                      "zero_hpz_partition_size and zero_quantized_gradients; Megatron-LM has "
+                      "none of them)", "--set parallel.zero_pp=false")
+    if layout.offload.optimizer:
+        flags += [("--optimizer-cpu-offload", None), ("--optimizer-offload-fraction", 1.0),
+                  ("--use-precision-aware-optimizer", None),
+                  ("--overlap-cpu-optimizer-d2h-h2d", None)]
+    if layout.offload.activations:
+        if layout.pp > 1 or layout.recompute != "none" or layout.full_recompute_layers:
+            raise refusal("megatron", "activation offload with pipeline parallelism or "
+                          "recompute (Megatron-Core's cpu_offloading supports neither)",
+                          "--set parallel.pp=1 --set parallel.recompute=none, or "
+                          "parallel.offload.activations=false")
+        flags.append(("--cpu-offloading-num-layers", job.model.num_layers - 1))
+    return flags
 
 
 def _megatron_recompute(layout: Layout, stages: tuple[int, ...]) -> list[Flag]:
@@ -377,6 +405,7 @@ def _torchtitan(job: Job) -> str:
     if not job.cluster.is_homogeneous:
         raise refusal("torchtitan", "mixed node groups (torchtitan has no setting for which "
                       "group serves which stage)", "plan on one kind of node")
+    _titan_offload(job.layout)
     sections = {"parallelism": _titan_parallelism(job, notes),
                 "training": _titan_training(job),
                 "activation_checkpoint": _titan_checkpoint(job)}
@@ -404,6 +433,22 @@ def _toml_value(value: object) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     assert isinstance(value, list), value
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _titan_offload(layout: Layout) -> None:
+    """torchtitan has no equivalent (pytorch/torchtitan torchtitan/config/configs.py, commit
+    b5bcd76): `training.enable_cpu_offload` is FSDP2's CPUOffloadPolicy, which moves the
+    weights and gradients to the host too (parameter offload, not modelled here); activation
+    offload exists only in experiments/graph_trainer; ZeRO++ is DeepSpeed's."""
+    if layout.zero_pp:
+        raise refusal("torchtitan", "zero_pp (ZeRO++ is DeepSpeed's; torchtitan's FSDP2 has "
+                      "no quantized or hierarchical gathers)", "--set parallel.zero_pp=false")
+    if layout.offload.any:
+        raise refusal("torchtitan", "parallel.offload (torchtitan's enable_cpu_offload moves "
+                      "the weights and gradients to the host as well, and it has no "
+                      "activation offload outside experiments)",
+                      "--set parallel.offload.optimizer=false --set "
+                      "parallel.offload.activations=false")
 
 
 def _titan_parallelism(job: Job, notes: list[str]) -> Section:

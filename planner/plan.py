@@ -192,6 +192,9 @@ def layout_mapping(layout: Layout) -> dict:
         "overlap_param_gather": layout.overlap_param_gather,
         "tp_comm_overlap": layout.tp_comm_overlap, "cp_comm_overlap": layout.cp_comm_overlap,
         "ep_comm_overlap": layout.ep_comm_overlap,
+        "offload": {"optimizer": layout.offload.optimizer,
+                    "activations": layout.offload.activations},
+        "zero_pp": layout.zero_pp,
     }
 
 

@@ -6,8 +6,10 @@
    pipeline's m·T + (Σ t - T)/vpp, the data-parallel tail) and its peak memory; layouts that do
    not fit are rejected.
    A layout that fits only with every block recomputed in full stays (its estimate is that
-   of full recompute): the ILP may recompute fewer blocks.
-3. The `full` best by that estimate (all of them when the space is small) get from the ILP
+   of full recompute): the ILP may recompute fewer blocks. Only when no layout fits are they
+   tried with the optimizer states and/or the activations offloaded to the host.
+3. The `full` best by that estimate, with the ZeRO++ twin of each ZeRO-3 one whose
+   data-parallel groups cross nodes (the `full` best again), get from the ILP
    (`planner.ilp`) their layer-to-stage split, the blocks of each stage to recompute in full,
    and on mixed clusters the order in which the node groups take the pipeline ranks; both the
    ILP's answer and the default split are scored by the full simulator (`simulator.predict`);
@@ -30,18 +32,25 @@ from typing import Literal
 
 from parasim.planner.ilp import FULL, Placement, Split, SplitProblem, SplitSolution, solve_split
 from parasim.planner.overlaps import applies, best_overlaps
-from parasim.planner.space import MAX_PLAN_GPUS, Space, enumerate_space
+from parasim.planner.space import (
+    MAX_PLAN_GPUS,
+    Space,
+    can_offload,
+    enumerate_space,
+    zero_pp_twin,
+)
 from parasim.simulator.cost.profile import AnalyticProfile, default_profile
 from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
 from parasim.simulator.hardware import ClusterSpec
 from parasim.simulator.job import Job
-from parasim.simulator.layout import Layout, recomputed_modules
+from parasim.simulator.layout import Layout, Offload, recomputed_modules
 from parasim.simulator.memory import (
     block_activation_bytes,
     in_flight_microbatches,
     rank_model_states,
 )
+from parasim.simulator.offload import node_dp
 from parasim.simulator.params import StageParams, block_params, replicated_block_params
 from parasim.simulator.predict import (
     predict,
@@ -118,10 +127,12 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     profile = profile or default_profile()
     space = enumerate_space(job, fixed)
     rejected = Counter(space.rejected)
-    estimates = _estimates(job, space, rejected, progress, profile)
+    estimates = _estimates(job, space, rejected, progress, profile, fixed)
     if not estimates:
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
+    shortlist = sorted(shortlist + _zero_pp_estimates(job, shortlist, profile, fixed),
+                       key=lambda e: e[0])[:full]
     scored, solves, known = [], 0, {}
     for _, layout, as_is in shortlist:
         if as_is:  # the overlap flags, on what will be scored (planner.overlaps)
@@ -174,14 +185,36 @@ def break_ties(ranked: tuple[Scored, ...], objective: Objective, profile: Analyt
 
 
 def _estimates(job: Job, space: Space, rejected: Counter, progress,
-               profile: AnalyticProfile) -> list[tuple[float, Layout, bool]]:
+               profile: AnalyticProfile, fixed: dict | None = None
+               ) -> list[tuple[float, Layout, bool]]:
     """(closed-form step time, layout, whether its default split fits as it is) of every
     layout whose default split fits in memory. One that fits only with every block recomputed
-    in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks."""
-    out, known, ring_faster = [], {}, {}
-    for index, layout in enumerate(space.layouts):
+    in full stays, estimated at that (an upper bound): the ILP may recompute fewer blocks.
+    Offloading is searched only where no layout fits without it (`_offloaded_estimates`)."""
+    known, fixed = {}, fixed or {}
+    offload_open = "offload" not in fixed and can_offload(job)
+    plain = [layout for layout in space.layouts if not (offload_open and layout.offload.any)]
+    out, failed = _plain_estimates(job, plain, rejected, progress, profile, known)
+    moved = [layout for layout in space.layouts if offload_open and layout.offload.any]
+    if out or not offload_open:
+        if failed:
+            rejected["does not fit (activations)"] += len(failed)
+        if moved:
+            rejected["model states alone exceed device memory (fit with the optimizer "
+                     "offloaded, which is searched only where nothing fits without)"] += len(moved)
+        return out
+    return _offloaded_estimates(job, moved + failed, rejected, profile, known)
+
+
+def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progress,
+                     profile: AnalyticProfile, known: dict
+                     ) -> tuple[list[tuple[float, Layout, bool]], list[Layout]]:
+    """`_estimates` of `layouts` as they are (or with full recompute); also the layouts that
+    do not fit either way."""
+    out, failed, ring_faster = [], [], {}
+    for index, layout in enumerate(layouts):
         if progress is not None:
-            progress(index + 1, len(space.layouts))
+            progress(index + 1, len(layouts))
         if layout.cp_style == "ulysses" and _ring_is_faster(job, layout, profile, ring_faster):
             rejected["cp_style ulysses: its all-to-alls cost more than the ring's exposed "
                      "transfers (same memory)"] += 1
@@ -191,10 +224,64 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
         if not as_is and layout.recompute != "full":
             estimate = _estimate(job, replace(layout, recompute="full"), profile, known)
         if estimate is None:
-            rejected["does not fit (activations)"] += 1
+            failed.append(layout)
         else:
             out.append((estimate, layout, as_is))
+    return out, failed
+
+
+def _offloaded_estimates(job: Job, layouts: list[Layout], rejected: Counter,
+                         profile: AnalyticProfile, known: dict
+                         ) -> list[tuple[float, Layout, bool]]:
+    """When nothing fits without offloading: the space's layouts that fit only with the
+    optimizer offloaded (`space._with_optimizer_offload`), and every layout that did not fit,
+    each with the fastest of its offloading variants that fits (`_offloaded`)."""
+    out = []
+    for layout in layouts:
+        estimate = _estimate(job, layout, profile, known) if layout.offload.any else None
+        if estimate is None:
+            estimate, layout = _offloaded(job, layout, profile, known)
+        if estimate is None:
+            rejected["does not fit (activations), offloading included"] += 1
+        else:
+            out.append((estimate, layout, True))
     return out
+
+
+def _zero_pp_estimates(job: Job, shortlist: list[tuple[float, Layout, bool]],
+                       profile: AnalyticProfile, fixed: dict
+                       ) -> list[tuple[float, Layout, bool]]:
+    """ZeRO++ beside each ZeRO-3 layout of the shortlist whose data-parallel groups cross
+    nodes (`space.zero_pp_twin`). Only there: ZeRO++ changes nothing but a ZeRO-3 layout's
+    data-parallel tail and memory, and estimating a twin for each of the thousands of ZeRO-3
+    layouts of a large search (its node-level collectives routed on the whole fabric) costs
+    more than the search itself."""
+    out, known = [], {}
+    for _estimate_s, layout, _as_is in shortlist:
+        twin = zero_pp_twin(job, layout, fixed)
+        estimate = _estimate(job, twin, profile, known) if twin is not None else None
+        if estimate is not None:
+            out.append((estimate, twin, True))
+    return out
+
+
+def _offloaded(job: Job, layout: Layout, profile: AnalyticProfile, known: dict
+               ) -> tuple[float | None, Layout]:
+    """The fastest of the layout's offloading variants (its optimizer states, its activations,
+    both; each keeping what the layout already offloads) that fits, with its estimate; (None,
+    layout) when none does. Only asked of layouts that fit no other way: offloading never
+    makes a fitting layout faster."""
+    best: tuple[float | None, Layout] = (None, layout)
+    for optimizer, activations in ((True, False), (False, True), (True, True)):
+        variant = replace(layout, offload=Offload(
+            optimizer=optimizer or layout.offload.optimizer,
+            activations=activations or layout.offload.activations))
+        if variant == layout:
+            continue
+        estimate = _estimate(job, variant, profile, known)
+        if estimate is not None and (best[0] is None or estimate < best[0]):
+            best = (estimate, variant)
+    return best
 
 
 def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
@@ -327,7 +414,9 @@ def split_problem(job: Job, profile: AnalyticProfile | None = None
     one_layer = StageParams(dense=dense, expert=expert, embedding=0, lm_head=0,
                             replicated=replicated_block_params(model, model.is_moe))
     in_flight = tuple(in_flight_microbatches(layout, r, ctx.microbatches) for r in range(layout.pp))
-    state_bytes = rank_model_states(one_layer, job.training, layout).total_bytes
+    state_bytes = rank_model_states(one_layer, job.training, layout,
+                                    node_dp(job.cluster, layout) if layout.zero_pp else 1
+                                    ).total_bytes
     activation_bytes = tuple(block_activation_bytes(model, ctx.shard, model.is_moe, mode,
                                                     recomputed_modules(layout))
                              for mode in modes)

@@ -20,9 +20,11 @@ from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
 from parasim.simulator.hardware import MAX_GPUS, MAX_PLAN_GPUS
 from parasim.simulator.job import Job, resolve_layout
-from parasim.simulator.layout import CP_STYLES, Layout, check_field
+from parasim.simulator.layout import CP_STYLES, Layout, Offload, check_field
 from parasim.simulator.memory import rank_model_states
+from parasim.simulator.offload import node_dp
 from parasim.simulator.params import stage_params
+from parasim.simulator.placement import axis_groups
 
 MICRO_BATCHES = (1, 2, 4, 8)
 CONTEXT_PARALLEL = (1, 2, 4, 8)
@@ -107,6 +109,8 @@ def _choices(job: Job, fixed: dict) -> dict[str, tuple]:
     }
     if "recompute_modules" in fixed:  # chosen modules: the recompute they belong to
         options["recompute"] = ("selective",)
+    if fixed.get("zero_pp"):  # ZeRO++ is a form of ZeRO-3
+        options["zero_stage"] = (3,)
     for name, value in fixed.items():
         if name in options:
             options[name] = (value,)
@@ -149,7 +153,7 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
     cluster or the space is larger than the planner searches (`check_size`)."""
     options = _choices(job, fixed)
     check_size(job, options, fixed)
-    base = Layout(**{k: v for k, v in fixed.items() if k not in SEARCHED})
+    base = Layout(**{k: v for k, v in fixed.items() if k not in SEARCHED + ("zero_pp",)})
     layouts, reasons = [], Reasons()
     names = list(options)
     for values in itertools.product(*(options[n] for n in names)):
@@ -213,13 +217,47 @@ def _check(job: Job, base: Layout, chosen: dict, schedule: str, fixed: dict
         return None, f"{error.field}: {error.why}", error
     sequence_parallel = fixed.get("sequence_parallel", chosen["tp"] > 1)
     try:
-        layout = replace(base, schedule=schedule, sequence_parallel=sequence_parallel, **chosen)
+        layout = replace(base, schedule=schedule, sequence_parallel=sequence_parallel,
+                         zero_pp=fixed.get("zero_pp", False), **chosen)
         layout = resolve_layout(job.model, job.cluster, job.training, layout)
     except SpecError as err:
         return None, f"{err.field}: {err.why}".split(" (")[0], err
     if not _states_fit(job, layout):
-        return None, "model states alone exceed device memory", None
+        offloaded = _with_optimizer_offload(job, layout, fixed)
+        if offloaded is None:
+            return None, "model states alone exceed device memory", None
+        layout = offloaded
     return layout, "", None
+
+
+def can_offload(job: Job) -> bool:
+    """Whether the catalog (or the job) gives every node group the host link and the host
+    memory that offloading needs; where it does not, the planner does not offload."""
+    return all(g.gpu.pcie_bytes_per_s is not None and g.host_memory_bytes is not None
+               for g in job.cluster.node_groups)
+
+
+def _with_optimizer_offload(job: Job, layout: Layout, fixed: dict) -> Layout | None:
+    """The layout with its optimizer states on the host, when they alone keep its model states
+    from fitting the GPU and the job leaves parallel.offload open (offloading never makes a
+    layout that fits faster, so only such layouts are given it)."""
+    if "offload" in fixed or layout.offload.optimizer or not can_offload(job):
+        return None
+    offloaded = replace(layout, offload=Offload(optimizer=True,
+                                                activations=layout.offload.activations))
+    return offloaded if _states_fit(job, offloaded) else None
+
+
+def zero_pp_twin(job: Job, layout: Layout, fixed: dict) -> Layout | None:
+    """ZeRO++ of a ZeRO-3 layout whose data-parallel groups cross nodes (within a node it
+    saves little: its cuts are of the bytes that leave a node) and whose states still fit
+    with hpZ's secondary weights; None where the job fixes zero_pp."""
+    if "zero_pp" in fixed or layout.zero_stage != 3 or layout.zero_pp:
+        return None
+    per_node = job.cluster.node_groups[0].gpus_per_node
+    nodes = {int(r) // per_node for r in axis_groups(layout, "dp_cp")[0]}
+    twin = replace(layout, zero_pp=True)
+    return twin if len(nodes) > 1 and _states_fit(job, twin) else None
 
 
 def _states_fit(job: Job, layout: Layout) -> bool:
@@ -230,7 +268,8 @@ def _states_fit(job: Job, layout: Layout) -> bool:
         min(g.gpu.memory_bytes for g in job.cluster.node_groups))
     for rank in (0, layout.pp // 2, layout.pp - 1):
         params = stage_params(job.model, split_job.stage_layers, layout.pp, rank)
-        if rank_model_states(params, job.training, layout).total_bytes > capacity:
+        hpz = node_dp(job.cluster, layout) if layout.zero_pp else 1
+        if rank_model_states(params, job.training, layout, hpz).total_bytes > capacity:
             return False
     return True
 

@@ -18,7 +18,9 @@ from parasim.simulator.model import MLA_FIELDS, MODEL_FIELDS, MLASpec, ModelSpec
 
 GiB = 2**30
 KINDS = {"gpus": "gpu", "clusters": "cluster", "models": "model"}
-OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None, "peak_fp4_tflops": 0.0}  # value when left out
+# value when left out
+OPTIONAL_GPU_FIELDS = {"peak_fp8_tflops": 0.0, "idle_watts": None, "peak_fp4_tflops": 0.0,
+                       "pcie_GBps": None}
 _NOT_SPEC_FIELDS = {"aliases", "description", "source", "sources", "published_params",
                     "published_active_params", "published_params_source", "price_date"}
 
@@ -87,6 +89,7 @@ def device_from_mapping(data: dict[str, Any], *, name: str, field: str) -> Devic
         "price_per_hour_usd": ("price_per_hour_usd", 1),
         "idle_watts": ("idle_watts", 1),
         "peak_fp4_tflops": ("peak_fp4_flop_per_s", 1e12),
+        "pcie_GBps": ("pcie_bytes_per_s", 1e9),
     }
     unknown = set(data) - set(units) - _NOT_SPEC_FIELDS - {"name", "usual_node"}
     if unknown:

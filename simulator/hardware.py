@@ -19,6 +19,12 @@ Topology = Literal["fat-tree", "rail-optimized", "rail-only"]
 TOPOLOGIES = ("fat-tree", "rail-optimized", "rail-only")
 MAX_GPUS = 2**20  # the largest cluster parasim models (1,048,576 GPUs): its graph takes about
 #                   15 s and 1.4 GiB to build; a larger one would run for minutes
+# CPU Adam: DeepSpeed's vectorised CPU Adam (the optimizer of ZeRO-Offload, Ren et al. 2021
+# §5.1) "reduces the optimizer time from 56 seconds to 8.2 seconds [for] an 11.6B parameter GPT2
+# model" (DeepSpeed PR #735, 2021-02-08, by an author of the paper): 11.6e9 / 8.2 s = 1.41e9
+# parameters per second on one host's cores (the host is not named; the paper's testbed is a
+# DGX-2). Every GPU of a node shares them.
+CPU_ADAM_PARAMS_PER_S = 11.6e9 / 8.2
 MAX_PLAN_GPUS = 2**17  # the largest cluster `parasim plan` searches (131,072 GPUs): each
 #                        layout it scores in full builds and routes that graph
 
@@ -39,6 +45,7 @@ class DeviceSpec:
     price_per_hour_usd: float  # typical on-demand price of one GPU-hour (see catalog date)
     idle_watts: float | None = None  # board power idle; None: a share of TDP (economics.yaml)
     peak_fp4_flop_per_s: float = 0.0  # dense NVFP4 peak; 0 where the device has no fp4 units
+    pcie_bytes_per_s: float | None = None  # host link, one direction (offloading); None: unknown
 
     def __post_init__(self) -> None:
         for name in ("peak_bf16_flop_per_s", "peak_fp16_flop_per_s", "peak_fp32_flop_per_s",
@@ -53,6 +60,8 @@ class DeviceSpec:
                        valid="a number >= 0 (0 = no fp8)")
         require_number("gpu.peak_fp4_flop_per_s", self.peak_fp4_flop_per_s, 0,
                        valid="a number >= 0 (0 = no fp4)")
+        if self.pcie_bytes_per_s is not None:
+            require_positive("gpu.pcie_bytes_per_s", self.pcie_bytes_per_s)
 
     def peak_flop_per_s(self, precision: Precision) -> float:
         """Dense peak for the GEMM precision of a training run."""
@@ -106,8 +115,13 @@ class NodeGroup:
     nics_per_node: int  # NICs per node (one per GPU on rail-optimized fabrics)
     nvlink_domain_gpus: int | None = None  # GPUs joined by one NVLink switch fabric (a GB200
     #                                        NVL72 rack: 72 over 18 trays); None: the node
+    host_memory_bytes: float | None = None  # CPU memory of one node (offloading); None: unknown
+    cpu_adam_params_per_s: float = CPU_ADAM_PARAMS_PER_S  # one node's CPU Adam rate
 
     def __post_init__(self) -> None:
+        if self.host_memory_bytes is not None:
+            require_positive("cluster.host_memory_GiB", self.host_memory_bytes)
+        require_positive("cluster.cpu_adam_params_per_s", self.cpu_adam_params_per_s)
         require_count("cluster.num_nodes", self.num_nodes)
         require_count("cluster.gpus_per_node", self.gpus_per_node)
         require_count("cluster.inter_node.nics_per_node", self.nics_per_node)

@@ -30,7 +30,7 @@ from parasim.simulator.yamlfile import parse_text
 
 TOP_LEVEL = ("model", "cluster", "training", "parallel")
 NODE_FIELDS = ("base", "gpu", "num_nodes", "gpus_per_node", "intra_node", "inter_node",
-               "nvlink_domain_gpus")
+               "nvlink_domain_gpus", "host_memory_GiB", "cpu_adam_params_per_s")
 CLUSTER_FIELDS = NODE_FIELDS + ("node_groups", "topology", "oversubscription", "switch_radix",
                                 "graph", "price_per_gpu_hour", "power_watts",
                                 "straggler_slowdown", "planes")
@@ -307,7 +307,8 @@ def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> Node
     if usual is not None:
         defaults = _merged({"gpus_per_node": usual["gpus_per_node"],
                             "intra_node": {"latency_us": usual["intra_node"]["latency_us"]},
-                            "inter_node": usual["inter_node"]}, defaults)
+                            "inter_node": usual["inter_node"],
+                            "host_memory_GiB": usual.get("host_memory_GiB")}, defaults)
         if "nvlink_domain_gpus" in usual:  # a rack-scale GPU's usual NVLink domain
             defaults["nvlink_domain_gpus"] = usual["nvlink_domain_gpus"]
     data = _merged(defaults, data)
@@ -324,7 +325,21 @@ def _node_group(data: dict[str, Any], layout: Layout | None, field: str) -> Node
     require_count(f"{field}.num_nodes", num_nodes)
     return NodeGroup(gpu=gpu, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
                      intra_node=intra, inter_node=inter, nics_per_node=nics,
-                     nvlink_domain_gpus=data.get("nvlink_domain_gpus"))
+                     nvlink_domain_gpus=data.get("nvlink_domain_gpus"),
+                     **_host_fields(data, field))
+
+
+def _host_fields(data: dict[str, Any], field: str) -> dict[str, float]:
+    """The node's host side for offloading: its CPU memory (`host_memory_GiB`, at most 1 PiB)
+    and its CPU Adam rate (`cpu_adam_params_per_s`), each where set."""
+    out = {}
+    if data.get("host_memory_GiB") is not None:
+        out["host_memory_bytes"] = _number(f"{field}.host_memory_GiB", data["host_memory_GiB"],
+                                           maximum=2**20) * 2**30
+    if data.get("cpu_adam_params_per_s") is not None:
+        out["cpu_adam_params_per_s"] = _number(f"{field}.cpu_adam_params_per_s",
+                                               data["cpu_adam_params_per_s"], maximum=1e15)
+    return out
 
 
 def _require_node_fields(data: dict[str, Any], gpu: DeviceSpec, field: str) -> None:

@@ -27,8 +27,45 @@ CP_STYLES = ("ring", "ulysses")
 # moe_act the experts' activation function (its output, fc2's input, is not kept).
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "moe_act")
 DEFAULT_RECOMPUTE_MODULES = frozenset({"core_attn"})
+OFFLOADS = ("optimizer", "activations")  # what parallel.offload may move to host memory
 DENSE_AXES = ("tp", "cp", "dp", "pp")
 DEFAULT_ORDER = "tp-cp-ep-dp-pp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Offload:
+    """What lives in host memory between its uses (`parallel.offload`, simulator/offload.py)."""
+
+    optimizer: bool = False  # fp32 master weights, Adam moments and the update on the CPU
+    #                          (ZeRO-Offload, Ren et al. 2021; Megatron --optimizer-cpu-offload)
+    activations: bool = False  # stored activations copied to host after each block's forward
+    #                            and back before its backward (Megatron --cpu-offloading)
+
+    def __post_init__(self) -> None:
+        for name in OFFLOADS:
+            require_bool(f"parallel.offload.{name}", getattr(self, name))
+
+    @property
+    def any(self) -> bool:
+        return self.optimizer or self.activations
+
+
+NO_OFFLOAD = Offload()
+
+
+def offload_of(value: object) -> Offload:
+    """`parallel.offload` as written (a mapping of OFFLOADS to booleans) or an Offload."""
+    if isinstance(value, Offload):
+        return value
+    if not isinstance(value, dict):
+        raise SpecError("parallel.offload", value, "must be a mapping",
+                        "e.g. {optimizer: true, activations: false}")
+    unknown = set(value) - set(OFFLOADS)
+    if unknown:
+        key = min(unknown, key=str)
+        raise SpecError(f"parallel.offload.{key}", value[key], "unknown offload field",
+                        ", ".join(OFFLOADS))
+    return Offload(**value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +99,9 @@ class Layout:
     tp_comm_overlap: bool = False  # TP collectives hidden behind the GEMMs (Megatron userbuffers)
     cp_comm_overlap: bool = True  # ring attention passes key/value blocks while computing
     ep_comm_overlap: bool = False  # expert all-to-alls behind the block's other compute
+    offload: Offload = NO_OFFLOAD  # optimizer states / activations in host memory (PCIe)
+    zero_pp: bool = False  # ZeRO++ (Wang et al. 2023) on ZeRO-3: int8 weight gathers, a
+    #                        secondary weight partition per node, int4 gradient all-to-alls
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -70,7 +110,12 @@ class Layout:
                 _check_scalar(f.name, value)  # the planner builds ~10^5 layouts: once each
             else:
                 check_field(f.name, value)
+        object.__setattr__(self, "offload", offload_of(self.offload))
         self._check_schedule()
+        if self.zero_pp and self.zero_stage != 3:
+            raise SpecError("parallel.zero_pp", True, f"ZeRO++ changes ZeRO-3's collectives, "
+                            f"but zero_stage is {self.zero_stage}",
+                            "zero_stage: 3, or zero_pp: false")
         if self.stages is not None and not isinstance(self.stages, tuple):
             object.__setattr__(self, "stages", tuple(self.stages))
         if self.recompute_modules is not None:
@@ -121,7 +166,7 @@ class Layout:
 
 INTEGERS = ("tp", "pp", "cp", "ep", "vpp", "micro_batch_size")
 FLAGS = ("sequence_parallel", "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap",
-         "cp_comm_overlap", "ep_comm_overlap")
+         "cp_comm_overlap", "ep_comm_overlap", "zero_pp")
 
 
 def check_field(name: str, value: object) -> None:
@@ -146,6 +191,8 @@ def check_field(name: str, value: object) -> None:
         _check_counts(name, value)
     elif name == "recompute_modules" and value is not None:
         _check_modules(value)
+    elif name == "offload":
+        offload_of(value)
 
 
 @lru_cache(maxsize=1024, typed=True)  # typed: True is not the count 1
@@ -231,3 +278,9 @@ def overlap_text(layout) -> str:
     if not layout.cp_comm_overlap and layout.cp > 1 and layout.cp_style == "ring":
         words.append("no CP overlap")
     return ", ".join(words)
+
+
+def offload_text(layout) -> str:
+    """`offload optimizer, activations` (what the layout keeps in host memory), or ``."""
+    moved = [name for name in OFFLOADS if getattr(layout.offload, name)]
+    return "offload " + ", ".join(moved) if moved else ""

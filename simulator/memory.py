@@ -52,10 +52,41 @@ def model_states(params: float, training: TrainingSpec, zero_stage: int, shards:
     )
 
 
-def rank_model_states(stage: StageParams, training: TrainingSpec, layout: Layout) -> ModelStates:
-    """One rank's model states: its stage's parameters split over tp (norms, row-parallel biases
-    and learned positions whole) and experts over ep·tp; ZeRO shards dense states over dp·cp
-    and expert states over dp·cp/ep."""
+def rank_model_states(stage: StageParams, training: TrainingSpec, layout: Layout,
+                      node_dp: int = 1) -> ModelStates:
+    """One rank's model states in GPU memory: its stage's parameters split over tp (norms,
+    row-parallel biases and learned positions whole) and experts over ep·tp; ZeRO shards dense
+    states over dp·cp and expert states over dp·cp/ep. Optimizer offload keeps the optimizer
+    states in host memory instead (`rank_host_state_bytes`); ZeRO++'s hpZ adds a secondary
+    copy of the weights partitioned over the `node_dp` data-parallel ranks of a node
+    (`zero_pp.secondary_weight_bytes`)."""
+    states = _sharded_states(stage, training, layout)
+    if layout.offload.optimizer:
+        states = ModelStates(weights_bytes=states.weights_bytes,
+                             gradients_bytes=states.gradients_bytes, optimizer_bytes=0.0)
+    if layout.zero_pp:
+        full = (stage.dense_per_rank(layout.tp) + stage.expert_per_rank(layout.tp, layout.ep)) \
+            * training.weight_bytes_per_param
+        states = ModelStates(weights_bytes=states.weights_bytes + full / node_dp,
+                             gradients_bytes=states.gradients_bytes,
+                             optimizer_bytes=states.optimizer_bytes)
+    return states
+
+
+def rank_host_state_bytes(stage: StageParams, training: TrainingSpec, layout: Layout) -> float:
+    """Host memory one GPU's optimizer offload takes: its ZeRO shard's optimizer states (fp32
+    master weights, Adam moments) and a copy of the shard's gradients it updates from
+    (Ren et al. 2021, "ZeRO-Offload", §3: fp32 parameters, gradients, momentum and variance
+    on the CPU; Megatron-Core's HybridDeviceOptimizer keeps the CPU gradients pinned,
+    `--no-pin-cpu-grads`). 0 without optimizer offload."""
+    if not layout.offload.optimizer:
+        return 0.0
+    optimizer = _sharded_states(stage, training, layout).optimizer_bytes
+    return optimizer * (1 + training.grad_bytes_per_param / training.optimizer_bytes_per_param)
+
+
+def _sharded_states(stage: StageParams, training: TrainingSpec, layout: Layout) -> ModelStates:
+    """ZeRO's sharding of the rank's states, wherever they live."""
     assert layout.dp is not None
     dense = stage.dense_per_rank(layout.tp)
     expert = stage.expert_per_rank(layout.tp, layout.ep)
@@ -161,6 +192,24 @@ def head_activation_bytes(model: ModelSpec, shard: Shard) -> float:
 def embedding_activation_bytes(model: ModelSpec, shard: Shard) -> float:
     """First stage: the embedding dropout mask (Korthikanti et al. §4.3)."""
     return MASK_BYTES * shard.elementwise_tokens * model.hidden_size if model.dropout else 0.0
+
+
+def offloaded_activations(per_microbatch_bytes: float, blocks: int, chunks: int,
+                          in_flight: float) -> tuple[float, float]:
+    """(GPU bytes, host bytes) of a rank's stored block activations under activation offload,
+    from its `per_microbatch_bytes` over `blocks` blocks in `chunks` virtual stages (a mean
+    block). Transformer Engine's CPU offload (Megatron-Core `--cpu-offloading-num-layers`,
+    which must be below the layer count: megatron/core/transformer/transformer_config.py)
+    copies a block's activations to the host after its forward and fetches them back before
+    its backward; the last block of each chunk stays (its backward follows at once), and one
+    more block's activations are in flight over PCIe (the double buffer). Everything else of
+    the `in_flight` micro-batches is in host memory."""
+    if blocks <= 0 or per_microbatch_bytes <= 0:
+        return 0.0, 0.0
+    block = per_microbatch_bytes / blocks
+    kept = min(blocks, chunks)
+    host = in_flight * (blocks - kept) * block
+    return in_flight * kept * block + min(block, host), host
 
 
 def in_flight_microbatches(layout: Layout, rank: int, microbatches: int) -> float:

@@ -21,8 +21,11 @@ from parasim.simulator.memory import (
     block_activation_bytes,
     embedding_activation_bytes,
     head_activation_bytes,
+    offloaded_activations,
+    rank_host_state_bytes,
     rank_model_states,
 )
+from parasim.simulator.offload import host_capacity_bytes, node_dp
 from parasim.simulator.params import (
     BlockGroup,
     StageParams,
@@ -128,20 +131,30 @@ def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: flo
     """Model states, the activations of the micro-batches the simulated schedule held at
     once at its peak, and the working buffers."""
     job, layout, shard = ctx.job, ctx.layout, ctx.shard
-    states = rank_model_states(params, job.training, layout)
+    states = rank_model_states(params, job.training, layout,
+                               node_dp(job.cluster, layout) if layout.zero_pp else 1)
     groups = rank_block_groups(job, rank)
     modules = recomputed_modules(layout)
-    per_mb = sum(g.count * block_activation_bytes(job.model, ctx.shard_for(precision), g.moe,
+    blocks = sum(g.count * block_activation_bytes(job.model, ctx.shard_for(precision), g.moe,
                                                   g.recompute, modules)
                  for precision, g in rank_precision_groups(job, rank))
+    per_mb = 0.0
     if rank == 0:
         per_mb += embedding_activation_bytes(job.model, shard)
     if rank == layout.pp - 1:
         per_mb += head_activation_bytes(job.model, shard)
-    activations = in_flight * per_mb
+    host = rank_host_state_bytes(params, job.training, layout)
+    activations = in_flight * (per_mb + blocks)
+    if layout.offload.activations:
+        kept, moved = offloaded_activations(blocks, sum(g.count for g in groups), layout.vpp,
+                                             in_flight)
+        activations, host = in_flight * per_mb + kept, host + moved
     activations += _working_bytes(ctx, rank, groups, params)
     capacity = rank_capacity_bytes(job, rank)
+    group = _stage_groups(job, rank)[0]
     return RankMemory(
+        node_host_bytes=host * group.gpus_per_node,
+        host_capacity_bytes=host_capacity_bytes(group) if layout.offload.any else None,
         weights_bytes=states.weights_bytes,
         gradients_bytes=states.gradients_bytes,
         optimizer_bytes=states.optimizer_bytes,

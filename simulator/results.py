@@ -22,6 +22,7 @@ class TimeBreakdown:
     optimizer_s: float  # optimizer update
     straggler_s: float = 0.0  # what one slow GPU adds: its pipeline, and every replica, wait
     overhead_s: float = 0.0  # fixed host time per step (a fitted profile's; 0 in analytic.yaml)
+    offload_s: float = 0.0  # exposed PCIe copies of offloaded activations (parallel.offload)
 
     @property
     def total_s(self) -> float:
@@ -40,6 +41,8 @@ class RankMemory:
     optimizer_bytes: float
     activations_bytes: float  # stored activations at the schedule's peak + working buffers
     capacity_bytes: float  # usable device memory: capacity minus the stated reserve
+    node_host_bytes: float = 0.0  # host memory offloading takes on the rank's node (all its GPUs)
+    host_capacity_bytes: float | None = None  # the node's host memory; None: not known
 
     @property
     def peak_bytes(self) -> float:
@@ -47,8 +50,14 @@ class RankMemory:
             + self.activations_bytes
 
     @property
+    def host_fits(self) -> bool:
+        """Offloaded bytes within the node's host memory (nothing offloaded always fits)."""
+        return self.node_host_bytes <= 0 or (self.host_capacity_bytes is not None and
+                                             self.node_host_bytes <= self.host_capacity_bytes)
+
+    @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.capacity_bytes
+        return self.peak_bytes <= self.capacity_bytes and self.host_fits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +230,8 @@ class StepPrediction:
                 "optimizer_bytes": peak.optimizer_bytes,
                 "activations_bytes": peak.activations_bytes,
                 "per_stage_peak_bytes": [m.peak_bytes for m in self.stages],
+                "node_host_bytes": max(m.node_host_bytes for m in self.stages),
+                "host_capacity_bytes": self.stages[0].host_capacity_bytes,
             },
             "breakdown": self.breakdown.as_dict(),
             "sources": self.sources,

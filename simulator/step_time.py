@@ -19,6 +19,9 @@ from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.cost.sourced import Sourced, total
 from parasim.simulator.job import Job
 from parasim.simulator.layout import Layout, Recompute, recomputed_modules
+from parasim.simulator.memory import block_activation_bytes
+from parasim.simulator.offload import block_exposed_s, optimizer_times_s
+from parasim.simulator.zero_pp import zero_pp_traffic
 from parasim.simulator.moe_balance import ExpertLoad, expert_load
 from parasim.simulator.nvfp4 import precision_spans
 from parasim.simulator.ops import Op, Shard, block_ops, core_attention_ops, embedding_ops, head_ops
@@ -29,6 +32,7 @@ from parasim.simulator.results import TimeBreakdown
 from parasim.simulator.schedule import Interval, TaskTimes, Timeline, simulate, with_streams
 
 AXES = ("tp", "cp", "ep")
+PASS_PARTS = ("compute", *AXES, "offload")
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,17 @@ class Pass:
     tp: Sourced = Sourced()
     cp: Sourced = Sourced()
     ep: Sourced = Sourced()
+    offload: Sourced = Sourced()  # exposed PCIe copies of offloaded activations
 
     @property
     def total(self) -> Sourced:
-        return self.compute + self.tp + self.cp + self.ep
+        return self.compute + self.tp + self.cp + self.ep + self.offload
 
     def __add__(self, other: Pass) -> Pass:
-        return Pass(*(getattr(self, f) + getattr(other, f) for f in ("compute", *AXES)))
+        return Pass(*(getattr(self, f) + getattr(other, f) for f in PASS_PARTS))
 
     def __mul__(self, factor: float) -> Pass:
-        return Pass(*(getattr(self, f) * factor for f in ("compute", *AXES)))
+        return Pass(*(getattr(self, f) * factor for f in PASS_PARTS))
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,7 @@ def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute:
     key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
            recompute, layout.recompute_modules, layout.schedule == "zero-bubble",
            layout.tp_comm_overlap, layout.cp_comm_overlap, layout.cp_style,
-           layout.ep_comm_overlap, layout.ep, ctx.job.cluster,
+           layout.ep_comm_overlap, layout.ep, ctx.job.cluster, layout.offload.activations,
            *(axis_signature(layout, axis) for axis in AXES))
     passes = _BLOCKS.get(key)
     if passes is None:
@@ -254,7 +259,22 @@ def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
         others = _ops(compute, [op for op in ops if not _name(op).startswith("expert_")])
         ep_f = ctx.overlap(others, _ep_all_to_all(ctx) * 2, layout.ep_comm_overlap)
         ep_b = ep_f
-    return (Pass(f_compute, tp_f, cp_f, ep_f), Pass(b_compute, tp_b, cp_b, ep_b), weight)
+    f_off, b_off = _activation_offload(ctx, compute, moe, recompute, f_compute, b_compute)
+    return (Pass(f_compute, tp_f, cp_f, ep_f, f_off), Pass(b_compute, tp_b, cp_b, ep_b, b_off),
+            weight)
+
+
+def _activation_offload(ctx: StepContext, compute: ComputeModel, moe: bool, recompute: Recompute,
+                        forward: Sourced, backward: Sourced) -> tuple[Sourced, Sourced]:
+    """Exposed copies of a block's stored activations to the host after its forward and back
+    before its backward (`offload.block_exposed_s`); nothing without activation offload. Every
+    block is charged, the one a chunk keeps too (at most one block's copy too many)."""
+    if not ctx.layout.offload.activations:
+        return Sourced(), Sourced()
+    stored = block_activation_bytes(ctx.job.model, ctx.shard, moe, recompute,
+                                    recomputed_modules(ctx.layout))
+    return (Sourced.of(block_exposed_s(stored, forward.total_s, compute.device), "analytic"),
+            Sourced.of(block_exposed_s(stored, backward.total_s, compute.device), "analytic"))
 
 
 # The ops selective recompute repeats for each of `layout.RECOMPUTE_MODULES` but core_attn
@@ -544,7 +564,7 @@ def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: T
         "ep_comm_s": work.ep,
         "pp_comm_s": costs[rank].send.scaled_to(pp_s),
         "bubble_s": work.total.scaled_to(idle_s - pp_s),
-        "dp_comm_s": tail[0], "optimizer_s": tail[1],
+        "dp_comm_s": tail[0], "optimizer_s": tail[1], "offload_s": work.offload,
     }
 
 
@@ -562,6 +582,8 @@ def _tail(ctx: StepContext, rank: int, costs: list[StageCost], params: StagePara
     if gathers.total_s:
         passes = total(c.forward.total + c.backward.total for c in chunks) * ctx.microbatches
         exposed = exposed + ctx.overlap(passes, gathers, layout.overlap_param_gather)
+    if layout.offload.optimizer:
+        return exposed, _offloaded_optimizer(ctx, params, device, last_backward)
     return exposed, _optimizer(ctx, params, device)
 
 
@@ -576,6 +598,11 @@ def _dp_traffic(ctx: StepContext, params: StageParams) -> tuple[Sourced, Sourced
     reduce, gathers = [], []
     for count, axis in ((params.dense_per_rank(layout.tp), "dp_cp"),
                         (params.expert_per_rank(layout.tp, layout.ep), "edp")):
+        if layout.zero_pp:
+            r, g = zero_pp_traffic(ctx, axis, count)
+            reduce.append(r * ctx.microbatches)
+            gathers.append(g * ctx.microbatches)
+            continue
         grads = count * training.grad_bytes_per_param
         weights = count * training.weight_bytes_per_param
         if layout.zero_stage == 0:
@@ -591,14 +618,37 @@ def _dp_traffic(ctx: StepContext, params: StageParams) -> tuple[Sourced, Sourced
     return total(reduce), total(gathers)
 
 
-def _optimizer(ctx: StepContext, params: StageParams, device) -> Sourced:
-    """Adam update of the rank's shard of the optimizer states: measured per parameter count
-    when the profile has it, else memory-bound at the analytic bytes per parameter."""
+def _shard_params(ctx: StepContext, params: StageParams) -> float:
+    """Parameters whose optimizer states the rank holds (its ZeRO shard, or all)."""
     layout = ctx.layout
     shards = layout.dp * layout.cp if layout.zero_stage >= 1 else 1
     dense = params.dense_per_rank(layout.tp) / shards
     expert_shards = max(1, shards // layout.ep) if layout.zero_stage >= 1 else 1
-    count = dense + params.expert_per_rank(layout.tp, layout.ep) / expert_shards
+    return dense + params.expert_per_rank(layout.tp, layout.ep) / expert_shards
+
+
+def _offloaded_optimizer(ctx: StepContext, params: StageParams, device,
+                         last_backward: Sourced) -> Sourced:
+    """The step's optimizer under optimizer offload (`offload.optimizer_times_s`), without
+    ZeRO-Offload's one-step delayed update (§5.2, optional): the shard's gradients go to
+    the host bucket by bucket behind the last micro-batch's backward, as the gradient reduction
+    does (§4.1-4.2's schedule; fully exposed without overlap_grad_reduce); then the CPU update and
+    the weights' way back run in overlapped chunks, max(CPU Adam, copy up) (Megatron-LM
+    `--overlap-cpu-optimizer-d2h-h2d`: "Overlap CPU optimizer step, gradients D2H and updated
+    parameters H2D")."""
+    training, layout = ctx.job.training, ctx.layout
+    group = ctx.job.cluster.node_groups[0]
+    down_s, cpu_s, up_s = optimizer_times_s(_shard_params(ctx, params),
+                                            training.weight_bytes_per_param,
+                                            training.grad_bytes_per_param, device, group)
+    down = ctx.overlap(last_backward, Sourced.of(down_s, "analytic"), layout.overlap_grad_reduce)
+    return down + Sourced.of(max(cpu_s, up_s), "analytic")
+
+
+def _optimizer(ctx: StepContext, params: StageParams, device) -> Sourced:
+    """Adam update of the rank's shard of the optimizer states: measured per parameter count
+    when the profile has it, else memory-bound at the analytic bytes per parameter."""
+    count = _shard_params(ctx, params)
     found = ctx.measured.optimizer_time(count) if ctx.measured is not None else None
     if found is not None:
         return Sourced.of(found.seconds, found.source)
