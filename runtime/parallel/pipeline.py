@@ -6,10 +6,25 @@ predicts: GPipe, all forwards then all backwards (Huang et al. 2019, "GPipe"); 1
 - 1 warm-up forwards then one forward and one backward in turn (Narayanan et al. 2021,
 PipeDream-Flush); interleaved 1F1B (Narayanan et al. 2021, "Efficient Large-Scale Language
 Model Training on GPU Clusters Using Megatron-LM", §2.2; Megatron-LM's
-`forward_backward_pipelining_with_interleaving`). F on stage v receives v-1's activation and
+`forward_backward_pipelining_with_interleaving`); ZB-H1 (Qi et al. 2023, "Zero Bubble Pipeline
+Parallelism", §3.1), its backward split into B and W (below). F on stage v receives v-1's activation and
 sends its output to v+1; B on stage v receives v+1's gradient and sends its input gradient to
 v-1; the last stage turns its own forward around through the loss, scaled by 1/m so that the
 parameter gradients, accumulated over the m micro-batches, are those of the mean loss.
+
+ZB-H1's split backward (`_SplitBackward`): during F, each module that owns parameters records
+its output. B asks autograd for the gradients of the stage's input and of those outputs only
+(`torch.autograd.grad(..., retain_graph=True)`): autograd then skips every weight-gradient
+product (a node computes only the outputs the requested inputs need), and the input gradient
+goes on at once. W, later, backpropagates each recorded output's gradient to its own module's
+parameters (`torch.autograd.backward(..., inputs=...)`), accumulating into `.grad` (and firing
+the post-accumulate-grad hooks data parallelism reduces from), then drops the graph. For a
+linear layer W is exactly its weight-gradient product: nothing of B is computed twice; a module
+with ops between its parameters and its output (the stacked experts, a sequence-parallel
+gather) repeats those ops' input gradients. Memory: the graph, and so every tensor the forward
+saved, is kept from B to W, where ZB-H1 needs only the linear layers' inputs and output
+gradients (§3, Table 1: M_W < M_B): rank r holds pp - r micro-batches waiting for B, as in
+1F1B, and up to r more waiting for W (`PipelineResult.peak_awaiting_w`), whole.
 
 Communication, deadlock-free by construction: a rank blocks only in the receive of its next
 task's input; sends never block (`isend`). (Blocking sends deadlock 1F1B at its first steady
@@ -26,7 +41,8 @@ that is what NCCL needs, where a send and a receive to the same peer share a str
 is exercised on gloo, whose sends progress in the background.
 
 Activation memory: a micro-batch's tensors on a chunk (its input and output, and through their
-autograd graph everything the forward saved) are dropped right after its backward, so a rank
+autograd graph everything the forward saved) are dropped right after its backward (after W
+under ZB-H1, see above), so a rank
 holds what the schedule holds: `simulator.memory.in_flight_microbatches` · vpp chunks at peak.
 
 The loss is known on the rank that owns the last virtual stage; `run_pipeline` returns it there
@@ -38,7 +54,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +69,7 @@ from parasim.simulator.layout import Layout
 from parasim.simulator.placement import axis_groups
 from parasim.simulator.schedule import Task, rank_tasks
 
-SUPPORTED_SCHEDULES = ("gpipe", "1f1b", "interleaved")
+SUPPORTED_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ChunkHook = Callable[[int], None]
 Key = tuple[str, int, int]  # a message: (consuming task kind F|B, micro-batch, consuming stage)
@@ -93,7 +109,7 @@ class PhaseTimes:
     """Seconds this rank spent in each phase of the step (wall clock, device synchronized)."""
 
     forward_s: float  # forward compute, the loss included on the last stage
-    backward_s: float  # backward compute
+    backward_s: float  # backward compute (B and W under ZB-H1)
     p2p_wait_s: float  # blocked in receives, posting sends, waiting for sends to complete
     total_s: float  # the whole step on this rank; the rest is bookkeeping
 
@@ -104,7 +120,8 @@ class PipelineResult:
 
     loss: float | None  # mean loss over the micro-batches on the last stage's rank, else None
     times: PhaseTimes
-    peak_held: int  # most (micro-batch, chunk) activation sets this rank held at once
+    peak_held: int  # most (micro-batch, chunk) activation sets this rank held for B at once
+    peak_awaiting_w: int = 0  # ZB-H1: most micro-batches between their B and their W at once
 
 
 def pipeline_link(layout: Layout, global_rank: int, activation_shape: tuple[int, ...], *,
@@ -125,8 +142,8 @@ def check_schedule(layout: Layout, microbatches: int) -> None:
     """The schedules this runtime executes, with micro-batch counts they can take."""
     if layout.schedule not in SUPPORTED_SCHEDULES:
         raise SpecError("parallel.schedule", layout.schedule,
-                        "the runtime executes fixed task orders; zero-bubble decides its order "
-                        "as the step runs", ", ".join(SUPPORTED_SCHEDULES))
+                        "the runtime executes fixed task orders only",
+                        ", ".join(SUPPORTED_SCHEDULES))
     if layout.schedule == "interleaved" and microbatches % layout.pp:
         raise SpecError("parallel.schedule", layout.schedule,
                         f"takes micro-batches pp={layout.pp} at a time (Megatron-LM), but there "
@@ -148,8 +165,9 @@ def run_pipeline(chunks: Sequence[nn.Module], link: PipelineLink, *, microbatche
     `chunk(x, *side_inputs[i])`: per micro-batch arguments every rank has and nothing sends (the
     tokens' positions of `runtime.model.Chunk`); none by default. Parameter gradients accumulate
     into `.grad` over the micro-batches (zero them before the step). `on_chunk_backward_done(c)`
-    runs once chunk c's last backward is done and its input gradient is on its way (a
-    data-parallel gradient reduction may start there). The loss is returned on the rank of the
+    runs once chunk c's last backward is done (its last W under ZB-H1: its gradients are then
+    final) and its input gradient is on its way (a data-parallel gradient reduction may start
+    there). The loss is returned on the rank of the
     last virtual stage, None elsewhere. Raises SpecError for a schedule it does not run."""
     check_schedule(link.layout, microbatches)
     assert len(chunks) == link.layout.vpp, (len(chunks), link.layout.vpp)
@@ -173,6 +191,8 @@ def send_orders(layout: Layout, rank: int, microbatches: int) -> dict[int, deque
     orders: dict[int, deque[Key]] = {}
     for consumer in range(pp):
         for task in rank_tasks(layout, consumer, microbatches):
+            if task.kind == "W":  # its input is its own B's
+                continue
             stage = task.chunk * pp + consumer
             source = _source_stage(task.kind, stage, last)
             if source is not None and source % pp == rank:
@@ -237,6 +257,54 @@ class _Outbox:
         self.in_flight = []
 
 
+@dataclass
+class _Deferred:
+    """ZB-H1's W of one micro-batch on one chunk: each parameter-owning module's output, and
+    that output's gradient once B has computed it."""
+
+    outputs: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+    grads: list[torch.Tensor | None] = field(default_factory=list)
+
+    @contextmanager
+    def recording(self, chunk: nn.Module) -> Iterator[None]:
+        """During F: record the output of every module of `chunk` that owns a parameter."""
+        def record(module: nn.Module, _args: Any, output: Any) -> None:
+            assert isinstance(output, torch.Tensor), f"{type(module).__name__} returns a tuple"
+            assert all(m is not module for m, _ in self.outputs), \
+                f"{type(module).__name__} runs twice in one forward: W would count it twice"
+            if output.requires_grad:
+                self.outputs.append((module, output))
+        owners = [m for m in chunk.modules()
+                  if any(p.requires_grad for p in m.parameters(recurse=False))]
+        shared = [p for m in owners for p in m.parameters(recurse=False)]
+        assert len({id(p) for p in shared}) == len(shared), "a parameter owned twice (tied)"
+        handles = [m.register_forward_hook(record) for m in owners]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def input_gradient(self, x: torch.Tensor, y: torch.Tensor,
+                       grad: torch.Tensor | None) -> torch.Tensor | None:
+        """B: the gradient of the stage's input `x` (None where it needs none), keeping the
+        recorded outputs' gradients for W; no weight gradient is computed."""
+        wanted = [x] if x.requires_grad else []
+        found = torch.autograd.grad(y, wanted + [out for _, out in self.outputs], grad,
+                                    retain_graph=True, allow_unused=True)
+        self.grads = list(found[len(wanted):])
+        return found[0] if wanted else None
+
+    def weight_gradients(self) -> None:
+        """W: each recorded output's gradient back to its own module's parameters, into
+        `.grad`; the graph goes with this object."""
+        for (module, out), grad in zip(self.outputs, self.grads, strict=True):
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if grad is not None:
+                torch.autograd.backward(out, grad, inputs=params, retain_graph=True)
+        self.outputs, self.grads = [], []
+
+
 class _Runner:
     """One step of one pipeline rank: its tasks in order, with what they hold and time."""
 
@@ -249,8 +317,10 @@ class _Runner:
         self.side_inputs = side_inputs
         self.outbox = _Outbox(link, send_orders(link.layout, link.rank, microbatches))
         self.clock = _Clock(link.device)
-        self.held: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self.peak_held = 0
+        self.held: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, _Deferred]] = {}
+        self.awaiting_w: dict[tuple[int, int], _Deferred] = {}  # ZB-H1: B done, W not yet
+        self.split = link.layout.schedule == "zero-bubble"
+        self.peak_held = self.peak_awaiting_w = 0
         self.backwards_left = [microbatches] * len(chunks)
         self.losses: list[torch.Tensor] = []
 
@@ -259,44 +329,69 @@ class _Runner:
         for task in tasks:
             if task.kind == "F":
                 self.forward(task.chunk, task.microbatch)
-            else:
+            elif task.kind == "B":
                 self.backward(task.chunk, task.microbatch)
+            else:
+                self.weight(task.chunk, task.microbatch)
         with self.clock.phase("p2p_wait"):
             self.outbox.drain()
-        assert not self.held, f"activations left: {sorted(self.held)}"
+        assert not self.held and not self.awaiting_w, \
+            f"activations left: {sorted(self.held)}, {sorted(self.awaiting_w)}"
         loss = float(torch.stack(self.losses).sum()) if self.losses else None
         return PipelineResult(loss=loss, times=self.clock.freeze(time.perf_counter() - start_s),
-                              peak_held=self.peak_held)
+                              peak_held=self.peak_held, peak_awaiting_w=self.peak_awaiting_w)
 
     def forward(self, chunk: int, microbatch: int) -> None:
         """F: receive (or take) the input, run the chunk, hold both, send the output on."""
         stage = self.link.stage(chunk)
         x = self.inputs[microbatch] if stage == 0 else self.receive(("F", microbatch, stage))
-        with self.clock.phase("forward"):
+        deferred = _Deferred()
+        with self.clock.phase("forward"), \
+                deferred.recording(self.chunks[chunk]) if self.split else nullcontext():
             y = self.chunks[chunk](x, *self.side_inputs[microbatch])
+        with self.clock.phase("forward"):
             if stage == self.link.last_stage:
                 y = self.loss_fn(y, self.targets[microbatch]) / self.m
                 self.losses.append(y.detach())
-        self.held[(chunk, microbatch)] = (x, y)
+        self.held[(chunk, microbatch)] = (x, y, deferred)
         self.peak_held = max(self.peak_held, len(self.held))
         if stage < self.link.last_stage:
             with self.clock.phase("p2p_wait"):
                 self.outbox.put(("F", microbatch, stage + 1), y)
 
     def backward(self, chunk: int, microbatch: int) -> None:
-        """B: receive the output gradient, backpropagate, free the micro-batch, send the input
-        gradient back; after the chunk's last backward, call the hook."""
+        """B: receive the output gradient, backpropagate (under ZB-H1 to the input and the
+        recorded outputs only), send the input gradient back; free the micro-batch (under ZB-H1
+        at its W); after the chunk's last backward, call the hook."""
         stage = self.link.stage(chunk)
-        x, y = self.held.pop((chunk, microbatch))
+        x, y, deferred = self.held.pop((chunk, microbatch))
         grad = None if stage == self.link.last_stage else self.receive(("B", microbatch, stage))
         with self.clock.phase("backward"):
-            torch.autograd.backward(y, grad)
-        del y, grad
+            if self.split:
+                x_grad = deferred.input_gradient(x, y, grad)
+            else:
+                torch.autograd.backward(y, grad)
+                x_grad = x.grad
+        del x, y, grad
         if stage > 0:
-            assert x.grad is not None, f"stage {stage}'s output does not depend on its input"
+            assert x_grad is not None, f"stage {stage}'s output does not depend on its input"
             with self.clock.phase("p2p_wait"):
-                self.outbox.put(("B", microbatch, stage - 1), x.grad)
-        del x
+                self.outbox.put(("B", microbatch, stage - 1), x_grad)
+        if self.split:
+            self.awaiting_w[(chunk, microbatch)] = deferred
+            self.peak_awaiting_w = max(self.peak_awaiting_w, len(self.awaiting_w))
+        else:
+            self.backward_done(chunk)
+
+    def weight(self, chunk: int, microbatch: int) -> None:
+        """W (ZB-H1): the micro-batch's weight gradients, then its graph is freed."""
+        deferred = self.awaiting_w.pop((chunk, microbatch))
+        with self.clock.phase("backward"):
+            deferred.weight_gradients()
+        self.backward_done(chunk)
+
+    def backward_done(self, chunk: int) -> None:
+        """One more micro-batch's gradients are in; after the chunk's last, call the hook."""
         self.backwards_left[chunk] -= 1
         if self.backwards_left[chunk] == 0 and self.hook is not None:
             self.hook(chunk)
