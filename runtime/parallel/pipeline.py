@@ -12,19 +12,17 @@ sends its output to v+1; B on stage v receives v+1's gradient and sends its inpu
 v-1; the last stage turns its own forward around through the loss, scaled by 1/m so that the
 parameter gradients, accumulated over the m micro-batches, are those of the mean loss.
 
-ZB-H1's split backward (`_SplitBackward`): during F, each module that owns parameters records
-its output. B asks autograd for the gradients of the stage's input and of those outputs only
-(`torch.autograd.grad(..., retain_graph=True)`): autograd then skips every weight-gradient
-product (a node computes only the outputs the requested inputs need), and the input gradient
-goes on at once. W, later, backpropagates each recorded output's gradient to its own module's
-parameters (`torch.autograd.backward(..., inputs=...)`), accumulating into `.grad` (and firing
-the post-accumulate-grad hooks data parallelism reduces from), then drops the graph. For a
-linear layer W is exactly its weight-gradient product: nothing of B is computed twice; a module
-with ops between its parameters and its output (the stacked experts, a sequence-parallel
-gather) repeats those ops' input gradients. Memory: the graph, and so every tensor the forward
-saved, is kept from B to W, where ZB-H1 needs only the linear layers' inputs and output
-gradients (§3, Table 1: M_W < M_B): rank r holds pp - r micro-batches waiting for B, as in
-1F1B, and up to r more waiting for W (`PipelineResult.peak_awaiting_w`), whole.
+ZB-H1's split backward (`_Deferred`), as the paper's and Megatron-LM's zero-bubble fork do it
+for linear layers (Qi et al. 2023 §2: B = ∂L/∂x, W = ∂L/∂W; its `WeightGradStore`): during F
+each linear layer records its input. B is one backward, freeing the graph, to the stage's input,
+the linear layers' outputs and the parameters of every other layer (norms, embeddings, stacked
+experts, the vocabulary head, blocks that recompute: their weight gradients stay in B); the
+input gradient goes on at once. W, later, computes each linear layer's weight gradient from
+its input and output gradient, gᵀx (and Σg for its bias), and hands it to autograd
+(`_GradientOf`), so that it accumulates into `.grad` and fires the post-accumulate-grad hooks
+data parallelism reduces from. Nothing is computed twice (B + W do one backward's products);
+between B and W a rank holds only the linear layers' inputs and output gradients (the paper's
+M_W, §3 Table 1), for up to rank + 1 micro-batches (`PipelineResult.peak_awaiting_w`).
 
 Communication, deadlock-free by construction: a rank blocks only in the receive of its next
 task's input; sends never block (`isend`). (Blocking sends deadlock 1F1B at its first steady
@@ -63,6 +61,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from parasim.runtime.model import Linear
 from parasim.runtime.timing import synchronize
 from parasim.simulator.errors import SpecError
 from parasim.simulator.layout import Layout
@@ -257,52 +256,88 @@ class _Outbox:
         self.in_flight = []
 
 
+class _GradientOf(torch.autograd.Function):
+    """Hands a computed gradient to a parameter through autograd, so that it accumulates into
+    `.grad` as a backward's would (post-accumulate-grad hooks included)."""
+
+    @staticmethod
+    def forward(ctx: Any, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        ctx.grad = grad
+        return param.new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.grad, None
+
+
+def _deferrable(chunk: nn.Module) -> list[nn.Module]:
+    """The linear layers of `chunk` whose weight gradients W computes: all but those inside a
+    block that recomputes its forward in the backward (`runtime.model.Block.checkpoint`),
+    whose inputs W would otherwise keep from F."""
+    recomputed = {id(m) for block in chunk.modules() if getattr(block, "checkpoint", None)
+                  for m in block.modules()}
+    return [m for m in chunk.modules() if isinstance(m, (nn.Linear, Linear))
+            and m.weight.requires_grad and id(m) not in recomputed]
+
+
 @dataclass
 class _Deferred:
-    """ZB-H1's W of one micro-batch on one chunk: each parameter-owning module's output, and
-    that output's gradient once B has computed it."""
+    """ZB-H1's W of one micro-batch on one chunk: each deferred linear layer's input (from F)
+    and output gradient (from B)."""
 
-    outputs: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+    layers: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     grads: list[torch.Tensor | None] = field(default_factory=list)
 
     @contextmanager
     def recording(self, chunk: nn.Module) -> Iterator[None]:
-        """During F: record the output of every module of `chunk` that owns a parameter."""
-        def record(module: nn.Module, _args: Any, output: Any) -> None:
-            assert isinstance(output, torch.Tensor), f"{type(module).__name__} returns a tuple"
-            assert all(m is not module for m, _ in self.outputs), \
-                f"{type(module).__name__} runs twice in one forward: W would count it twice"
+        """During F: record the input and output of each of `chunk`'s deferrable linears."""
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            assert all(m is not module for m, _, _ in self.layers), \
+                f"{type(module).__name__} runs twice in one forward"
             if output.requires_grad:
-                self.outputs.append((module, output))
-        owners = [m for m in chunk.modules()
-                  if any(p.requires_grad for p in m.parameters(recurse=False))]
-        shared = [p for m in owners for p in m.parameters(recurse=False)]
-        assert len({id(p) for p in shared}) == len(shared), "a parameter owned twice (tied)"
-        handles = [m.register_forward_hook(record) for m in owners]
+                self.layers.append((module, args[0].detach(), output))
+        handles = [m.register_forward_hook(record) for m in _deferrable(chunk)]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    def input_gradient(self, x: torch.Tensor, y: torch.Tensor,
+    def input_gradient(self, chunk: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        grad: torch.Tensor | None) -> torch.Tensor | None:
-        """B: the gradient of the stage's input `x` (None where it needs none), keeping the
-        recorded outputs' gradients for W; no weight gradient is computed."""
-        wanted = [x] if x.requires_grad else []
-        found = torch.autograd.grad(y, wanted + [out for _, out in self.outputs], grad,
-                                    retain_graph=True, allow_unused=True)
-        self.grads = list(found[len(wanted):])
-        return found[0] if wanted else None
+        """B: one backward to the stage's input, the recorded linears' outputs and the
+        parameters of every other layer (norms, embeddings, experts, the head, recomputed
+        blocks: their weight gradients are not deferred), freeing the graph; the linears'
+        weight gradients are not computed."""
+        deferred = {id(p) for m, _, _ in self.layers for p in m.parameters(recurse=False)}
+        others = [p for p in chunk.parameters() if p.requires_grad and id(p) not in deferred]
+        outputs = [out for _, _, out in self.layers]
+        wanted = ([x] if x.requires_grad else []) + outputs + others
+        torch.autograd.backward(y, grad, inputs=wanted)
+        self.grads = [out.grad for out in outputs]
+        self.layers = [(m, inputs, None) for m, inputs, _ in self.layers]  # drop the graph
+        return x.grad if x.requires_grad else None
 
     def weight_gradients(self) -> None:
-        """W: each recorded output's gradient back to its own module's parameters, into
-        `.grad`; the graph goes with this object."""
-        for (module, out), grad in zip(self.outputs, self.grads, strict=True):
-            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if grad is not None:
-                torch.autograd.backward(out, grad, inputs=params, retain_graph=True)
-        self.outputs, self.grads = [], []
+        """W: each linear's weight gradient, gᵀx (and its bias's, Σg), into `.grad`."""
+        for (module, inputs, _), grad in zip(self.layers, self.grads, strict=True):
+            if grad is None:
+                continue
+            g = grad.reshape(-1, grad.shape[-1])
+            rows = getattr(module, "rows", None)
+            _accumulate(module.weight, g.t() @ inputs.reshape(-1, inputs.shape[-1]), rows)
+            if module.bias is not None and module.bias.requires_grad:
+                scale = getattr(module, "bias_scale", 1.0)
+                _accumulate(module.bias, g.sum(0) * scale if scale != 1.0 else g.sum(0), rows)
+        self.layers, self.grads = [], []
+
+
+def _accumulate(param: nn.Parameter, grad: torch.Tensor, rows: slice | None) -> None:
+    """`grad` (of `param[rows]` where rows is set) into `param.grad`, through autograd."""
+    if rows is not None:
+        grad = torch.zeros_like(param).index_copy_(
+            0, torch.arange(param.shape[0], device=param.device)[rows], grad)
+    torch.autograd.backward(_GradientOf.apply(param, grad))
 
 
 class _Runner:
@@ -368,7 +403,7 @@ class _Runner:
         grad = None if stage == self.link.last_stage else self.receive(("B", microbatch, stage))
         with self.clock.phase("backward"):
             if self.split:
-                x_grad = deferred.input_gradient(x, y, grad)
+                x_grad = deferred.input_gradient(self.chunks[chunk], x, y, grad)
             else:
                 torch.autograd.backward(y, grad)
                 x_grad = x.grad

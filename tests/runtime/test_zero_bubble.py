@@ -1,10 +1,11 @@
 """ZB-H1 in the runtime (runtime/parallel/pipeline.py, Qi et al. 2023 §3.1): the split backward
 against the whole one, and the schedule against one process and against 1F1B.
 
-- In this process: B computes the stage's input gradient and no weight gradient, W the weight
-  gradients, B + W doing exactly the floating-point work of one whole backward (FlopCounterMode:
-  nothing of B is repeated in W), with the same gradients; pp = 1 through `run_pipeline`
-  matches the micro-batch loop; each rank posts its messages in its peers' order.
+- In this process: B computes the stage's input gradient and no linear weight gradient and
+  frees the graph, W the weight gradients, B + W doing exactly the floating-point work of one
+  whole backward (FlopCounterMode: nothing of B is repeated in W), with the same gradients;
+  pp = 1 through `run_pipeline` matches the micro-batch loop and holds the saved tensors 1F1B
+  holds, all released by the end; each rank posts its messages in its peers' order.
 - Slow (gloo processes): pp = 2 on the small stack of tests/runtime/test_pipeline.py against
   one process, with its tolerances and checks (loss, every gradient and updated weight, the
   data-parallel hook after the chunk's last W, activations held for B as 1F1B holds them);
@@ -33,7 +34,7 @@ from parasim.simulator.jobfile import job_from_mapping  # noqa: E402
 from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks  # noqa: E402
 from tests.runtime.test_pipeline import (  # noqa: E402
-    SHAPE, TOLERANCE, Case, build_stages, check_against_reference, loss_fn, micro_batches, named,
+    SHAPE, TOLERANCE, Case, SavedTensors, build_stages, check_against_reference, loss_fn, micro_batches, named,
     produced, reference)
 from tests.runtime.test_pipeline import run_ranks as run_pipeline_ranks  # noqa: E402
 from tests.runtime.test_train import TINY, _cli, _plan  # noqa: E402
@@ -65,8 +66,10 @@ def test_b_is_the_input_gradient_and_w_the_weight_gradients_without_repeating_wo
     deferred = _Deferred()
     x, y = _forward(stage, deferred)
     with FlopCounterMode(display=False) as b:
-        x_grad = deferred.input_gradient(x, y, grad)
+        x_grad = deferred.input_gradient(stage, x, y, grad)
     assert all(p.grad is None for p in stage.parameters())  # B computed no weight gradient
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.backward(y, grad)
     torch.testing.assert_close(x_grad, expected_x, rtol=0, atol=0)
     with FlopCounterMode(display=False) as w:
         deferred.weight_gradients()
@@ -77,13 +80,23 @@ def test_b_is_the_input_gradient_and_w_the_weight_gradients_without_repeating_wo
 
 
 def test_one_stage_zero_bubble_matches_the_microbatch_loop():
-    """pp = 1 (no process group): F, B, W per micro-batch; one micro-batch waits for W."""
+    """pp = 1 (no process group): F, B, W per micro-batch; one micro-batch waits for W; the
+    saved tensors peak at one micro-batch's (W's inputs are tensors the graph saved) and are
+    all released (a graph kept past B would not be: the counting hooks hold it in a cycle)."""
     case = Case("zero-bubble", 1, 1, 3)
     stages = build_stages(1)
     tokens, targets, sides = micro_batches(case.microbatches)
+    one = SavedTensors()
+    with torch.autograd.graph.saved_tensors_hooks(one.pack, one.unpack):
+        (loss_fn(stages[0](tokens[0], *sides[0]), targets[0]) / case.microbatches).backward()
+    stages[0].zero_grad()
     link = PipelineLink(layout=case.layout, rank=0, peers=(0,), activation_shape=SHAPE)
-    result = run_pipeline(stages, link, microbatches=case.microbatches, inputs=list(tokens),
-                          targets=list(targets), loss_fn=loss_fn, side_inputs=sides)
+    counter = SavedTensors()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        result = run_pipeline(stages, link, microbatches=case.microbatches,
+                              inputs=list(tokens), targets=list(targets), loss_fn=loss_fn,
+                              side_inputs=sides)
+    assert (counter.peak, counter.now) == (one.peak, 0)
     assert (result.peak_held, result.peak_awaiting_w) == (1, 1)
     expected = reference(case)
     torch.testing.assert_close(torch.tensor(result.loss), expected["loss"], **TOLERANCE)
@@ -143,10 +156,10 @@ def _both_schedules(rank: int) -> dict[str, dict[str, torch.Tensor]]:
 @pytest.mark.slow
 def test_pp2_dp2_transformer_trains_as_1f1b_does():
     """4 micro-batches per replica; gradients reduced over dp by the bucketed, overlapped
-    reduction, which each chunk starts after its last W. Tolerance: the updates are ~3e-4
-    (lr 1e-4, three steps); W accumulates a parameter's gradient in one product per module
-    output where the whole backward does too, so they agree to rounding (1e-9 absolute is
-    five orders of magnitude below an update, and a dropped or doubled micro-batch's share)."""
+    reduction, which each chunk starts after its last W. The updates are ~3e-4 (lr 1e-4,
+    three steps) and agree to the bit here (W's gᵀx is the product autograd's linear backward
+    computes); 1e-9 leaves room for a BLAS that orders the sum otherwise, five orders of
+    magnitude below an update, or a dropped or doubled micro-batch's share of one."""
     try:
         ranks = run_ranks(_both_schedules, 4, timeout_s=240.0)
     except MeasurementError as error:
