@@ -9,9 +9,10 @@ against the whole one, and the schedule against one process and against 1F1B.
 - Slow (gloo processes): pp = 2 on the small stack of tests/runtime/test_pipeline.py against
   one process, with its tolerances and checks (loss, every gradient and updated weight, the
   data-parallel hook after the chunk's last W, activations held for B as 1F1B holds them);
-  the runtime's transformer (`runtime.train.Trainer`) at pp = 2, dp = 2 trained three AdamW
-  steps with zero-bubble and with 1F1B (itself checked against one process in
-  test_pipeline.py): the same updates, the data-parallel reduction included; `parasim run` of
+  the runtime's transformer (`runtime.train.Trainer`) at pp = 2 with dp = 2, and with tp = 2,
+  sequence parallelism and biases, trained three AdamW steps with zero-bubble and with 1F1B
+  (itself checked against one process in test_pipeline.py): the same updates, the
+  data-parallel reduction included; `parasim run` of
   a zero-bubble plan end to end.
 """
 
@@ -132,13 +133,21 @@ def test_pp2_zero_bubble_matches_one_process(case, zb_runs):
 
 STEPS = 3
 GRID = {**TINY, "cluster": {**TINY["cluster"], "gpus_per_node": 4}}
+LAYOUTS = {  # 4 ranks each; the second has biases, a row-parallel bias scale and, one key/value
+    # head for tp 2, the replicated key/value rows each rank slices (`Linear.rows`)
+    "pp2-dp2": ({}, {"pp": 2, "micro_batch_size": 1, "zero_stage": 1,
+                     "overlap_grad_reduce": True}),
+    "pp2-tp2-sp-bias": ({"linear_bias": True, "num_kv_heads": 1},
+                        {"pp": 2, "tp": 2, "sequence_parallel": True, "micro_batch_size": 1}),
+}
 
 
-def _updates(rank: int, schedule: str) -> dict[str, torch.Tensor]:
+def _updates(rank: int, name: str, schedule: str) -> dict[str, torch.Tensor]:
     """This rank's weight change over STEPS AdamW steps of the Trainer (seeded: both schedules
     start from the same weights and see the same tokens)."""
-    raw = {**GRID, "parallel": {"pp": 2, "micro_batch_size": 1, "schedule": schedule,
-                                "zero_stage": 1, "overlap_grad_reduce": True}}
+    model, parallel = LAYOUTS[name]
+    raw = {**GRID, "model": {**GRID["model"], **model},
+           "parallel": {**parallel, "schedule": schedule}}
     job = job_from_mapping(raw, base_dir=".", source="t")
     trainer = Trainer.build(job, build_groups(job.layout))
     params = {f"{c}.{n}": p for c, part in enumerate(trainer.parts)
@@ -149,27 +158,35 @@ def _updates(rank: int, schedule: str) -> dict[str, torch.Tensor]:
     return {n: (p.detach() - before[n]).clone() for n, p in params.items()}
 
 
-def _both_schedules(rank: int) -> dict[str, dict[str, torch.Tensor]]:
-    return {schedule: _updates(rank, schedule) for schedule in ("1f1b", "zero-bubble")}
+def _both_schedules(rank: int) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+    return {(name, schedule): _updates(rank, name, schedule) for name in LAYOUTS
+            for schedule in ("1f1b", "zero-bubble")}
+
+
+@pytest.fixture(scope="module")
+def transformer_runs() -> list[dict]:
+    try:
+        return run_ranks(_both_schedules, 4, timeout_s=400.0)
+    except MeasurementError as error:
+        pytest.fail(f"{error}\n{error.detail}")
 
 
 @pytest.mark.slow
-def test_pp2_dp2_transformer_trains_as_1f1b_does():
-    """4 micro-batches per replica; gradients reduced over dp by the bucketed, overlapped
-    reduction, which each chunk starts after its last W. The updates are ~3e-4 (lr 1e-4,
-    three steps) and agree to the bit here (W's gᵀx is the product autograd's linear backward
-    computes); 1e-9 leaves room for a BLAS that orders the sum otherwise, five orders of
-    magnitude below an update, or a dropped or doubled micro-batch's share of one."""
-    try:
-        ranks = run_ranks(_both_schedules, 4, timeout_s=240.0)
-    except MeasurementError as error:
-        pytest.fail(f"{error}\n{error.detail}")
-    for rank, out in enumerate(ranks):
-        assert out["1f1b"].keys() == out["zero-bubble"].keys()
-        for name, update in out["1f1b"].items():
-            assert update.abs().max() > 1e-6, name  # the step moved it
-            torch.testing.assert_close(out["zero-bubble"][name], update, rtol=1e-5, atol=1e-9,
-                                       msg=lambda m, n=name: f"rank {rank} {n}: {m}")
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_transformer_trains_as_1f1b_does(name, transformer_runs):
+    """pp 2 x dp 2: 4 micro-batches per replica, gradients reduced over dp by the bucketed,
+    overlapped reduction, which each chunk starts after its last W; pp 2 x tp 2 with sequence
+    parallelism and biases. The updates are ~3e-4 (lr 1e-4, three steps) and agree to the bit
+    here (W's gᵀx is the product autograd's linear backward computes); 1e-9 leaves room for a
+    BLAS that orders the sum otherwise, five orders of magnitude below an update, or a dropped
+    or doubled micro-batch's share of one."""
+    for rank, out in enumerate(transformer_runs):
+        plain, zb = out[name, "1f1b"], out[name, "zero-bubble"]
+        assert plain.keys() == zb.keys()
+        for param, update in plain.items():
+            assert update.abs().max() > 1e-6, param  # the step moved it
+            torch.testing.assert_close(zb[param], update, rtol=1e-5, atol=1e-9,
+                                       msg=lambda m, p=param: f"rank {rank} {p}: {m}")
 
 
 @pytest.mark.slow
