@@ -93,7 +93,10 @@ def zero_bubble_h1(pp: int, rank: int, m: int) -> list[Task]:
     warm-up forwards, so pp - rank micro-batches wait for their B, 1F1B's activation memory);
     W lags F by pp - 1 on every rank, so that the W's the first rank cannot defer (its B's
     come last) are what the later ranks' deferred W's fill: the bubble is (pp - 1)(F + B - W)
-    against 1F1B's (pp - 1)(F + B + W), §3.1. Rank i holds i micro-batches between B and W."""
+    against 1F1B's (pp - 1)(F + B + W), §3.1. Rank r holds up to r + 1 micro-batches between
+    B and W (their linear layers' inputs and output gradients, the paper's M_W, Table 1). A
+    policy that capped F to W at pp - rank micro-batches (this module's before) missed the
+    paper's bubble by (pp - 1)·W: the last rank cannot defer a single W."""
     order = []
     for x in range(m + pp - 1):
         for kind, i in (("F", x), ("B", x - (pp - 1 - rank)), ("W", x - (pp - 1))):

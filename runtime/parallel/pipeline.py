@@ -7,7 +7,8 @@ predicts: GPipe, all forwards then all backwards (Huang et al. 2019, "GPipe"); 1
 PipeDream-Flush); interleaved 1F1B (Narayanan et al. 2021, "Efficient Large-Scale Language
 Model Training on GPU Clusters Using Megatron-LM", §2.2; Megatron-LM's
 `forward_backward_pipelining_with_interleaving`); ZB-H1 (Qi et al. 2023, "Zero Bubble Pipeline
-Parallelism", §3.1), its backward split into B and W (below). F on stage v receives v-1's activation and
+Parallelism", §3.1), its backward split into B and W (below). F on stage v receives v-1's
+activation and
 sends its output to v+1; B on stage v receives v+1's gradient and sends its input gradient to
 v-1; the last stage turns its own forward around through the loss, scaled by 1/m so that the
 parameter gradients, accumulated over the m micro-batches, are those of the mean loss.
@@ -285,7 +286,8 @@ class _Deferred:
     """ZB-H1's W of one micro-batch on one chunk: each deferred linear layer's input (from F)
     and output gradient (from B)."""
 
-    layers: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    layers: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = field(
+        default_factory=list)  # (linear, its input, its output until B)
     grads: list[torch.Tensor | None] = field(default_factory=list)
 
     @contextmanager
@@ -395,9 +397,10 @@ class _Runner:
                 self.outbox.put(("F", microbatch, stage + 1), y)
 
     def backward(self, chunk: int, microbatch: int) -> None:
-        """B: receive the output gradient, backpropagate (under ZB-H1 to the input and the
-        recorded outputs only), send the input gradient back; free the micro-batch (under ZB-H1
-        at its W); after the chunk's last backward, call the hook."""
+        """B: receive the output gradient, backpropagate (under ZB-H1 all but the linear weight
+        gradients, `_Deferred.input_gradient`), free the micro-batch's graph, send the input
+        gradient back; after the chunk's last backward (under ZB-H1 its last W), call the
+        hook."""
         stage = self.link.stage(chunk)
         x, y, deferred = self.held.pop((chunk, microbatch))
         grad = None if stage == self.link.last_stage else self.receive(("B", microbatch, stage))
@@ -419,7 +422,8 @@ class _Runner:
             self.backward_done(chunk)
 
     def weight(self, chunk: int, microbatch: int) -> None:
-        """W (ZB-H1): the micro-batch's weight gradients, then its graph is freed."""
+        """W (ZB-H1): the micro-batch's linear weight gradients; its linear inputs and output
+        gradients are dropped."""
         deferred = self.awaiting_w.pop((chunk, microbatch))
         with self.clock.phase("backward"):
             deferred.weight_gradients()

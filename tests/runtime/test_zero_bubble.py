@@ -35,8 +35,8 @@ from parasim.simulator.jobfile import job_from_mapping  # noqa: E402
 from parasim.simulator.layout import Layout  # noqa: E402
 from tests.runtime.harness import run_ranks  # noqa: E402
 from tests.runtime.test_pipeline import (  # noqa: E402
-    SHAPE, TOLERANCE, Case, SavedTensors, build_stages, check_against_reference, loss_fn, micro_batches, named,
-    produced, reference)
+    SHAPE, TOLERANCE, Case, SavedTensors, build_stages, check_against_reference, loss_fn,
+    micro_batches, named, produced, reference)
 from tests.runtime.test_pipeline import run_ranks as run_pipeline_ranks  # noqa: E402
 from tests.runtime.test_train import TINY, _cli, _plan  # noqa: E402
 
