@@ -12,9 +12,10 @@ pp - rank - 1 forwards, then alternates one forward and one backward, then drain
 et al. 2021, PipeDream-Flush). Interleaved 1F1B is Megatron-LM's
 `forward_backward_pipelining_with_interleaving`: 2·(pp - rank - 1) + (vpp - 1)·pp warm-up
 chunks, micro-batches taken pp at a time through each chunk in turn. ZB-H1 splits the backward:
-B sends the input gradient on at once and W, run whenever the rank would otherwise wait, fills
-the bubbles, with at most pp - rank micro-batches in flight as in 1F1B (Qi et al. 2023, "Zero
-Bubble Pipeline Parallelism", §3.1).
+B sends the input gradient on at once and W, deferred, fills the bubbles, with pp - rank
+micro-batches waiting for their B as in 1F1B (Qi et al. 2023, "Zero Bubble Pipeline
+Parallelism", §3.1; the paper's handcrafted order, `zero_bubble_h1`). Every order is fixed
+before the step: the runtime (runtime/parallel/pipeline.py) executes the same lists.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ class Interval:
 
 
 def rank_tasks(layout: Layout, rank: int, microbatches: int) -> list[Task]:
-    """The ordered task list of pipeline rank `rank` (GPipe, 1F1B, interleaved; ZB-H1 is
-    decided as the step runs, by `_ZeroBubbleH1`)."""
+    """The ordered task list of pipeline rank `rank` (GPipe, 1F1B, interleaved, ZB-H1)."""
     pp, m = layout.pp, microbatches
+    if layout.schedule == "zero-bubble":
+        return zero_bubble_h1(pp, rank, m)
     if layout.schedule == "gpipe":
         return [Task("F", i, 0) for i in range(m)] + [Task("B", i, 0) for i in range(m)]
     if layout.schedule == "interleaved":
@@ -81,6 +83,25 @@ def _interleaved(pp: int, vpp: int, rank: int, m: int) -> list[Task]:
     for k in range(total - warmup):
         order += [forward(warmup + k), backward(k)]
     order += [backward(k) for k in range(total - warmup, total)]
+    return order
+
+
+def zero_bubble_h1(pp: int, rank: int, m: int) -> list[Task]:
+    """ZB-H1's handcrafted order (Qi et al. 2023, "Zero Bubble Pipeline Parallelism", §3.1,
+    Figure 3): step x = 0 .. m + pp - 2 runs F_x, then B_(x - (pp - 1 - rank)), then
+    W_(x - (pp - 1)), each where its micro-batch exists. B lags F as in 1F1B (pp - rank - 1
+    warm-up forwards, so pp - rank micro-batches wait for their B, 1F1B's activation memory);
+    W lags F by pp - 1 on every rank, so that the W's the first rank cannot defer (its B's
+    come last) are what the later ranks' deferred W's fill: the bubble is (pp - 1)(F + B - W)
+    against 1F1B's (pp - 1)(F + B + W), §3.1. Rank r holds up to r + 1 micro-batches between
+    B and W (their linear layers' inputs and output gradients, the paper's M_W, Table 1). A
+    policy that capped F to W at pp - rank micro-batches (this module's before) missed the
+    paper's bubble by (pp - 1)·W: the last rank cannot defer a single W."""
+    order = []
+    for x in range(m + pp - 1):
+        for kind, i in (("F", x), ("B", x - (pp - 1 - rank)), ("W", x - (pp - 1))):
+            if 0 <= i < m:
+                order.append(Task(kind, i, 0))
     return order
 
 
@@ -130,7 +151,6 @@ def simulate(layout: Layout, microbatches: int, times: list[TaskTimes],
     clock, busy, held, peak = [0.0] * pp, [0.0] * pp, [0] * pp, [0] * pp
     chain = [0.0] * pp  # per rank: sends on the chain of its last task
     done, sends = arrivals.done, arrivals.sends
-    frees = "W" if layout.schedule == "zero-bubble" else "B"  # releases a micro-batch
     intervals: list[Interval] = []
     events = [(0.0, rank) for rank in range(pp)]
     while events:
@@ -160,7 +180,7 @@ def simulate(layout: Layout, microbatches: int, times: list[TaskTimes],
         elif kind == "B" and stage > 0:  # wakes the stage before (`_consumer`)
             heapq.heappush(events, (end + cost.send_s, (stage - 1) % pp))
         clock[rank], busy[rank] = end, busy[rank] + end - now
-        held[rank] += 1 if kind == "F" else -1 if kind == frees else 0
+        held[rank] += 1 if kind == "F" else -1 if kind == "B" else 0  # W keeps W's inputs
         peak[rank] = max(peak[rank], held[rank])
         if record:
             intervals.append(Interval(rank, "compute", f"{kind}{task.microbatch}."
@@ -243,45 +263,7 @@ class _FixedOrder:
         return task
 
 
-class _ZeroBubbleH1:
-    """ZB-H1 (Qi et al. 2023, §3.1): a backward whose gradient is there first, else the next
-    forward while fewer than pp - rank micro-batches are in flight (1F1B's peak memory), else
-    a deferred weight gradient to fill the wait."""
-
-    def __init__(self, limit: int, microbatches: int):
-        self.limit, self.m = limit, microbatches
-        self.next_forward = self.next_backward = 0
-        self.weights: list[int] = []
-        self.in_flight = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.next_backward == self.m and not self.weights
-
-    def pick(self, now: float, arrival: _Arrivals, rank: int) -> Task | None:
-        if self.next_backward < self.next_forward:
-            task = Task("B", self.next_backward, 0)
-            ready = arrival(task, rank)
-            if ready is not None and ready <= now:
-                self.next_backward += 1
-                self.weights.append(task.microbatch)
-                return task
-        if self.next_forward < self.m and self.in_flight < self.limit:
-            task = Task("F", self.next_forward, 0)
-            ready = arrival(task, rank)
-            if ready is not None and ready <= now:
-                self.next_forward += 1
-                self.in_flight += 1
-                return task
-        if self.weights:
-            self.in_flight -= 1
-            return Task("W", self.weights.pop(0), 0)
-        return None
-
-
-def _policy(layout: Layout, rank: int, microbatches: int):
-    if layout.schedule == "zero-bubble":
-        return _ZeroBubbleH1(layout.pp - rank, microbatches)
+def _policy(layout: Layout, rank: int, microbatches: int) -> _FixedOrder:
     return _FixedOrder(rank_tasks(layout, rank, microbatches))
 
 

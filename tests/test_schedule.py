@@ -65,6 +65,64 @@ def test_zero_bubble_has_a_smaller_bubble_at_the_same_memory():
     assert zb.busy_s == plain.busy_s
 
 
+@pytest.mark.parametrize("pp, m", [(2, 2), (2, 5), (4, 4), (4, 8), (8, 24)])
+@pytest.mark.parametrize("f, b, w", [(1.0, 1.0, 1.0), (1.0, 1.0, 0.5), (1.0, 1.2, 0.8),
+                                     (2.0, 2.0, 1.0), (1.0, 2.0, 1.0)])
+def test_zero_bubble_bubble_is_the_papers(pp, m, f, b, w):
+    """Qi et al. 2023, §3.1: with m >= pp equal stages and T_W <= T_F, ZB-H1's bubble is
+    (pp-1)(T_F + T_B - T_W), 1F1B's (pp-1)(T_F + T_B + T_W): a third of it at equal times."""
+    zb = simulate(Layout(pp=pp, dp=1, schedule="zero-bubble"), m, [TaskTimes(f, b, w)] * pp)
+    plain = simulate(Layout(pp=pp, dp=1), m, [TaskTimes(f, b + w)] * pp)
+    work = m * (f + b + w)
+    assert zb.makespan_s - work == pytest.approx((pp - 1) * (f + b - w))
+    assert plain.makespan_s - work == pytest.approx((pp - 1) * (f + b + w))
+
+
+def test_a_slow_weight_gradient_cannot_hide_the_last_stages_ramp():
+    """Outside the paper's T_W <= T_F: the bubble stops shrinking at (pp-1)·T_F, the time the
+    last stage waits for its first input."""
+    zb = simulate(Layout(pp=4, dp=1, schedule="zero-bubble"), 8, [TaskTimes(1.0, 1.0, 1.5)] * 4)
+    assert zb.makespan_s - 8 * 3.5 == pytest.approx(3 * 1.0)
+
+
+@pytest.mark.parametrize("pp, m", [(1, 3), (2, 1), (2, 6), (4, 3), (4, 9), (8, 8)])
+def test_zero_bubble_order_runs_each_task_once_in_a_valid_order(pp, m):
+    """Every micro-batch has one F, one B and one W, in that order; pp - rank micro-batches
+    wait for their B at most (1F1B's activations) and rank + 1 for their W, pp between F and
+    W (W lags F by pp - 1 on every rank, Qi et al. 2023 §3.1)."""
+    layout = Layout(pp=pp, dp=1, schedule="zero-bubble")
+    for rank in range(pp):
+        tasks = rank_tasks(layout, rank, m)
+        assert sorted((t.kind, t.microbatch, t.chunk) for t in tasks) == sorted(
+            (kind, i, 0) for kind in "FBW" for i in range(m))
+        position = {(t.kind, t.microbatch): k for k, t in enumerate(tasks)}
+        assert all(position["F", i] < position["B", i] < position["W", i] for i in range(m))
+        for kind in "FBW":  # each kind in micro-batch order
+            assert [t.microbatch for t in tasks if t.kind == kind] == list(range(m))
+        held, awaiting, peak_held, peak_awaiting, peak_any = 0, 0, 0, 0, 0
+        for task in tasks:
+            held += {"F": 1, "B": -1}.get(task.kind, 0)
+            awaiting += {"B": 1, "W": -1}.get(task.kind, 0)
+            peak_held, peak_awaiting = max(peak_held, held), max(peak_awaiting, awaiting)
+            peak_any = max(peak_any, held + awaiting)
+        assert peak_held == min(pp - rank, m)
+        assert peak_awaiting == min(rank + 1, m)
+        assert peak_any == min(pp, m)
+
+
+def test_zero_bubble_steady_state_is_the_papers_triples():
+    """pp 4, m 8 (the paper's Figure 3 shape): rank i's steady state repeats
+    F_x, B_(x-(pp-1-i)), W_(x-(pp-1))."""
+    layout = Layout(pp=4, dp=1, schedule="zero-bubble")
+    names = [[f"{t.kind}{t.microbatch}" for t in rank_tasks(layout, rank, 8)]
+             for rank in range(4)]
+    # the first rank defers nothing (F3 B0 W0 F4 B1 W1 ...): its B's come last
+    assert names[0][:9] == ["F0", "F1", "F2", "F3", "B0", "W0", "F4", "B1", "W1"]
+    assert names[3][:8] == ["F0", "B0", "F1", "B1", "F2", "B2", "F3", "B3"]
+    assert names[3][8:11] == ["W0", "F4", "B4"]
+    assert names[3][-4:] == ["W4", "W5", "W6", "W7"]  # the deferred W's fill the tail
+
+
 def test_every_task_runs_once():
     layout = Layout(pp=4, vpp=2, schedule="interleaved", dp=1)
     for rank in range(4):

@@ -294,7 +294,6 @@ def test_one_stage_matches_and_frees_each_microbatch_after_its_backward(schedule
 
 
 @pytest.mark.parametrize("layout, microbatches, why", [
-    (Layout(pp=2, dp=1, schedule="zero-bubble"), 4, "valid: gpipe, 1f1b, interleaved"),
     (Layout(pp=2, vpp=2, dp=1, schedule="interleaved"), 3, "divisible by 2"),
 ])
 def test_unsupported_schedule_is_a_spec_error(layout, microbatches, why):
