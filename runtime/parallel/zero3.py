@@ -13,7 +13,7 @@ persistent, full buffer freed) holding its parameters. Hooks:
   (forward order: the root, then the blocks);
 - forward hook: free a block's weights; register a hook on its output's gradient, which runs
   before the block's backward (and before a fully recomputed block reruns its forward there):
-  gather the unit again and start the previous unit's gather;
+  gather the unit again and start the previous block's gather;
 - freeing after the backward is the gradient hook's (`GradSync`): a bucket's weights are freed
   once every one of its gradients has arrived, when no backward operation needs them any more.
 Every rank runs the same modules in the same order, so the collectives of one data-parallel
@@ -103,5 +103,6 @@ class WeightSharding:
     def _before_backward(self, index: int):
         def hook(grad: torch.Tensor) -> None:
             self.units[index].gather()
-            self._ahead(index - 1)
+            if index > 1:  # not the root: it is kept from its forward, and what of it is
+                self._ahead(index - 1)  # freed already (the head's buckets) is not needed
         return hook
