@@ -1,5 +1,5 @@
-"""Data parallelism with bucketed gradient reduction overlapped with the backward, ZeRO-1, and
-an AdamW that updates this rank's shard.
+"""Data parallelism with bucketed gradient reduction overlapped with the backward, ZeRO stages
+0 to 3, and an AdamW that updates this rank's shard.
 
 Gradient sync (PyTorch DDP, Li et al. 2020 §3.2; Megatron-LM's DDP): parameters are grouped
 into buckets of about `bucket_bytes`, in reverse registration order (roughly the order the
@@ -49,6 +49,8 @@ shard of the gradients and the moments of that shard only.
   (forward: the block after; backward: the block before), which is the overlap the simulator
   assumes (`simulator.step_time._dp_traffic`: 2 gathers and one reduce-scatter per
   micro-batch). The optimizer updates the shard; the next forward gathers it.
+  ZeRO-2 with several micro-batches therefore reduce-scatters m times a step, as ZeRO-3 does;
+  the simulator charges ZeRO-2 one reduce-scatter a step, as for ZeRO-1 (equal for m = 1).
 Memory (what `simulator.memory.model_states` charges, exactly when the buckets need no padding):
 persistent weight bytes are the full buffers below stage 3 and the shards from it, gradient
 bytes the full buffers below stage 2 and the shards from it, optimizer bytes the shards' moments
@@ -320,6 +322,9 @@ class GradSync:
 
     def _hook(self, bucket: Bucket):
         def on_grad(param: nn.Parameter) -> None:
+            if self.stage >= 2 and bucket.launched:  # its previous micro-batch's reduction
+                self.in_flight.remove(bucket)
+                bucket.settle()
             bucket.add(param, param.grad)
             param.grad = None
             if self.stage >= 2:

@@ -54,6 +54,11 @@ SCENARIOS = [
     Scenario(name="dp2-zero3-gpt-full-recompute-two-microbatches", spec=gpt(), microbatches=2,
              layout=Layout(dp=2, zero_stage=3, recompute="full", overlap_grad_reduce=True,
                            overlap_param_gather=True)),
+    Scenario(name="dp2-zero2-one-bucket-two-microbatches", spec=llama(), microbatches=2,
+             layout=Layout(dp=2, zero_stage=2, overlap_grad_reduce=True), bucket_bytes=2 ** 30),
+    Scenario(name="dp2-zero3-one-bucket-per-unit-two-microbatches", spec=gpt(), microbatches=2,
+             layout=Layout(dp=2, zero_stage=3, overlap_grad_reduce=True,
+                           overlap_param_gather=True), bucket_bytes=2 ** 30),
     Scenario(name="dp2-zero3-moe-no-prefetch", spec=moe(),
              layout=Layout(dp=2, zero_stage=3, overlap_grad_reduce=False,
                            overlap_param_gather=False)),
@@ -157,9 +162,9 @@ EQUIVALENT = {
     "tp2-dp2-sp": (TINY["model"], {"tp": 2, "dp": 2, "sequence_parallel": True,
                                    "micro_batch_size": 2}),
     "cp2-dp2": (TINY["model"], {"cp": 2, "dp": 2, "micro_batch_size": 2}),
-    "ep2-dp2-moe": ({**TINY["model"], "num_experts": 4, "experts_per_token": 2,
+    "ep2-dp4-moe": ({**TINY["model"], "num_experts": 4, "experts_per_token": 2,
                      "moe_ffn_hidden_size": 32},
-                    {"ep": 2, "dp": 2, "micro_batch_size": 2}),
+                    {"ep": 2, "dp": 4, "micro_batch_size": 2}),
 }
 
 
