@@ -11,7 +11,7 @@
 3. The other parallelisms with ZeRO-2/3 (4 ranks, slow): the trainer of `parasim run` on the
    same job with zero_stage 0 and with 2 and 3 ends on the same weights (every parallelism is
    checked against one process at ZeRO-0 by its own test), for pp 2 (1F1B, tied embeddings
-   on two stages), tp 2 with sequence parallelism, cp 2 and ep 2.
+   on two stages), tp 2 with sequence parallelism, cp 2, and ep 2 over dp 4.
 4. `parasim run` of a ZeRO-2/3 plan: each rank's weight, gradient and optimizer buffers are
    the bytes `simulator.memory` predicts, exactly; and what is refused.
 """
@@ -27,7 +27,8 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 from parasim.runtime.model import build_model  # noqa: E402
-from parasim.runtime.parallel.apply import check_runtime_layout, local_batch, parallelize  # noqa: E402
+from parasim.runtime.parallel.apply import (  # noqa: E402
+    check_runtime_layout, local_batch, parallelize)
 from parasim.runtime.parallel.data import DistributedAdamW  # noqa: E402
 from parasim.runtime.parallel.groups import build_groups  # noqa: E402
 from parasim.runtime.train import Trainer  # noqa: E402
@@ -70,7 +71,7 @@ def _allocated(buffers) -> int:
 
 
 def holdings_case(rank: int, stage: int, prefetch: bool) -> dict:
-    """One step of llama (2 blocks, buckets of 1 KiB: several per unit) over dp 2, two
+    """One step of llama (3 blocks, buckets of 1 KiB: several per unit) over dp 2, two
     micro-batches, watching which full buffers are allocated."""
     spec, layout = llama(num_layers=3), Layout(dp=2, zero_stage=stage, overlap_grad_reduce=True,
                                                overlap_param_gather=prefetch)
@@ -86,10 +87,13 @@ def holdings_case(rank: int, stage: int, prefetch: bool) -> dict:
 
     for block in model.blocks.values():
         block.register_forward_pre_hook(weights_held)
+
+    def grad_buffers_held(_):  # registered after GradSync's hook: runs once it has reduced
+        seen["grad_buffers_in_backward"].append(_allocated(b.grad_buffer for b in grads.buckets))
+
     for bucket in grads.buckets:
         for param in bucket.params:
-            param.register_post_accumulate_grad_hook(lambda _: seen[
-                "grad_buffers_in_backward"].append(_allocated(b.grad_buffer for b in grads.buckets)))
+            param.register_post_accumulate_grad_hook(grad_buffers_held)
     optimizer = DistributedAdamW([grads], lr=LR)
     for tokens, labels in batches(Scenario(name="h", spec=spec, layout=layout,
                                            microbatches=2))[0]:
