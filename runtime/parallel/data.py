@@ -330,7 +330,7 @@ class GradSync:
             if self.stage >= 2:
                 if len(bucket.holding) == len(bucket.params):
                     self._reduce_shard(bucket)
-                    self.launched_in_backward += self.overlap
+                    self.launched_in_backward += 1 if self.overlap else 0
                 return
             if not (self.sync and self.overlap and bucket.early):
                 return
