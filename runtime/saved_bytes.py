@@ -31,7 +31,8 @@ class SavedBytes:
     """Live and peak bytes of the distinct storages autograd holds for the backward."""
 
     def __init__(self, excluded: Iterable[torch.Tensor] = ()) -> None:
-        self.excluded = {t.untyped_storage().data_ptr() for t in excluded}
+        # storages by identity, not address: ZeRO-3 frees and reallocates the weights' storage
+        self.excluded = {t.untyped_storage()._cdata for t in excluded}
         self.refs: dict[int, int] = {}  # storage address -> saved tensors holding it
         self.sizes: dict[int, int] = {}
         self.live_bytes = 0
@@ -40,7 +41,7 @@ class SavedBytes:
     def pack(self, tensor: torch.Tensor) -> object:
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key in self.excluded or storage.nbytes() == 0:
+        if storage._cdata in self.excluded or storage.nbytes() == 0:
             return tensor
         if key not in self.refs:
             self.refs[key], self.sizes[key] = 0, storage.nbytes()

@@ -143,10 +143,11 @@ class Trainer:
 
     def memory_bytes(self) -> dict[str, float]:
         """The peak's parts, named as `simulator.results.RankMemory` names them: the
-        parameter, gradient and optimizer buffers, and the peak of the saved activations."""
+        parameter, gradient and optimizer buffers this rank keeps between steps (ZeRO-2/3:
+        the shards), and the peak of the saved activations."""
         buckets = [b for part in self.parts for b in part.grads.buckets]
-        return {"weights_bytes": float(sum(b.param_buffer.nbytes for b in buckets)),
-                "gradients_bytes": float(sum(b.grad_buffer.nbytes for b in buckets)),
+        return {"weights_bytes": float(sum(b.weights_bytes for b in buckets)),
+                "gradients_bytes": float(sum(b.gradients_bytes for b in buckets)),
                 "optimizer_bytes": float(sum(t.nbytes for pair in self.optimizer.moments
                                              for t in pair)),
                 "activations_bytes": float(self.saved.peak_bytes)}

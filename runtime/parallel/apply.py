@@ -9,13 +9,14 @@ The order is fixed, and each step says why it comes where it does:
 5. recompute: wraps the final modules (after the swaps, so selective recompute wraps the ring
    attention too);
 6. data parallelism / ZeRO: last, because it turns every (final, local) parameter into a view
-   of its bucket's flat buffer and hooks its gradient.
+   of its bucket's flat buffer and hooks its gradient (and, ZeRO-3, the blocks' forward).
 
-Honoured layout switches: sequence_parallel, recompute, zero_stage (0 or 1),
-overlap_grad_reduce (bucket reductions start in the backward), cp_comm_overlap (always on: the
-ring forward sends the next key/value block while computing the current one). Not
-implemented, no effect: overlap_param_gather (ZeRO-1 weights are gathered at the end of the
-optimizer step), tp_comm_overlap, ep_comm_overlap.
+Honoured layout switches: sequence_parallel, recompute, zero_stage (0 to 3; 2 and 3 not with
+the zero-bubble schedule), overlap_grad_reduce (bucket reductions start in the backward),
+overlap_param_gather (ZeRO-3: the next unit's weights are gathered while the current one
+computes; ZeRO-1/2 gather the updated weights at the end of the optimizer step either way),
+cp_comm_overlap (always on: the ring forward sends the next key/value block while computing
+the current one). Not implemented, no effect: tp_comm_overlap, ep_comm_overlap.
 
 The pipeline split is not done here: build the stage's chunk (`runtime.model.build_chunk`)
 and parallelize each chunk of a rank; one `DistributedAdamW` takes all their `grads`. A
@@ -61,7 +62,7 @@ class Parallelized:
 def check_runtime_layout(spec: ModelSpec, layout: Layout, seq_length: int | None = None) -> None:
     """SpecError for what the runtime cannot run (the simulator's own checks come first)."""
     check_buildable(spec)
-    check_zero_stage(layout.zero_stage)
+    check_zero_stage(layout)
     if layout.ep > 1 and not spec.is_moe:
         raise SpecError("parallel.ep", layout.ep, f"model {spec.name} has no experts", "1")
     if seq_length is None:
@@ -78,7 +79,7 @@ def check_runtime_layout(spec: ModelSpec, layout: Layout, seq_length: int | None
 def parallelize(chunk: Chunk, layout: Layout, groups: ParallelGroups, *,
                 full_recompute_layers: Collection[int] | None = None,
                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Parallelized:
-    """Apply TP(+SP), EP, CP, recompute and DP/ZeRO-1 to `chunk` in place, in that order.
+    """Apply TP(+SP), EP, CP, recompute and DP/ZeRO to `chunk` in place, in that order.
 
     `full_recompute_layers` (global layer indices) overrides which blocks recompute in full;
     by default all under recompute=full, none otherwise."""
@@ -94,7 +95,8 @@ def parallelize(chunk: Chunk, layout: Layout, groups: ParallelGroups, *,
     tied = tied_copies(chunk)
     grads = GradSync(chunk, groups, zero_stage=layout.zero_stage, expert_names=experts,
                      partial_names=tp_partial, tied_names=tied, bucket_bytes=bucket_bytes,
-                     overlap=layout.overlap_grad_reduce)  # 6
+                     overlap=layout.overlap_grad_reduce,
+                     prefetch=layout.overlap_param_gather)  # 6
     return Parallelized(chunk=chunk, grads=grads, tp_partial=tp_partial, experts=experts,
                         tied=tied, full_recompute=full)
 

@@ -1,5 +1,5 @@
-"""Data parallelism with bucketed gradient reduction overlapped with the backward, ZeRO-1, and
-an AdamW that updates this rank's shard.
+"""Data parallelism with bucketed gradient reduction overlapped with the backward, ZeRO stages
+0 to 3, and an AdamW that updates this rank's shard.
 
 Gradient sync (PyTorch DDP, Li et al. 2020 §3.2; Megatron-LM's DDP): parameters are grouped
 into buckets of about `bucket_bytes`, in reverse registration order (roughly the order the
@@ -26,15 +26,43 @@ What is reduced over which group (Megatron-Core):
   only from `finish()`: the two stages finish their backward at different times, and a hook
   (or `start()`) waiting for the other stage inside the schedule would stall the pipeline.
 
-ZeRO-1 (Rajbhandari et al. 2020, "ZeRO", §5.1 P_os; Megatron-LM's distributed optimizer):
-each bucket is padded to a multiple of the group size and split into equal shards; the
-gradients are reduce-scattered (each rank receives the sum of its shard only), AdamW updates
-this rank's shard of the weights with its shard of the moments, and the updated shards are
-all-gathered back into every rank's full weights. ZeRO-0 all-reduces the whole bucket and
-every rank updates everything. The runtime implements stages 0 and 1; stages 2 and 3 raise a
-SpecError (`check_zero_stage`). torch's FSDP2 (`fully_shard`) does run on CPU gloo in torch
-2.13, but is not wired in: expert weights would need their own edp mesh, the tp-split
-gradients a sum over tp of DTensor shards, and the pipeline and the tests DTensor parameters.
+ZeRO (Rajbhandari et al. 2020, "ZeRO", §5.1-5.3: P_os, P_os+g, P_os+g+p; Megatron-LM's
+distributed optimizer for stage 1): each bucket is padded to a multiple of the group size and
+split into equal shards; AdamW updates this rank's shard of the weights with this rank's
+shard of the gradients and the moments of that shard only.
+- ZeRO-0 all-reduces the whole bucket and every rank updates everything.
+- ZeRO-1 reduce-scatters the gradients after the last micro-batch (each rank receives the sum
+  of its shard) and all-gathers the updated weight shards into every rank's full weights.
+- ZeRO-2 keeps only the gradient shard: the full gradient buffer of a bucket exists from its
+  first gradient of a micro-batch until that bucket's reduce-scatter is done, then its storage
+  is freed and the received shard is added into the persistent shard (DeepSpeed's stage 2,
+  which reduces every micro-batch: a full buffer kept across micro-batches would be ZeRO-1's
+  memory). So `no_sync` has no effect; with overlap_grad_reduce a bucket's reduce-scatter runs
+  while the backward goes on and is waited for when the next one starts, without it at once.
+  The sums over tp (split gradients) and over the tied copies commute with the reduce-scatter
+  (every member holds the same bucket layout), so they are applied to the shard by `finish()`.
+- ZeRO-3 keeps only the weight shard too (`runtime.parallel.zero3`): each transformer block is
+  a unit whose buckets are all-gathered before its forward, freed after it, gathered again
+  before its backward and freed when its gradients are reduce-scattered; the rest of a chunk
+  (embedding, final norm, head) is a root unit that stays gathered from its forward to its
+  backward. With overlap_param_gather the next unit's gather is started when a unit begins
+  (forward: the block after; backward: the block before), which is the overlap the simulator
+  assumes (`simulator.step_time._dp_traffic`: 2 gathers and one reduce-scatter per
+  micro-batch). The optimizer updates the shard; the next forward gathers it.
+  ZeRO-2 with several micro-batches therefore reduce-scatters m times a step, as ZeRO-3 does;
+  the simulator charges ZeRO-2 one reduce-scatter a step, as for ZeRO-1 (equal for m = 1).
+Memory (what `simulator.memory.model_states` charges, exactly when the buckets need no padding):
+persistent weight bytes are the full buffers below stage 3 and the shards from it, gradient
+bytes the full buffers below stage 2 and the shards from it, optimizer bytes the shards' moments
+from stage 1. The transient buffers of ZeRO-2/3 (a bucket or two of gradients, a unit or two of
+weights) are not model states and are not counted, as the simulator does not count them.
+
+Why buckets and not torch's FSDP2 (`fully_shard`, which runs on CPU gloo in torch 2.13): the
+runtime's other parallelisms work on plain tensors and groups of their own. FSDP2 would need
+the expert weights on their own edp mesh, the tp-split and tied-copy gradients summed inside
+its reduce-scatter, DTensor parameters in the pipeline, the tests and the optimizer, and its
+own buffers in the memory accounting; sharding the existing buckets keeps one optimizer, one
+memory count and the tp/ep/cp/pp/tied handling of ZeRO-0/1 for every stage.
 
 Weights are kept in the model's dtype (fp32 on the CPU); there are no fp32 master weights for
 bf16 runs yet, and no gradient clipping.
@@ -51,28 +79,51 @@ import torch.distributed as dist
 from torch import nn
 
 from parasim.runtime.parallel.groups import Axis, ParallelGroups, all_gather_single, reduce_scatter_single
+from parasim.runtime.parallel.zero3 import WeightSharding, weight_units
 from parasim.simulator.errors import SpecError
+from parasim.simulator.layout import Layout
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # PyTorch DDP's bucket_cap_mb
-SUPPORTED_ZERO_STAGES = (0, 1)
+SUPPORTED_ZERO_STAGES = (0, 1, 2, 3)
 
 
-def check_zero_stage(zero_stage: int) -> None:
-    if zero_stage not in SUPPORTED_ZERO_STAGES:
-        raise SpecError("parallel.zero_stage", zero_stage,
-                        "the runtime shards optimizer states only (ZeRO-1, Megatron-LM's "
-                        "distributed optimizer); gradient and weight sharding (ZeRO-2/3) are "
-                        "not implemented", "0, 1")
+def check_zero_stage(layout: Layout) -> None:
+    """SpecError for a combination with a ZeRO stage the runtime cannot run (`Layout` has
+    checked the stage itself)."""
+    if layout.zero_stage >= 2 and layout.schedule == "zero-bubble":
+        raise SpecError("parallel.zero_stage", layout.zero_stage,
+                        "the runtime shards gradients only with whole backward passes; the "
+                        "zero-bubble schedule's split weight-gradient pass is not checked with it",
+                        "0 or 1 (or --set parallel.schedule=1f1b)")
+
+
+def _free(buffer: torch.Tensor) -> None:
+    """Release a flat buffer's memory; its views (the parameters, the gradient views) stay
+    valid tensors and see the data again once `_allocate` restores it."""
+    buffer.untyped_storage().resize_(0)
+
+
+def _allocate(buffer: torch.Tensor) -> torch.Tensor:
+    """Give a freed buffer its memory back (uninitialised); the buffer's `.data`, whose
+    version counter is not the parameters': writing it does not invalidate what autograd
+    saved of them."""
+    storage = buffer.untyped_storage()
+    if storage.nbytes() == 0:
+        storage.resize_(buffer.numel() * buffer.element_size())
+    return buffer.data
 
 
 class Bucket:
-    """Flat parameter and gradient buffers of some parameters reduced over one group."""
+    """Flat parameter and gradient buffers of some parameters reduced over one group, and the
+    shards of them this rank keeps (the whole buffers for ZeRO-0)."""
 
     def __init__(self, params: list[nn.Parameter], axis: Axis, first_sum: Axis | None,
-                 shards: int) -> None:
+                 shards: int, stage: int = 0) -> None:
         assert all(p.dtype == params[0].dtype for p in params), "one dtype per bucket"
         self.params, self.axis, self.first_sum, self.shards = params, axis, first_sum, shards
-        self.early = first_sum is None or first_sum.name == "tp"  # may start from a hook
+        self.stage = stage
+        # may start from a hook (ZeRO-2/3 sum over first_sum after the reduce-scatter)
+        self.early = first_sum is None or first_sum.name == "tp" or stage >= 2
         numel = sum(p.numel() for p in params)
         padded = math.ceil(numel / shards) * shards
         self.param_buffer = params[0].new_zeros(padded)
@@ -87,13 +138,43 @@ class Bucket:
             offset += p.numel()
         mine = axis.rank if shards > 1 else 0
         self.shard = slice(mine * padded // shards, (mine + 1) * padded // shards)
+        self.param_shard = self.param_buffer[self.shard].clone() if stage >= 3 \
+            else self.param_buffer[self.shard]
+        self.grad_shard = self.grad_buffer[self.shard].clone() if stage >= 2 \
+            else self.grad_buffer[self.shard]
+        if stage >= 2:
+            _free(self.grad_buffer)
+        if stage >= 3:
+            _free(self.param_buffer)
+        self.gathered, self.gather_work = stage < 3, None
+        self.holding: set[int] = set()  # ZeRO-2/3: parameters with a gradient in the buffer
         self.arrived, self.work, self.received = 0, None, None
         self.launched = self.reduced = False
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of weights this rank keeps between steps."""
+        return (self.param_shard if self.stage >= 3 else self.param_buffer).nbytes
+
+    @property
+    def gradients_bytes(self) -> int:
+        """Bytes of gradients this rank keeps between steps."""
+        return (self.grad_shard if self.stage >= 2 else self.grad_buffer).nbytes
+
+    def add(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        """Accumulate a parameter's gradient (ZeRO-2/3: into a buffer allocated on the first)."""
+        if self.stage >= 2 and not self.holding:
+            _allocate(self.grad_buffer).zero_()
+        self.grad_views[id(param)].add_(grad)
+        self.holding.add(id(param))
 
     def launch(self) -> None:
         """Start the reduction (after the sum over tp or the tied copies, if any)."""
         assert not self.launched
         self.launched = True
+        if self.stage >= 2:
+            self._launch_shard()
+            return
         if self.first_sum is not None and self.first_sum.size > 1:
             dist.all_reduce(self.grad_buffer, group=self.first_sum.group)
         if self.axis.size == 1:
@@ -105,22 +186,79 @@ class Bucket:
         self.work = reduce_scatter_single(self.received, self.grad_buffer,
                                           group=self.axis.group, async_op=True)
 
-    def wait(self, scale: float) -> None:
-        """Finish the reduction; this rank's shard of the gradient buffer holds the result."""
+    def _launch_shard(self) -> None:
+        """ZeRO-2/3: reduce-scatter the buffer's gradients (no sum over first_sum yet)."""
+        if self.shards == 1:
+            return
+        self.received = self.grad_buffer.new_empty(self.shard.stop - self.shard.start)
+        self.work = reduce_scatter_single(self.received, self.grad_buffer,
+                                          group=self.axis.group, async_op=True)
+
+    def settle(self) -> None:
+        """ZeRO-2/3: finish the reduce-scatter, add the shard received into the persistent
+        shard and free the full gradient buffer."""
+        assert self.stage >= 2 and self.launched
         if self.work is not None:
             self.work.wait()
-        if self.received is not None:
-            self.grad_buffer[self.shard].copy_(self.received)
-        self.grad_buffer[self.shard].mul_(scale)
+        self.grad_shard.add_(self.received if self.received is not None
+                             else self.grad_buffer[self.shard])
+        _free(self.grad_buffer)
+        self.holding.clear()
+        self.work, self.received, self.launched = None, None, False
+
+    def wait(self, scale: float) -> None:
+        """Finish the reduction; this rank's gradient shard holds the result."""
+        if self.stage >= 2:
+            if self.launched:
+                self.settle()
+            if self.first_sum is not None and self.first_sum.size > 1:
+                dist.all_reduce(self.grad_shard, group=self.first_sum.group)
+        else:
+            if self.work is not None:
+                self.work.wait()
+            if self.received is not None:
+                self.grad_buffer[self.shard].copy_(self.received)
+        self.grad_shard.mul_(scale)
         self.arrived, self.work, self.received = 0, None, None
         self.launched, self.reduced = False, True
 
     def gather(self) -> dist.Work | None:
-        """Start the all-gather of the updated weight shards (ZeRO-1)."""
-        if self.shards == 1:
+        """Start the all-gather of the updated weight shards (ZeRO-1/2; ZeRO-3 gathers before
+        the next use)."""
+        if self.shards == 1 or self.stage >= 3:
             return None
         mine = self.param_buffer[self.shard].clone()
         return all_gather_single(self.param_buffer, mine, group=self.axis.group, async_op=True)
+
+    def start_weights(self) -> None:
+        """ZeRO-3: start gathering the full weights from the shards, unless held or coming."""
+        if self.gathered or self.gather_work is not None:
+            return
+        full = _allocate(self.param_buffer)
+        if self.shards == 1:
+            full.copy_(self.param_shard)
+            self.gathered = True
+            return
+        self.gather_work = all_gather_single(full, self.param_shard, group=self.axis.group,
+                                             async_op=True)
+
+    def wait_weights(self) -> None:
+        """ZeRO-3: the full weights are in the buffer once this returns."""
+        self.start_weights()
+        if self.gather_work is not None:
+            self.gather_work.wait()
+            self.gather_work = None
+        self.gathered = True
+
+    def free_weights(self) -> None:
+        """ZeRO-3: drop the full weights (a gather under way is finished first)."""
+        if self.stage < 3:
+            return
+        if self.gather_work is not None:
+            self.wait_weights()
+        if self.gathered:
+            _free(self.param_buffer)
+            self.gathered = False
 
 
 BucketKey = tuple[str, str | None]  # (reduction axis, axis summed over first or None)
@@ -147,23 +285,36 @@ def _bucket_plan(named: list[tuple[str, nn.Parameter]], expert_names: frozenset[
 
 
 class GradSync:
-    """Bucketed, overlapped gradient reduction of one chunk's parameters."""
+    """Bucketed, overlapped gradient reduction of one chunk's parameters (and, for ZeRO-3,
+    the gathering of its weights, `runtime.parallel.zero3`)."""
 
     def __init__(self, chunk: nn.Module, groups: ParallelGroups, *, zero_stage: int,
                  expert_names: frozenset[str] = frozenset(),
                  partial_names: frozenset[str] = frozenset(),
                  tied_names: frozenset[str] = frozenset(),
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, overlap: bool = True) -> None:
-        check_zero_stage(zero_stage)
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, overlap: bool = True,
+                 prefetch: bool = True) -> None:
+        assert zero_stage in SUPPORTED_ZERO_STAGES, zero_stage
         named = [(n, p) for n, p in chunk.named_parameters() if p.requires_grad]
-        self.scale = 1.0 / groups.dp_cp.size
+        self.scale, self.stage = 1.0 / groups.dp_cp.size, zero_stage
+        # ZeRO-3 buckets never span two units: a unit's weights are gathered and freed together
+        units = weight_units(chunk, named) if zero_stage >= 3 else [(chunk, named, False)]
         self.buckets: list[Bucket] = []
-        for axis_name, first, params in _bucket_plan(named, expert_names, partial_names,
-                                                     tied_names, bucket_bytes):
-            axis = getattr(groups, axis_name)
-            self.buckets.append(Bucket(params, axis, getattr(groups, first) if first else None,
-                                       axis.size if zero_stage >= 1 else 1))
+        unit_buckets = []
+        for _, members, _ in units:
+            unit_buckets.append([])
+            for axis_name, first, params in _bucket_plan(members, expert_names, partial_names,
+                                                         tied_names, bucket_bytes):
+                axis = getattr(groups, axis_name)
+                unit_buckets[-1].append(Bucket(params, axis,
+                                               getattr(groups, first) if first else None,
+                                               axis.size if zero_stage >= 1 else 1, zero_stage))
+            self.buckets.extend(unit_buckets[-1])
+        self.weights = None if zero_stage < 3 else WeightSharding(
+            [(module, buckets, free) for (module, _, free), buckets in zip(units, unit_buckets)],
+            prefetch=prefetch)
         self.sync, self.overlap = True, overlap
+        self.in_flight: list[Bucket] = []  # ZeRO-2/3: reduce-scatters not waited for yet
         self.launched_in_backward = 0  # buckets started by the hooks (overlap), for tests
         for bucket in self.buckets:
             for param in bucket.params:
@@ -171,8 +322,16 @@ class GradSync:
 
     def _hook(self, bucket: Bucket):
         def on_grad(param: nn.Parameter) -> None:
-            bucket.grad_views[id(param)].add_(param.grad)
+            if self.stage >= 2 and bucket.launched:  # its previous micro-batch's reduction
+                self.in_flight.remove(bucket)
+                bucket.settle()
+            bucket.add(param, param.grad)
             param.grad = None
+            if self.stage >= 2:
+                if len(bucket.holding) == len(bucket.params):
+                    self._reduce_shard(bucket)
+                    self.launched_in_backward += 1 if self.overlap else 0
+                return
             if not (self.sync and self.overlap and bucket.early):
                 return
             bucket.arrived += 1
@@ -181,9 +340,20 @@ class GradSync:
                 self.launched_in_backward += 1
         return on_grad
 
+    def _reduce_shard(self, bucket: Bucket) -> None:
+        """ZeRO-2/3, every micro-batch: reduce-scatter a bucket whose gradients are all in,
+        free its weights (ZeRO-3), and wait for the reduce-scatter started before it (with
+        overlap) or for this one (without), freeing their full gradient buffers."""
+        bucket.launch()
+        bucket.free_weights()
+        self.in_flight.append(bucket)
+        while len(self.in_flight) > (1 if self.overlap else 0):
+            self.in_flight.pop(0).settle()
+
     @contextmanager
     def no_sync(self) -> Iterator[None]:
-        """Accumulate gradients without reducing (every micro-batch but the last)."""
+        """Accumulate gradients without reducing (every micro-batch but the last; ZeRO-2/3
+        reduce every micro-batch, see the module docstring)."""
         self.sync = False
         try:
             yield
@@ -195,21 +365,54 @@ class GradSync:
         last backward is done, its micro-batches having run under `no_sync`), except those of
         tied embedding copies, which wait for the other stage (`finish`)."""
         for bucket in self.buckets:
-            if bucket.early and not bucket.launched:
+            if bucket.early and not bucket.launched and (self.stage < 2 or bucket.holding):
                 bucket.launch()
 
     def finish(self) -> None:
         """Start every bucket not started yet, wait for all, scale by 1/(dp·cp)."""
         for bucket in self.buckets:
-            if not bucket.launched:
+            if not bucket.launched and (self.stage < 2 or bucket.holding):
                 bucket.launch()
+        self.in_flight.clear()
         for bucket in self.buckets:
             bucket.wait(self.scale)
+            bucket.free_weights()
 
     def gradient(self, param: nn.Parameter) -> torch.Tensor:
         """The accumulated gradient of `param` (after `finish`: reduced, where this rank's
-        shard covers it)."""
+        shard covers it; ZeRO-2/3 keep the shard only, see `shard_gradients`)."""
+        assert self.stage < 2, "ZeRO-2/3 keep no full gradient"
         return next(b.grad_views[id(param)] for b in self.buckets if id(param) in b.grad_views)
+
+    def shard_gradients(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """After `finish`: id(parameter) -> (its gradient with this rank's reduced shard filled
+        in, zeros elsewhere; mask of the elements the shard holds)."""
+        out = {}
+        for bucket in self.buckets:
+            full = bucket.grad_shard.new_zeros(bucket.param_buffer.numel())
+            held = torch.zeros(full.numel(), dtype=torch.bool)
+            full[bucket.shard], held[bucket.shard] = bucket.grad_shard, True
+            offset = 0
+            for param in bucket.params:
+                piece = slice(offset, offset + param.numel())
+                out[id(param)] = (full[piece].view(param.shape), held[piece].view(param.shape))
+                offset += param.numel()
+        return out
+
+    @contextmanager
+    def full_weights(self) -> Iterator[None]:
+        """ZeRO-3: every parameter holds its full weights inside (a collective: every rank of
+        the data-parallel groups enters it); nothing to do for the other stages."""
+        if self.weights is None:
+            yield
+            return
+        for bucket in self.buckets:
+            bucket.wait_weights()
+        try:
+            yield
+        finally:
+            for bucket in self.buckets:
+                bucket.free_weights()
 
 
 def adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -227,24 +430,25 @@ def adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
 
 class DistributedAdamW:
     """AdamW over the buckets of one or more chunks (virtual pipeline stages): each rank keeps
-    moments for its shard of every bucket only (ZeRO-1) or for all of it (ZeRO-0)."""
+    moments for its shard of every bucket only (ZeRO-1 and up) or for all of it (ZeRO-0)."""
 
     def __init__(self, syncs: Sequence[GradSync], *, lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01) -> None:
         self.buckets = [bucket for sync in syncs for bucket in sync.buckets]
-        self.moments = [(torch.zeros_like(b.param_buffer[b.shard]),
-                         torch.zeros_like(b.param_buffer[b.shard])) for b in self.buckets]
+        self.moments = [(torch.zeros_like(b.param_shard), torch.zeros_like(b.param_shard))
+                        for b in self.buckets]
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.steps = 0
 
     @torch.no_grad()
     def step(self) -> None:
-        """Update this rank's shards, then all-gather the weights (ZeRO-1)."""
+        """Update this rank's shards, then all-gather the weights (ZeRO-1/2; ZeRO-3 gathers
+        them before their next use)."""
         assert all(b.reduced for b in self.buckets), "call GradSync.finish() first"
         self.steps += 1
         for bucket, (exp_avg, exp_avg_sq) in zip(self.buckets, self.moments):
-            adamw_(bucket.param_buffer[bucket.shard], bucket.grad_buffer[bucket.shard],
+            adamw_(bucket.param_shard, bucket.grad_shard,
                    exp_avg, exp_avg_sq, step=self.steps, lr=self.lr, betas=self.betas,
                    eps=self.eps, weight_decay=self.weight_decay)
             bucket.reduced = False
@@ -254,7 +458,10 @@ class DistributedAdamW:
 
     def zero_grad(self) -> None:
         for bucket in self.buckets:
-            bucket.grad_buffer.zero_()
+            if bucket.stage >= 2:
+                bucket.grad_shard.zero_()
+            else:
+                bucket.grad_buffer.zero_()
 
 
 def average_loss(loss: torch.Tensor, groups: ParallelGroups) -> torch.Tensor:

@@ -157,24 +157,17 @@ def parallel_run(rank: int, scenario: Scenario) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad()
         losses.append(total.item())
-    return {"losses": losses, "gradients": gradients,
-            "weights": to_numpy(dict(model.named_parameters())),
+    with parallel.grads.full_weights():  # ZeRO-3 keeps shards only
+        weights = to_numpy(dict(model.named_parameters()))
+    return {"losses": losses, "gradients": gradients, "weights": weights,
             "launched_in_backward": parallel.grads.launched_in_backward}
 
 
 def reduced_gradients(model: Chunk, grads: GradSync) -> dict[str, tuple[Any, Any]]:
     """name -> (reduced gradient, mask of the elements in this rank's shard) after finish()."""
-    out = {}
-    for bucket in grads.buckets:
-        held = torch.zeros_like(bucket.grad_buffer, dtype=torch.bool)
-        held[bucket.shard] = True
-        base = bucket.grad_buffer.storage_offset()
-        for param in bucket.params:
-            view = bucket.grad_views[id(param)]
-            start = view.storage_offset() - base
-            mask = held[start:start + view.numel()].view_as(view)
-            out[id(param)] = (view.clone().numpy(), mask.numpy())
-    return {name: out[id(p)] for name, p in model.named_parameters()}
+    out = grads.shard_gradients()
+    return {name: tuple(t.clone().numpy() for t in out[id(p)])
+            for name, p in model.named_parameters()}
 
 
 def _fake_axis(layout: Layout, name: str, rank: int) -> Axis:

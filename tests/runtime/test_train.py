@@ -81,7 +81,7 @@ def test_recompute_lowers_the_saved_activations_in_order():
 
 @pytest.mark.parametrize("parallel, options, fragment", [
     ({"tp": 2}, ["--nproc", 1], "--nproc=1: the plan's layout runs tp·cp·dp·pp = 2 ranks"),
-    ({"tp": 2, "zero_stage": 3}, [], "parallel.zero_stage=3"),
+    ({"pp": 2, "schedule": "zero-bubble", "zero_stage": 2}, [], "parallel.zero_stage=2"),
 ])
 def test_what_the_trainer_cannot_run_is_refused_before_it_starts(tmp_path, parallel, options,
                                                                    fragment):
