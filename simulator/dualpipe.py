@@ -185,6 +185,20 @@ def simulate_dual(layout: Layout, microbatches: int, times: list[TaskTimes],
                     tuple(p / 2 for p in peak), tuple(chain))
 
 
+def send_target(layout: Layout, task: Task, rank: int) -> int | None:
+    """The stage a task on `rank` sends its output to, None when it sends nothing to another
+    rank (a W, the ends, DualPipeV's turn at rank pp-1); for the trace
+    (`schedule.with_streams`)."""
+    stage = rank_stages(layout, rank)[task.chunk]
+    after = {"F": stage + 1, "B": stage - 1}.get(task.kind, -1)
+    if not 0 <= after < layout.num_virtual_stages:
+        return None
+    holders = [r for r in range(layout.pp) if rank_stages(layout, r)[task.chunk] == after] \
+        if layout.schedule == "dualpipe" else \
+        [r for r in range(layout.pp) if after in rank_stages(layout, r)]
+    return None if holders == [rank] else after
+
+
 class _Route:
     """Where each micro-batch's stages are and when its tasks' inputs arrive."""
 

@@ -12,12 +12,13 @@ every replica. Every duration is `Sourced` (measured / interpolated / analytic).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from parasim.simulator.cost.comm import AxisNetwork, axis_network
 from parasim.simulator.cost.compute import ComputeModel
 from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.cost.sourced import Sourced, total
-from parasim.simulator.dualpipe import dual_bubble_s, simulate_dual
+from parasim.simulator.dualpipe import dual_bubble_s, send_target, simulate_dual
 from parasim.simulator.job import Job
 from parasim.simulator.layout import (
     DUAL_SCHEDULES,
@@ -417,8 +418,9 @@ def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
     # is done (fill, drain, waiting on slower stages) as bubble and pipeline sends.
     critical = max(range(layout.pp), key=lambda r: (timeline.busy_s[r], ends[r]))
     if record:
+        sends_to = partial(send_target, layout) if layout.schedule in DUAL_SCHEDULES else None
         drawn = with_streams(timeline.intervals, layout.pp, [_stream_seconds(c) for c in costs],
-                             [c.send.total_s for c in costs])
+                             [c.send.total_s for c in costs], sends_to)
         timeline = replace(timeline, intervals=drawn + _tail_intervals(timeline, tails))
     last = max(range(layout.pp), key=ends.__getitem__)  # the rank that ends the step
     parts = _components(ctx, critical, costs, timeline, tails[critical], max(ends),
