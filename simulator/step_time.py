@@ -457,21 +457,24 @@ def _dual_closed_form_s(ctx: StepContext, costs: list[StageCost]) -> float:
     """DualPipe(V)'s pipeline without simulating it: the slowest rank's work, its F&B pairs'
     saving counted on all but PP of its forwards (the warm-up and cool-down run unpaired),
     plus the source's bubble (PP/2 - 1)(F&B + B - 3W) on that rank's mean chunk
-    (`dualpipe.dual_bubble_s`)."""
+    (`dualpipe.dual_bubble_s`). Ranks with the same two chunks are costed once."""
     layout, pp = ctx.layout, ctx.layout.pp
     forwards = ctx.microbatches * chunk_share(layout) * 2  # per rank, both chunks
     pairs = max(0.0, forwards - layout.num_virtual_stages)
-    worst = 0.0
+    seen: dict[tuple[int, int], float] = {}
     for rank in range(pp):
         first, second = costs[rank], costs[rank + pp]
+        key = (id(first), id(second))
+        if key in seen:
+            continue
         times = [first.task_times(), second.task_times()]
         nominal = sum(t.forward_s + t.backward_s + t.weight_s for t in times) / 2
         pair_s = (overlapped_pair_s(ctx, first, second) + overlapped_pair_s(ctx, second, first)) / 2
         busy = forwards * nominal - pairs * (nominal - pair_s)
         f, b, w = (sum(getattr(t, k) for t in times) / 2
                    for k in ("forward_s", "backward_s", "weight_s"))
-        worst = max(worst, busy + dual_bubble_s(layout, f, b + w, w, pair_s))
-    return worst
+        seen[key] = busy + dual_bubble_s(layout, f, b + w, w, pair_s)
+    return max(seen.values())
 
 
 def block_time_s(ctx: StepContext, device, recompute: Recompute | None = None) -> float:
@@ -529,9 +532,15 @@ def _run_schedule(ctx: StepContext, costs: list[StageCost], slowdowns: list[floa
     times = [c.task_times(f) for c, f in zip(costs, slowdowns)]
     if ctx.layout.schedule not in DUAL_SCHEDULES:
         return simulate(ctx.layout, ctx.microbatches, times, record)
-    pp = ctx.layout.pp
-    pairs = {(f, b): overlapped_pair_s(ctx, costs[f], costs[b], slowdowns[f])
-             for rank in range(pp) for f in (rank, rank + pp) for b in (rank, rank + pp)}
+    pp, alike = ctx.layout.pp, {}
+    pairs = {}
+    for rank in range(pp):
+        for f in (rank, rank + pp):
+            for b in (rank, rank + pp):
+                key = (id(costs[f]), id(costs[b]), slowdowns[f])
+                if key not in alike:
+                    alike[key] = overlapped_pair_s(ctx, costs[f], costs[b], slowdowns[f])
+                pairs[f, b] = alike[key]
     return simulate_dual(ctx.layout, ctx.microbatches, times, pairs, record)
 
 
