@@ -210,3 +210,28 @@ def test_deepseek_v3_published_layout_fits_with_dualpipe_and_its_reports_techniq
     assert report.breakdown.ep_comm_s < 0.5 * one_f_one_b.breakdown.ep_comm_s
     v = predict(replace(_dsv3("dualpipev"), source="v"))
     assert v.fits and v.step_time_s < 0.7 * one_f_one_b.step_time_s
+
+
+def test_plan_searches_dualpipe_with_expert_parallelism():
+    from parasim.planner.space import _schedules
+    assert _schedules(1, 4, {}, ep=8) == ("1f1b", "zero-bubble", "dualpipev", "dualpipe")
+    assert _schedules(1, 3, {}, ep=8) == ("1f1b", "zero-bubble", "dualpipev")
+    assert _schedules(1, 4, {}, ep=1) == ("1f1b", "zero-bubble")
+    assert _schedules(2, 4, {}, ep=8) == ("interleaved",)
+    assert _schedules(1, 4, {"schedule": "dualpipe"}, ep=1) == ("dualpipe",)
+
+
+def test_plan_drops_a_dualpipe_layout_no_faster_than_its_1f1b_twin():
+    from parasim.planner.search import _estimate, _twin_is_as_fast
+    raw = {"model": "mixtral-8x7b", "cluster": {"base": "dgx-h100", "num_nodes": 4},
+           "training": {"seq_length": 4096, "global_batch_size": 256},
+           "parallel": {"tp": 1, "pp": 4, "ep": 8, "schedule": "dualpipe", "zero_stage": 1,
+                        "recompute": "full"}}
+    job = job_from_mapping(raw, base_dir=Path("."), source="test")
+    profile, known = default_profile(), {}
+    for schedule in SCHEDULES:
+        layout = replace(job.layout, schedule=schedule)
+        mine = _estimate(job, layout, profile, known)
+        twin = _estimate(job, replace(layout, schedule="1f1b"), profile, known)
+        assert mine is not None and twin is not None
+        assert _twin_is_as_fast(job, layout, profile, known) == (mine >= twin)
