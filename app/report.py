@@ -107,6 +107,16 @@ def _host_lines(p: StepPrediction) -> list[str]:
             f"{node.host_capacity_bytes / GiB:.0f} GiB per node offloaded: {verdict}"]
 
 
+def _moments_text(job: Job) -> str:
+    """` (bf16 Adam moments)` where training.optimizer_moment_precision is not fp32."""
+    precision = job.training.optimizer_moment_precision
+    return "" if precision == "fp32" else f" ({precision} Adam moments)"
+
+
+def _act_input_text(job: Job) -> str:
+    return " (MoE SwiGLU inputs in FP8)" if job.training.fp8_moe_act_input else ""
+
+
 def format_estimate(job: Job, p: StepPrediction) -> str:
     """The default output of `parasim estimate`."""
     mem = p.peak_stage
@@ -122,8 +132,9 @@ def format_estimate(job: Job, p: StepPrediction) -> str:
         f"  memory      peak {mem.peak_bytes / GiB:.1f} GiB of {mem.capacity_bytes / GiB:.1f} GiB "
         f"usable per GPU: {verdict}",
         f"              weights {mem.weights_bytes / GiB:.1f}, gradients "
-        f"{mem.gradients_bytes / GiB:.1f}, optimizer {mem.optimizer_bytes / GiB:.1f}, "
-        f"activations {mem.activations_bytes / GiB:.1f} GiB",
+        f"{mem.gradients_bytes / GiB:.1f}, optimizer {mem.optimizer_bytes / GiB:.1f}"
+        f"{_moments_text(job)}, activations {mem.activations_bytes / GiB:.1f} GiB"
+        f"{_act_input_text(job)}",
         *_host_lines(p),
         "  breakdown   " + _breakdown_text(p),
     ]

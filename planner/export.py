@@ -33,7 +33,7 @@ from parasim.planner.overlaps import applies
 from parasim.simulator.layout import recompute_text
 from parasim.simulator.errors import SpecError
 from parasim.simulator.job import Job, num_microbatches
-from parasim.simulator.layout import Layout
+from parasim.simulator.layout import DUAL_SCHEDULES, Layout
 from parasim.simulator.model import ModelSpec
 from parasim.simulator.nvfp4 import bf16_blocks
 
@@ -76,7 +76,7 @@ def _megatron(job: Job) -> str:
     notes: list[str] = []
     flags = (_megatron_parallel(job) + _megatron_pipeline(job)
              + _megatron_batch(job) + _megatron_model(job.model, job)
-             + _megatron_precision(job) + _megatron_memory(job, notes)
+             + _megatron_precision(job) + _megatron_moments(job) + _megatron_memory(job, notes)
              + _megatron_overlap(job.layout))
     header = [f"# Megatron-LM pretrain_gpt.py for {_summary(job)}",
               f"# data-parallel size {job.layout.dp} is not a flag: Megatron derives it as "
@@ -125,6 +125,9 @@ def _megatron_parallel(job: Job) -> list[Flag]:
     if layout.schedule == "zero-bubble":
         raise refusal("megatron", "schedule zero-bubble (ZB-H1 is not in Megatron-LM)",
                       "--set parallel.schedule=1f1b, or interleaved")
+    if layout.schedule in DUAL_SCHEDULES:
+        raise refusal("megatron", f"schedule {layout.schedule} (Megatron-LM has no DualPipe "
+                      "schedule)", "--set parallel.schedule=1f1b, or interleaved")
     return flags
 
 
@@ -283,6 +286,29 @@ def _megatron_nvfp4(job: Job) -> list[Flag]:
             ("--num-layers-at-end-in-bf16", last)]
 
 
+def _megatron_moments(job: Job) -> list[Flag]:
+    """BF16 Adam moments: Megatron-LM's precision-aware optimizer (arguments.py
+    `--use-precision-aware-optimizer`, `--exp-avg-dtype`, `--exp-avg-sq-dtype`), which runs
+    only with the distributed optimizer (megatron/core/optimizer/__init__.py: "only supported
+    with distributed optimizer"). The FP8-cached SwiGLU input is TransformerConfig's
+    `activation_func_fp8_input_store`, which arguments.py gives no flag (d98e8a6) and which
+    applies to dense MLPs too."""
+    training, layout = job.training, job.layout
+    if training.fp8_moe_act_input:
+        raise refusal("megatron", "fp8_moe_act_input (Megatron-LM's command line has no flag "
+                      "for TransformerConfig.activation_func_fp8_input_store)",
+                      "--set training.fp8_moe_act_input=false")
+    if training.optimizer_moment_precision == "fp32":
+        return []
+    if layout.zero_stage != 1:
+        raise refusal("megatron", f"{training.optimizer_moment_precision} Adam moments with "
+                      f"ZeRO-{layout.zero_stage} (Megatron-LM's precision-aware optimizer "
+                      "needs its distributed optimizer)", "--set parallel.zero_stage=1")
+    dtype = training.optimizer_moment_precision
+    return [("--use-precision-aware-optimizer", None), ("--exp-avg-dtype", dtype),
+            ("--exp-avg-sq-dtype", dtype)]
+
+
 def _megatron_memory(job: Job, notes: list[str]) -> list[Flag]:
     layout = job.layout
     flags: list[Flag] = {0: [], 1: [("--use-distributed-optimizer", None)],
@@ -395,7 +421,7 @@ def _megatron_overlap(layout: Layout) -> list[Flag]:
 # torchtitan ----------------------------------------------------------------------------------
 
 TORCHTITAN_SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved": "Interleaved1F1B",
-                        "zero-bubble": "ZBVZeroBubble"}
+                        "zero-bubble": "ZBVZeroBubble", "dualpipev": "DualPipeV"}
 
 Section = dict[str, object]
 
@@ -490,16 +516,29 @@ def _titan_parallelism(job: Job, notes: list[str]) -> Section:
         raise refusal("torchtitan", f"rank order {layout.order} (torchtitan's device mesh "
                       "lays ranks out as tp-cp-ep-dp-pp)", "--set parallel.order=tp-cp-ep-dp-pp")
     if layout.pp > 1:
-        values.update(_titan_pipeline(job))
+        values.update(_titan_pipeline(job, notes))
     return values
 
 
-def _titan_pipeline(job: Job) -> Section:
+def _titan_pipeline(job: Job, notes: list[str]) -> Section:
+    """torchtitan's pipeline: DualPipeV is torch.distributed.pipelining's ScheduleDualPipeV
+    (torch 2.13), whose V gives rank r stages r and 2·pp-1-r as parasim's does (torchtitan
+    distributed/pipeline_parallel.py, style "v"); its F&B pairs (OVERLAP_F_B) run one after
+    the other unless a function is registered for them, which torchtitan does only in
+    experiments/graph_trainer (b5bcd76). DualPipe's two copies have no torchtitan schedule."""
     layout = job.layout
     if layout.schedule == "zero-bubble":
         raise refusal("torchtitan", "schedule zero-bubble (parasim's ZB-H1 has one stage per "
                       "rank; torchtitan's ZBVZeroBubble two, V-shaped)",
                       "--set parallel.schedule=1f1b, or interleaved")
+    if layout.schedule == "dualpipe":
+        raise refusal("torchtitan", "schedule dualpipe (torch.distributed.pipelining has only "
+                      "the V variant, ScheduleDualPipeV)", "--set parallel.schedule=dualpipev")
+    if layout.schedule == "dualpipev" and layout.ep > 1:
+        notes.append("DualPipeV hides the expert all-to-alls of each F&B pair behind the other "
+                      "micro-batch's compute only with an OVERLAP_F_B function registered on "
+                      "the schedule (torch register_custom_function); stock torchtitan runs "
+                      "the pair one after the other, slower than predicted")
     schedule = TORCHTITAN_SCHEDULES[layout.schedule]
     stages = job.stage_layers
     bounds, total = [], 0
@@ -534,6 +573,14 @@ def _titan_training(job: Job) -> Section:
     if training.grad_precision not in (None, "fp32"):
         raise refusal("torchtitan", f"{training.grad_precision} gradients (torchtitan reduces "
                       "them in float32)", "--set training.grad_precision=fp32")
+    if training.optimizer_moment_precision != "fp32":
+        raise refusal("torchtitan", f"{training.optimizer_moment_precision} Adam moments "
+                      "(torchtitan's AdamW keeps them in the parameters' float32)",
+                      "--set training.optimizer_moment_precision=fp32")
+    if training.fp8_moe_act_input:
+        raise refusal("torchtitan", "fp8_moe_act_input (torchtitan keeps the experts' "
+                      "activation input in the compute precision)",
+                      "--set training.fp8_moe_act_input=false")
     if layout.pp > 1:
         assert num_microbatches(training, layout) * layout.micro_batch_size == local
     return values

@@ -44,7 +44,7 @@ from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
 from parasim.simulator.hardware import ClusterSpec
 from parasim.simulator.job import Job
-from parasim.simulator.layout import Layout, Offload, recomputed_modules
+from parasim.simulator.layout import DUAL_SCHEDULES, Layout, Offload, recomputed_modules
 from parasim.simulator.memory import (
     block_activation_bytes,
     in_flight_microbatches,
@@ -219,6 +219,10 @@ def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progres
             rejected["cp_style ulysses: its all-to-alls cost more than the ring's exposed "
                      "transfers (same memory)"] += 1
             continue
+        if layout.schedule in DUAL_SCHEDULES and _twin_is_as_fast(job, layout, profile, known):
+            rejected[f"schedule {layout.schedule}: no faster than its 1F1B twin, which holds "
+                     "less memory"] += 1
+            continue
         estimate = _estimate(job, layout, profile, known)
         as_is = estimate is not None
         if not as_is and layout.recompute != "full":
@@ -284,6 +288,26 @@ def _offloaded(job: Job, layout: Layout, profile: AnalyticProfile, known: dict
     return best
 
 
+def _twin_is_as_fast(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
+    """A DualPipe(V) layout cannot win where its 1F1B twin (the same layout, one stage per
+    rank) is estimated at least as fast, each as `_estimates` scores it (as it is, else
+    recomputing in full): DualPipe holds two copies of its stages and PP+1 micro-batches'
+    stages, DualPipeV pp + 1/2 micro-batches of the rank's layers on every rank, at least
+    1F1B's peak (`memory.in_flight_microbatches`), so it fits no better. Estimates are kept
+    in `known`."""
+    def scored(candidate: Layout) -> float | None:
+        estimate = _estimate(job, candidate, profile, known)
+        if estimate is None and candidate.recompute != "full":
+            estimate = _estimate(job, replace(candidate, recompute="full"), profile, known)
+        return estimate
+    twin = replace(layout, schedule="1f1b")
+    if _estimate(job, twin, profile, known) is None:
+        known.setdefault(layout, None)  # holding more than its twin, it does not fit either
+    best_twin = scored(twin)
+    mine = scored(layout) if best_twin is not None else None
+    return mine is None or (best_twin is not None and mine >= best_twin)
+
+
 def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
     """A Ulysses layout whose blocks are no faster than its ring twin's cannot win: the two
     hold the same memory and differ only in the blocks' context-parallel transfers. `known`
@@ -330,7 +354,8 @@ def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile
     options = [replace(job, layout=layout)] if as_is else []
     used_ilp = 0
     choice = layout.pp > 1 or layout.recompute != "full" or not job.cluster.is_homogeneous
-    if choice and not split_fixed:
+    if choice and not split_fixed and layout.schedule not in DUAL_SCHEDULES:  # the ILP's
+        # stages are chunk·pp + rank; DualPipe(V) runs the default split
         try:
             default = replace(job, layout=layout)
             problem, orders = split_problem(default, profile)

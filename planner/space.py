@@ -21,7 +21,7 @@ from parasim.simulator.errors import SpecError
 from parasim.simulator.hardware import MAX_GPUS, MAX_PLAN_GPUS
 from parasim.simulator.job import Job, resolve_layout
 from parasim.simulator.layout import CP_STYLES, Layout, Offload, check_field
-from parasim.simulator.memory import rank_model_states
+from parasim.simulator.memory import held_params, rank_model_states
 from parasim.simulator.offload import node_dp
 from parasim.simulator.params import stage_params
 from parasim.simulator.placement import axis_groups
@@ -158,7 +158,8 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
     names = list(options)
     for values in itertools.product(*(options[n] for n in names)):
         chosen = dict(zip(names, values))
-        for schedule, style in itertools.product(_schedules(chosen["vpp"], chosen["pp"], fixed),
+        for schedule, style in itertools.product(_schedules(chosen["vpp"], chosen["pp"], fixed,
+                                                            chosen["ep"]),
                                                  _cp_styles(chosen["cp"], fixed)):
             layout, reason, error = _check(job, base, {**chosen, "cp_style": style}, schedule,
                                            fixed)
@@ -191,13 +192,21 @@ def check_size(job: Job, options: dict[str, tuple], fixed: dict) -> None:
                         + " ".join(f"--set parallel.{n}=..." for n in widest[:2]))
 
 
-def _schedules(vpp: int, pp: int, fixed: dict) -> tuple[str, ...]:
-    """Without a pipeline every schedule is the same step: only 1F1B is kept."""
+def _schedules(vpp: int, pp: int, fixed: dict, ep: int = 1) -> tuple[str, ...]:
+    """Without a pipeline every schedule is the same step: only 1F1B is kept. With one,
+    one chunk per rank: 1F1B and ZB-H1, and with expert parallelism, whose all-to-alls
+    DualPipe's F&B pairs hide, DualPipeV and (pp even) DualPipe, their two chunks implied
+    (`search` drops one no faster than its 1F1B twin, which holds less memory). A dense
+    model gains from them only the bubble, which ZB-H1 and interleaving also shrink: fix
+    `schedule` to search them there."""
     if "schedule" in fixed:
         return (fixed["schedule"],)
     if pp == 1:
         return ("1f1b",) if vpp == 1 else ()
-    return ("interleaved",) if vpp > 1 else ("1f1b", "zero-bubble")
+    if vpp > 1:
+        return ("interleaved",)
+    dual = ("dualpipev",) + (("dualpipe",) if pp % 2 == 0 else ()) if ep > 1 else ()
+    return ("1f1b", "zero-bubble") + dual
 
 
 def _cp_styles(cp: int, fixed: dict) -> tuple[str, ...]:
@@ -267,7 +276,7 @@ def _states_fit(job: Job, layout: Layout) -> bool:
     capacity = analytic_profile().usable_memory_bytes(
         min(g.gpu.memory_bytes for g in job.cluster.node_groups))
     for rank in (0, layout.pp // 2, layout.pp - 1):
-        params = stage_params(job.model, split_job.stage_layers, layout.pp, rank)
+        params = held_params(job.model, split_job.stage_layers, layout, rank)
         hpz = node_dp(job.cluster, layout) if layout.zero_pp else 1
         if rank_model_states(params, job.training, layout, hpz).total_bytes > capacity:
             return False

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from parasim.simulator.checks import divisors
+from parasim.simulator.dualpipe import check_dual_microbatches
 from parasim.simulator.errors import SpecError
 from parasim.simulator.hardware import ClusterSpec
-from parasim.simulator.layout import Layout, default_stage_layers
+from parasim.simulator.layout import DUAL_SCHEDULES, Layout, default_stage_layers
 from parasim.simulator.model import ModelSpec
 from parasim.simulator.training import TrainingSpec
 
@@ -158,6 +159,8 @@ def resolve_layout(model: ModelSpec, cluster: ClusterSpec, training: TrainingSpe
                         f"{layout.micro_batch_size}·{layout.dp} = {batch_unit}",
                         f"a multiple of {batch_unit}")
     microbatches = training.global_batch_size // batch_unit
+    if layout.schedule in DUAL_SCHEDULES:
+        check_dual_microbatches(training, layout, microbatches)
     if layout.schedule == "interleaved" and microbatches % layout.pp:
         raise SpecError("training.global_batch_size", training.global_batch_size,
                         f"gives {microbatches} micro-batches, which the interleaved schedule "

@@ -15,8 +15,10 @@ from typing import Literal
 from parasim.simulator.checks import require_bool, require_choice, require_count
 from parasim.simulator.errors import SpecError
 
-Schedule = Literal["gpipe", "1f1b", "interleaved", "zero-bubble"]
-SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")
+Schedule = Literal["gpipe", "1f1b", "interleaved", "zero-bubble", "dualpipe", "dualpipev"]
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble", "dualpipe", "dualpipev")
+# DeepSeek's bidirectional schedules (simulator/dualpipe.py): each rank holds two model chunks
+DUAL_SCHEDULES = ("dualpipe", "dualpipev")
 Recompute = Literal["none", "selective", "full"]
 RECOMPUTES = ("none", "selective", "full")
 CpStyle = Literal["ring", "ulysses"]
@@ -145,10 +147,19 @@ class Layout:
         if self.schedule == "interleaved" and self.vpp < 2:
             raise SpecError("parallel.schedule", self.schedule,
                             "interleaves virtual stages, but vpp is 1", "vpp >= 2, or 1f1b")
+        if self.schedule in DUAL_SCHEDULES:
+            _check_dual(self)
 
     @property
     def num_virtual_stages(self) -> int:
-        return self.pp * self.vpp
+        """Pipeline stages the layers are split into: pp·vpp; DualPipeV's V holds 2·pp
+        stages; DualPipe's pp stages, each held twice (`rank_stages`)."""
+        return 2 * self.pp if self.schedule == "dualpipev" else self.pp * self.vpp
+
+    @property
+    def chunks_per_rank(self) -> int:
+        """Model chunks each pipeline rank holds: vpp, or two under DualPipe(V)."""
+        return 2 if self.schedule in DUAL_SCHEDULES else self.vpp
 
     def with_dp(self, dp: int) -> Layout:
         return replace(self, dp=dp)
@@ -218,6 +229,27 @@ def _check_modules(modules: object) -> None:
                         valid)
     for i, name in enumerate(modules):
         require_choice(f"parallel.recompute_modules[{i}]", name, RECOMPUTE_MODULES)
+
+
+def _check_dual(layout: Layout) -> None:
+    """DualPipe needs an even pp (it pairs rank r with pp-1-r; deepseek-ai/DualPipe
+    dualpipe.py `assert num_ranks % 2 == 0`); both need a pipeline. Their two chunks per rank
+    are implied: vpp > 1 is refused with the interleaved schedule's check."""
+    if layout.pp < 2 or (layout.schedule == "dualpipe" and layout.pp % 2):
+        need = "an even pp >= 2" if layout.schedule == "dualpipe" else "pp >= 2"
+        raise SpecError("parallel.pp", layout.pp, f"{layout.schedule} needs {need}", need)
+
+
+def rank_stages(layout: Layout, rank: int) -> tuple[int, ...]:
+    """The pipeline stages pipeline rank `rank` holds, in chunk order: rank, rank+pp, ...
+    (interleaved); DualPipe: r and pp-1-r, the two directions' copies (DeepSeek-V3 report,
+    arXiv:2412.19437 §3.2.1, Figure 5); DualPipeV: r and 2·pp-1-r, the V (deepseek-ai/DualPipe
+    README, "DualPipeV")."""
+    if layout.schedule == "dualpipe":
+        return (rank, layout.pp - 1 - rank)
+    if layout.schedule == "dualpipev":
+        return (rank, 2 * layout.pp - 1 - rank)
+    return tuple(range(rank, layout.num_virtual_stages, layout.pp))
 
 
 def recomputed_modules(layout: Layout) -> frozenset[str]:

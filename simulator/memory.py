@@ -15,10 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parasim.simulator.layout import DEFAULT_RECOMPUTE_MODULES, Layout, Recompute
+from parasim.simulator.dualpipe import dual_in_flight
+from parasim.simulator.layout import (
+    DEFAULT_RECOMPUTE_MODULES,
+    DUAL_SCHEDULES,
+    Layout,
+    Recompute,
+    rank_stages,
+)
 from parasim.simulator.model import ModelSpec
 from parasim.simulator.ops import Shard
-from parasim.simulator.params import StageParams
+from parasim.simulator.params import StageParams, stage_params
 from parasim.simulator.training import TrainingSpec
 
 MASK_BYTES = 1  # dropout masks are stored as bytes
@@ -90,14 +97,40 @@ def _sharded_states(stage: StageParams, training: TrainingSpec, layout: Layout) 
     assert layout.dp is not None
     dense = stage.dense_per_rank(layout.tp)
     expert = stage.expert_per_rank(layout.tp, layout.ep)
-    dense_states = model_states(dense, training, layout.zero_stage, layout.dp * layout.cp)
+    twins = stage_holders(layout)
+    dense_states = model_states(dense, training, layout.zero_stage,
+                                layout.dp * layout.cp * twins)
     expert_states = model_states(expert, training, layout.zero_stage,
-                                 layout.dp * layout.cp // layout.ep)
+                                 layout.dp * layout.cp // layout.ep * twins)
     return ModelStates(
         weights_bytes=dense_states.weights_bytes + expert_states.weights_bytes,
         gradients_bytes=dense_states.gradients_bytes + expert_states.gradients_bytes,
         optimizer_bytes=dense_states.optimizer_bytes + expert_states.optimizer_bytes,
     )
+
+
+def held_params(model: ModelSpec, stage_layers: tuple[int, ...], layout: Layout, rank: int
+                ) -> StageParams:
+    """What pipeline rank `rank` holds (`params.stage_params`); under DualPipe(V) its two
+    stages (`layout.rank_stages`), each counted as a stage of its own: the ends' ranks hold
+    both the embedding and the LM head."""
+    if layout.schedule not in DUAL_SCHEDULES:
+        return stage_params(model, stage_layers, layout.pp, rank)
+    held = [stage_params(model, stage_layers, len(stage_layers), s)
+            for s in rank_stages(layout, rank)]
+    return StageParams(*(sum(getattr(p, f) for p in held)
+                         for f in ("dense", "expert", "embedding", "lm_head", "replicated")))
+
+
+def stage_holders(layout: Layout) -> int:
+    """Copies of each stage per data-parallel replica: 2 under DualPipe, whose ranks r and
+    pp-1-r both hold stage r (DeepSeek-V3 report, arXiv:2412.19437 §3.2.1: "DualPipe requires
+    keeping two copies of the model parameters"; Table 2 "Parameter 2x"). Weights and
+    gradients are per copy (each copy runs its own direction's micro-batches); the two copies'
+    gradients are summed and one update serves both, so ZeRO shards the optimizer states (and
+    with stage 2 and 3 gradients, weights) over both copies' data-parallel ranks: with ZeRO-1
+    DualPipe costs 2x weights and gradients and 1x optimizer states per rank."""
+    return 2 if layout.schedule == "dualpipe" else 1
 
 
 # Activations ---------------------------------------------------------------------------------
@@ -136,7 +169,12 @@ def ffn_activation_bytes(model: ModelSpec, shard: Shard, moe: bool,
                          repeated: frozenset[str] = frozenset()) -> float:
     """Tensors the MLP / MoE half of a block keeps for its backward pass, per micro-batch
     (linear layers' inputs at `shard.linear_input_bytes`, the router's in 16 bits), less what
-    selective recompute repeats (`repeated`)."""
+    selective recompute repeats (`repeated`). The experts' outputs are not kept for the
+    combine: Megatron-Core applies the routing probabilities inside the experts' activation
+    (megatron/core/transformer/moe/experts.py, TEGroupedMLP `bias_act_func`:
+    `weighted_bias_swiglu_impl(..., permuted_probs, ...)`, whose backward recomputes the
+    SwiGLU from its saved input), so the combine is an unweighted `unpermute` that saves
+    nothing (moe/token_dispatcher.py)."""
     h, bpv, lin = model.hidden_size, shard.bytes_per_value, shard.linear_input_bytes
     tokens, edge = shard.tokens, shard.elementwise_tokens
     total = bpv * edge * h  # norm input
@@ -148,22 +186,24 @@ def ffn_activation_bytes(model: ModelSpec, shard: Shard, moe: bool,
         return total + _mlp_inner_bytes(model, tokens, model.ffn_hidden_size // shard.tp, shard)
     slots = tokens * model.experts_per_token * (model.capacity_factor or 1.0)
     total += 4 * tokens * model.num_experts  # fp32 router probabilities
-    total += (lin + bpv) * slots * h  # dispatched expert inputs; expert outputs before combine
+    total += lin * slots * h  # dispatched expert inputs (fc1's input)
     total += _mlp_inner_bytes(model, slots, model.moe_ffn_hidden_size // shard.tp, shard,
-                              "moe_act" in repeated)
+                              "moe_act" in repeated, moe=True)
     if model.num_shared_experts:
         width = model.num_shared_experts * model.shared_ffn_hidden_size // shard.tp
-        total += lin * tokens * h + _mlp_inner_bytes(model, tokens, width, shard)
+        total += lin * tokens * h + _mlp_inner_bytes(model, tokens, width, shard, moe=True)
     return total
 
 
 def _mlp_inner_bytes(model: ModelSpec, tokens: float, width: int, shard: Shard,
-                     act_repeated: bool = False) -> float:
-    """fc1 output (the activation's input; gate and up for SwiGLU) and fc2 input (a linear
-    layer's input, not kept when the activation is recomputed)."""
+                     act_repeated: bool = False, moe: bool = False) -> float:
+    """fc1 output (the activation's input; gate and up for SwiGLU; in an MoE layer's experts
+    at `shard.moe_act_input_bytes`) and fc2 input (a linear layer's input, not kept when the
+    activation is recomputed)."""
     fc1_out = width * (2 if model.activation == "swiglu" else 1)
     fc2_in = 0 if act_repeated else shard.linear_input_bytes * width
-    return tokens * (shard.bytes_per_value * fc1_out + fc2_in)
+    act_in = shard.moe_act_input_bytes if moe else shard.bytes_per_value
+    return tokens * (act_in * fc1_out + fc2_in)
 
 
 def block_activation_bytes(model: ModelSpec, shard: Shard, moe: bool, recompute: Recompute,
@@ -217,7 +257,10 @@ def in_flight_microbatches(layout: Layout, rank: int, microbatches: int) -> floa
     all the rank's layers. GPipe: all m. 1F1B and ZB-H1: pp - rank (Narayanan et al. 2021 §2.2;
     Qi et al. 2023, "Zero Bubble Pipeline Parallelism", §3: ZB-H1 keeps 1F1B's peak).
     Interleaved: Megatron-LM warms up 2·(pp - rank - 1) + (vpp - 1)·pp chunks and runs one
-    more, each 1/vpp of the rank's layers: pp + (pp - 1)/vpp at rank 0 (Korthikanti et al. §4.2.3)."""
+    more, each 1/vpp of the rank's layers: pp + (pp - 1)/vpp at rank 0 (Korthikanti et al. §4.2.3).
+    DualPipe(V): PP + 1 stage-sized chunks on every rank (`dualpipe.dual_in_flight`)."""
+    if layout.schedule in DUAL_SCHEDULES:
+        return dual_in_flight(layout, microbatches)
     if layout.schedule == "gpipe":
         return float(microbatches)
     if layout.schedule == "interleaved":

@@ -56,10 +56,14 @@ class Shard:
     flash_attention: bool = True  # fused attention: no s x s matrix in memory
     linear_input_bytes: int | None = None  # the saved input of a block's linear layer (1:
     # FP8 training); None: bytes_per_value
+    moe_act_input_bytes: int | None = None  # the MoE experts' saved SwiGLU input (1: cached
+    # in FP8, DeepSeek-V3); None: bytes_per_value
 
     def __post_init__(self) -> None:
         if self.linear_input_bytes is None:
             object.__setattr__(self, "linear_input_bytes", self.bytes_per_value)
+        if self.moe_act_input_bytes is None:
+            object.__setattr__(self, "moe_act_input_bytes", self.bytes_per_value)
 
     @property
     def tokens(self) -> int:

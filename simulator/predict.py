@@ -16,13 +16,14 @@ from parasim.simulator.economics import run_prediction
 from parasim.simulator.flops import hardware_flop_per_step, model_flop_per_step
 from parasim.simulator.hardware import DeviceSpec, NodeGroup
 from parasim.simulator.job import Job
-from parasim.simulator.layout import recomputed_modules
+from parasim.simulator.layout import rank_stages, recomputed_modules
 from parasim.simulator.memory import (
     block_activation_bytes,
     embedding_activation_bytes,
     head_activation_bytes,
     offloaded_activations,
     rank_host_state_bytes,
+    held_params,
     rank_model_states,
 )
 from parasim.simulator.offload import host_capacity_bytes, node_dp
@@ -31,7 +32,6 @@ from parasim.simulator.params import (
     StageParams,
     active_params,
     norm_params,
-    stage_params,
     total_params,
 )
 from parasim.simulator.placement import axis_groups
@@ -88,10 +88,12 @@ def rank_params(job: Job) -> list[StageParams]:
     chunk, neither end) are counted once."""
     pp, memo, out = job.layout.pp, {}, []
     for rank in range(pp):
-        chunks = tuple(chunk_blocks(job, v) for v in range(rank, len(job.stage_layers), pp))
-        key = (chunks, rank == 0, rank == pp - 1)
+        held = rank_stages(job.layout, rank)
+        chunks = tuple(chunk_blocks(job, v) for v in held)
+        last = len(job.stage_layers) - 1
+        key = (chunks, 0 in held, last in held)
         if key not in memo:
-            memo[key] = stage_params(job.model, job.stage_layers, pp, rank)
+            memo[key] = held_params(job.model, job.stage_layers, job.layout, rank)
         out.append(memo[key])
     return out
 
@@ -139,9 +141,10 @@ def rank_memory(ctx: StepContext, rank: int, params: StageParams, in_flight: flo
                                                   g.recompute, modules)
                  for precision, g in rank_precision_groups(job, rank))
     per_mb = 0.0
-    if rank == 0:
+    held = rank_stages(layout, rank)
+    if 0 in held:
         per_mb += embedding_activation_bytes(job.model, shard)
-    if rank == layout.pp - 1:
+    if len(job.stage_layers) - 1 in held:
         per_mb += head_activation_bytes(job.model, shard)
     host = rank_host_state_bytes(params, job.training, layout)
     activations = in_flight * (per_mb + blocks)
@@ -174,8 +177,9 @@ def _working_bytes(ctx: StepContext, rank: int, groups: list[BlockGroup], params
                for g in groups if g.recompute == "full"]
     working = max(rebuilt, default=0.0)
     if layout.zero_stage == 3:
-        layers = sum(job.stage_layers[c] for c in range(rank, len(job.stage_layers), layout.pp))
-        final_norm = norm_params(job.model) if rank == layout.pp - 1 else 0
+        held = rank_stages(layout, rank)
+        layers = sum(job.stage_layers[c] for c in held)
+        final_norm = norm_params(job.model) if len(job.stage_layers) - 1 in held else 0
         blocks = params.dense - params.embedding - params.lm_head - final_norm \
             + params.expert / layout.ep
         working += 2 * blocks / layers / layout.tp * job.training.weight_bytes_per_param

@@ -194,15 +194,16 @@ PASS_STREAMS = ("compute", "tp", "cp", "ep")  # the parts of a task, in drawing 
 
 
 def with_streams(intervals: tuple[Interval, ...], pp: int,
-                 parts: list[dict[str, dict[str, float]]], sends_s: list[float]
-                 ) -> tuple[Interval, ...]:
+                 parts: list[dict[str, dict[str, float]]], sends_s: list[float],
+                 sends_to=None) -> tuple[Interval, ...]:
     """A recorded step (`simulate(..., record=True)`) with its communication drawn: each task
     split into its compute and each axis's exposed communication, `parts[stage][kind][stream]`
     seconds (a task interleaves them layer by layer; the trace sums them per task, compute
     first), and each activation or gradient sent to another rank, `sends_s[stage]` seconds, on
     the sender's "pp" stream. The simulation lets sends overlap; a rank's "pp" track draws one
     that would overlap the one before it from that one's end. Intervals without a task are
-    kept as they are."""
+    kept as they are. `sends_to(task, rank)`, where given, names the stage a task sends to
+    (None: no send), for layouts whose chunk c of rank r is not stage c·pp + r."""
     stages = len(parts)
     out: list[Interval] = []
     drawn_until = [0.0] * pp
@@ -213,8 +214,12 @@ def with_streams(intervals: tuple[Interval, ...], pp: int,
             continue
         stage = task.chunk * pp + interval.rank
         out += _split(interval, parts[stage][task.kind])
-        consumer = _consumer(task, stage, stages)
-        if consumer is not None and consumer != stage and sends_s[stage] > 0:
+        if sends_to is None:
+            consumer = _consumer(task, stage, stages)
+            consumer = None if consumer == stage else consumer
+        else:
+            consumer = sends_to(task, interval.rank)
+        if consumer is not None and sends_s[stage] > 0:
             start = max(interval.end_s, drawn_until[interval.rank])
             drawn_until[interval.rank] = start + sends_s[stage]
             out.append(Interval(interval.rank, "pp", f"send {interval.name} to stage "

@@ -12,14 +12,22 @@ every replica. Every duration is `Sourced` (measured / interpolated / analytic).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from parasim.simulator.cost.comm import AxisNetwork, axis_network
 from parasim.simulator.cost.compute import ComputeModel
 from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.cost.sourced import Sourced, total
+from parasim.simulator.dualpipe import dual_bubble_s, send_target, simulate_dual
 from parasim.simulator.job import Job
-from parasim.simulator.layout import Layout, Recompute, recomputed_modules
-from parasim.simulator.memory import block_activation_bytes
+from parasim.simulator.layout import (
+    DUAL_SCHEDULES,
+    Layout,
+    Recompute,
+    rank_stages,
+    recomputed_modules,
+)
+from parasim.simulator.memory import block_activation_bytes, stage_holders
 from parasim.simulator.offload import block_exposed_s, optimizer_times_s
 from parasim.simulator.zero_pp import zero_pp_traffic
 from parasim.simulator.moe_balance import ExpertLoad, expert_load
@@ -33,6 +41,7 @@ from parasim.simulator.schedule import Interval, TaskTimes, Timeline, simulate, 
 
 AXES = ("tp", "cp", "ep")
 PASS_PARTS = ("compute", *AXES, "offload")
+SPLIT_BACKWARD = ("zero-bubble", *DUAL_SCHEDULES)  # schedules that defer weight gradients
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ def step_context(job: Job, analytic: AnalyticProfile, measured: ProfileDB | None
                   tp=layout.tp, cp=layout.cp, sequence_parallel=layout.sequence_parallel,
                   bytes_per_value=training.activation_bytes_per_value,
                   linear_input_bytes=training.linear_input_bytes_per_value,
+                  moe_act_input_bytes=training.moe_act_input_bytes_per_value,
                   flash_attention=training.flash_attention)
     # the constants of the first node group's GPU generation (compute: each device's own)
     resolved = analytic.for_gpu(job.cluster.node_groups[0].gpu.name)
@@ -178,14 +188,13 @@ def precision_chunks(job: Job, stage: int) -> list[tuple[str, tuple[BlockGroup, 
 
 def rank_precision_groups(job: Job, rank: int) -> list[tuple[str, BlockGroup]]:
     """(GEMM precision, block group) of pipeline rank `rank` over its virtual stages."""
-    return [(precision, group) for s in range(rank, len(job.stage_layers), job.layout.pp)
+    return [(precision, group) for s in rank_stages(job.layout, rank)
             for precision, groups in precision_chunks(job, s) for group in groups]
 
 
 def rank_block_groups(job: Job, rank: int) -> list[BlockGroup]:
     """The block groups held by pipeline rank `rank` over its virtual stages."""
-    return [group for s in range(rank, len(job.stage_layers), job.layout.pp)
-            for group in chunk_blocks(job, s)]
+    return [group for s in rank_stages(job.layout, rank) for group in chunk_blocks(job, s)]
 
 
 def stage_cost(ctx: StepContext, stage: int, device) -> StageCost:
@@ -222,7 +231,7 @@ def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute:
         return _block_passes_uncached(ctx, compute, moe, recompute)
     layout = ctx.layout
     key = (ctx.job.model, ctx.shard, moe, compute.device, compute.precision, ctx.analytic,
-           recompute, layout.recompute_modules, layout.schedule == "zero-bubble",
+           recompute, layout.recompute_modules, layout.schedule in SPLIT_BACKWARD,
            layout.tp_comm_overlap, layout.cp_comm_overlap, layout.cp_style,
            layout.ep_comm_overlap, layout.ep, ctx.job.cluster, layout.offload.activations,
            *(axis_signature(layout, axis) for axis in AXES))
@@ -236,12 +245,13 @@ def _block_passes(ctx: StepContext, compute: ComputeModel, moe: bool, recompute:
 
 def _block_passes_uncached(ctx: StepContext, compute: ComputeModel, moe: bool,
                            recompute: Recompute) -> tuple[Pass, Pass, Pass]:
-    """Forward, backward (input gradient only under ZB-H1) and weight-gradient passes."""
+    """Forward, backward (input gradient only under ZB-H1 and DualPipe(V)) and
+    weight-gradient passes."""
     layout = ctx.layout
     ops = _paced(ctx, block_ops(ctx.job.model, ctx.shard, moe, layout.ep))
     f_compute, b_compute = _ops(compute, ops), _ops(compute, ops, backward=True)
     weight = Pass()
-    if layout.schedule == "zero-bubble":
+    if layout.schedule in SPLIT_BACKWARD:
         w = compute.weight_gradient([op.op if isinstance(op, _Paced) else op for op in ops])
         weight, b_compute = Pass(w), b_compute + w * -1
     if recompute != "none":  # Korthikanti et al. 2022 §5
@@ -450,7 +460,7 @@ def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
     """Costs per virtual stage, the pipeline simulated, then DP reduction and optimizer."""
     layout = ctx.layout
     costs = _stage_costs(ctx, devices)
-    timeline = simulate(layout, ctx.microbatches, [c.task_times() for c in costs], record)
+    timeline = _run_schedule(ctx, costs, [1.0] * len(costs), record)
     tails = [_tail(ctx, r, costs, params[r], devices[r]) for r in range(layout.pp)]
     ends = [timeline.finish_s[r] + tails[r][0].total_s + tails[r][1].total_s
             for r in range(layout.pp)]
@@ -458,8 +468,9 @@ def simulate_step(ctx: StepContext, devices: list, params: list[StageParams],
     # is done (fill, drain, waiting on slower stages) as bubble and pipeline sends.
     critical = max(range(layout.pp), key=lambda r: (timeline.busy_s[r], ends[r]))
     if record:
+        sends_to = partial(send_target, layout) if layout.schedule in DUAL_SCHEDULES else None
         drawn = with_streams(timeline.intervals, layout.pp, [_stream_seconds(c) for c in costs],
-                             [c.send.total_s for c in costs])
+                             [c.send.total_s for c in costs], sends_to)
         timeline = replace(timeline, intervals=drawn + _tail_intervals(timeline, tails))
     last = max(range(layout.pp), key=ends.__getitem__)  # the rank that ends the step
     parts = _components(ctx, critical, costs, timeline, tails[critical], max(ends),
@@ -481,13 +492,39 @@ def closed_form_step_s(ctx: StepContext, devices: list, params: list[StageParams
                   + per_stage[id(c)].weight_s for c in costs[r::layout.pp])
               for r in range(layout.pp)]
     slowest = max(rank_s)
+    pipeline_s = ctx.microbatches * slowest + (sum(rank_s) - slowest) / layout.vpp
+    if layout.schedule in DUAL_SCHEDULES:
+        pipeline_s = _dual_closed_form_s(ctx, costs)
     tails: dict[tuple, float] = {}
     for r in range(layout.pp):
         key = (params[r], devices[r], tuple(id(c) for c in costs[r::layout.pp]))
         if key not in tails:
             tails[key] = sum(x.total_s for x in _tail(ctx, r, costs, params[r], devices[r]))
-    return ctx.microbatches * slowest + (sum(rank_s) - slowest) / layout.vpp \
-        + max(tails.values()) + ctx.analytic.step_overhead_s
+    return pipeline_s + max(tails.values()) + ctx.analytic.step_overhead_s
+
+
+def _dual_closed_form_s(ctx: StepContext, costs: list[StageCost]) -> float:
+    """DualPipe(V)'s pipeline without simulating it: the slowest rank's work, its F&B pairs'
+    saving counted on all but PP of its forwards (the warm-up and cool-down run unpaired),
+    plus the source's bubble (PP/2 - 1)(F&B + B - 3W) on that rank's mean chunk
+    (`dualpipe.dual_bubble_s`). Ranks with the same two chunks are costed once."""
+    layout, pp = ctx.layout, ctx.layout.pp
+    forwards = ctx.microbatches * chunk_share(layout) * 2  # per rank, both chunks
+    pairs = max(0.0, forwards - layout.num_virtual_stages)
+    seen: dict[tuple[int, int], float] = {}
+    for rank in range(pp):
+        first, second = costs[rank], costs[rank + pp]
+        key = (id(first), id(second))
+        if key in seen:
+            continue
+        times = [first.task_times(), second.task_times()]
+        nominal = sum(t.forward_s + t.backward_s + t.weight_s for t in times) / 2
+        pair_s = (overlapped_pair_s(ctx, first, second) + overlapped_pair_s(ctx, second, first)) / 2
+        busy = forwards * nominal - pairs * (nominal - pair_s)
+        f, b, w = (sum(getattr(t, k) for t in times) / 2
+                   for k in ("forward_s", "backward_s", "weight_s"))
+        seen[key] = busy + dual_bubble_s(layout, f, b + w, w, pair_s)
+    return max(seen.values())
 
 
 def block_time_s(ctx: StepContext, device, recompute: Recompute | None = None) -> float:
@@ -522,22 +559,69 @@ def _tail_intervals(timeline: Timeline, tails: list[tuple[Sourced, Sourced]]) ->
 
 
 def _stage_costs(ctx: StepContext, devices: list) -> list[StageCost]:
-    """Every virtual stage's costs; stages alike (same blocks and GPU, neither end) once."""
+    """The costs of chunk c of rank r at c·pp + r (virtual stage c·pp + r, except under
+    DualPipe(V), `layout.rank_stages`); stages alike (same blocks and GPU, neither end)
+    once."""
     memo: dict[tuple, StageCost] = {}
-    stages = ctx.layout.num_virtual_stages
+    layout = ctx.layout
+    stages, pp = layout.num_virtual_stages, layout.pp
     out = []
-    for v in range(stages):
-        key = (chunk_blocks(ctx.job, v), devices[v % ctx.layout.pp], v == 0, v == stages - 1)
+    for v in range(pp * layout.chunks_per_rank):
+        stage, device = rank_stages(layout, v % pp)[v // pp], devices[v % pp]
+        key = (chunk_blocks(ctx.job, stage), device, stage == 0, stage == stages - 1)
         if key not in memo:
-            memo[key] = stage_cost(ctx, v, devices[v % ctx.layout.pp])
+            memo[key] = stage_cost(ctx, stage, device)
         out.append(memo[key])
     return out
 
 
+def _run_schedule(ctx: StepContext, costs: list[StageCost], slowdowns: list[float],
+                  record: bool = False) -> Timeline:
+    """The pipeline schedule simulated on the chunks' task times (each slowed by its factor):
+    `schedule.simulate`, or `dualpipe.simulate_dual` with its overlapped F&B pairs."""
+    times = [c.task_times(f) for c, f in zip(costs, slowdowns)]
+    if ctx.layout.schedule not in DUAL_SCHEDULES:
+        return simulate(ctx.layout, ctx.microbatches, times, record)
+    pp, alike = ctx.layout.pp, {}
+    pairs = {}
+    for rank in range(pp):
+        for f in (rank, rank + pp):
+            for b in (rank, rank + pp):
+                key = (id(costs[f]), id(costs[b]), slowdowns[f])
+                if key not in alike:
+                    alike[key] = overlapped_pair_s(ctx, costs[f], costs[b], slowdowns[f])
+                pairs[f, b] = alike[key]
+    return simulate_dual(ctx.layout, ctx.microbatches, times, pairs, record)
+
+
+def overlapped_pair_s(ctx: StepContext, forward: StageCost, backward: StageCost,
+                      slowdown: float = 1.0) -> float:
+    """DualPipe's F&B chunk: one micro-batch's forward and another's whole backward (input
+    and weight gradients) on one rank, run as one. Their compute adds up; the expert
+    all-to-alls each leaves exposed (dispatch and combine) run beside the pair's compute,
+    which hides them up to the shared GPU's slowdown (`StepContext.overlap`): DeepSeek-V3
+    report, arXiv:2412.19437 §3.2.1: "both all-to-all and PP communication can be fully
+    hidden" (the pipeline sends are hidden by the schedule itself, `dualpipe`). Tensor- and
+    context-parallel communication stays as each pass exposes it."""
+    passes = forward.forward + backward.backward + backward.weight
+    compute = passes.compute * slowdown
+    hidden = ctx.overlap(compute, passes.ep, True)
+    return compute.total_s + passes.tp.total_s + passes.cp.total_s + hidden.total_s
+
+
 def _rank_passes(ctx: StepContext, rank: int, costs: list[StageCost]) -> Pass:
-    """All compute and exposed collectives of a rank's tasks over the step."""
+    """All compute and exposed collectives of a rank's tasks over the step (before
+    DualPipe's F&B overlap): every micro-batch through each chunk, or under DualPipe through
+    one of the rank's two copies."""
     chunks = costs[rank::ctx.layout.pp]
-    return total_passes([c.forward + c.backward + c.weight for c in chunks]) * ctx.microbatches
+    return total_passes([c.forward + c.backward + c.weight for c in chunks]) * \
+        (ctx.microbatches * chunk_share(ctx.layout))
+
+
+def chunk_share(layout: Layout) -> float:
+    """The share of the micro-batches each of a rank's chunks runs: 1/2 under DualPipe (one
+    direction each), else all."""
+    return 0.5 if layout.schedule == "dualpipe" else 1.0
 
 
 def total_passes(passes: list[Pass]) -> Pass:
@@ -555,6 +639,9 @@ def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: T
     tasks that ends the pipeline (`Timeline.path_send_s` of the rank that finishes last),
     count as pp_comm, the rest (fill, drain, slower stages) as bubble."""
     work = _rank_passes(ctx, rank, costs)
+    if ctx.layout.schedule in DUAL_SCHEDULES:  # the F&B pairs hid part of the all-to-alls
+        hidden_s = max(0.0, work.total.total_s - timeline.busy_s[rank])
+        work = replace(work, ep=work.ep.scaled_to(max(0.0, work.ep.total_s - hidden_s)))
     idle_s = step_s - timeline.busy_s[rank] - tail[0].total_s - tail[1].total_s
     if idle_s < 1e-9 * step_s:  # the rounding of the timeline's sums, not idle time
         idle_s = 0.0
@@ -621,7 +708,7 @@ def _dp_traffic(ctx: StepContext, params: StageParams) -> tuple[Sourced, Sourced
 def _shard_params(ctx: StepContext, params: StageParams) -> float:
     """Parameters whose optimizer states the rank holds (its ZeRO shard, or all)."""
     layout = ctx.layout
-    shards = layout.dp * layout.cp if layout.zero_stage >= 1 else 1
+    shards = layout.dp * layout.cp * stage_holders(layout) if layout.zero_stage >= 1 else 1
     dense = params.dense_per_rank(layout.tp) / shards
     expert_shards = max(1, shards // layout.ep) if layout.zero_stage >= 1 else 1
     return dense + params.expert_per_rank(layout.tp, layout.ep) / expert_shards
@@ -668,9 +755,8 @@ def _straggler_s(ctx: StepContext, costs: list[StageCost], ends: list[float],
     layout = ctx.layout
     worst = 0.0
     for rank in range(layout.pp):
-        times = [c.task_times(slowdown if v % layout.pp == rank else 1.0)
-                 for v, c in enumerate(costs)]
-        slowed = simulate(layout, ctx.microbatches, times)
+        slowed = _run_schedule(ctx, costs, [slowdown if v % layout.pp == rank else 1.0
+                                            for v in range(len(costs))])
         worst = max(worst, max(slowed.finish_s[r] + tails[r][0].total_s + tails[r][1].total_s
                                for r in range(layout.pp)))
     return max(0.0, worst - max(ends))

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parasim.simulator.checks import require_bool, require_choice, require_count, require_number
+from parasim.simulator.errors import SpecError
 from parasim.simulator.hardware import PRECISIONS, Precision
 from parasim.simulator.nvfp4 import STORED_BYTES_PER_VALUE
 
 BYTES_PER_VALUE = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 MAX_GLOBAL_BATCH = 2**20  # sequences per step: the schedule simulates each micro-batch
+MOMENT_PRECISIONS = ("fp32", "bf16")
 MAX_TOKENS = 1e18  # tokens of a whole run (Llama 3: 1.56e13): keeps every total finite
 
 
@@ -25,6 +27,10 @@ class TrainingSpec:
     flash_attention: bool = True  # fused attention: no s^2 score matrix is stored
     grad_precision: Precision | None = None  # gradient buffer; None = Megatron-LM's default
     checkpoint_interval_steps: int | None = None  # steps between checkpoints; None: Young's
+    optimizer_moment_precision: str = "fp32"  # Adam's two moments: fp32, or bf16 (DeepSeek-V3
+    # report §3.3.3; Megatron-LM --exp-avg-dtype / --exp-avg-sq-dtype bf16)
+    fp8_moe_act_input: bool = False  # fp8 runs: the MoE experts' SwiGLU input cached in FP8
+    # (DeepSeek-V3 report §3.3.3), not in the activations' precision
 
     def __post_init__(self) -> None:
         require_count("training.seq_length", self.seq_length)
@@ -39,6 +45,12 @@ class TrainingSpec:
             require_choice("training.grad_precision", self.grad_precision, ("bf16", "fp16", "fp32"))
         if self.checkpoint_interval_steps is not None:
             require_count("training.checkpoint_interval_steps", self.checkpoint_interval_steps)
+        require_choice("training.optimizer_moment_precision", self.optimizer_moment_precision,
+                       MOMENT_PRECISIONS)
+        require_bool("training.fp8_moe_act_input", self.fp8_moe_act_input)
+        if self.fp8_moe_act_input and self.precision != "fp8":
+            raise SpecError("training.fp8_moe_act_input", True, f"caches an FP8 cast, but "
+                            f"precision is {self.precision}", "precision: fp8, or false")
 
     @property
     def weight_bytes_per_param(self) -> int:
@@ -58,8 +70,20 @@ class TrainingSpec:
     @property
     def optimizer_bytes_per_param(self) -> int:
         """Adam states K: fp32 master weights, momentum and variance (K = 12, Rajbhandari et al.
-        2020, §3.1); an fp32 run needs no master copy (K = 8)."""
-        return 8 if self.precision == "fp32" else 12
+        2020, §3.1); an fp32 run needs no master copy (K = 8). BF16 moments take 2 bytes each
+        (DeepSeek-V3 report, arXiv:2412.19437 §3.3.3, "Low-Precision Optimizer States": "the
+        BF16 data format instead of FP32 to track the first and second moments in the AdamW
+        optimizer ... The master weights ... are still retained in FP32"): K = 8, or 4."""
+        master = 0 if self.precision == "fp32" else 4
+        return master + 2 * BYTES_PER_VALUE[self.optimizer_moment_precision]
+
+    @property
+    def moe_act_input_bytes_per_value(self) -> int:
+        """The MoE experts' SwiGLU input, kept for the backward: 1 byte when cached in FP8
+        (DeepSeek-V3 report §3.3.3, "Low-Precision Activation": "we cache the inputs of the
+        SwiGLU operator and recompute its output in the backward pass. These activations are
+        also stored in FP8"), else the activations' precision."""
+        return 1 if self.fp8_moe_act_input else self.activation_bytes_per_value
 
     @property
     def activation_bytes_per_value(self) -> int:

@@ -91,12 +91,12 @@ def _dsv3(parallel: dict):
 
 
 def test_deepseek_v3_published_layout_with_its_reports_memory_techniques():
-    """2,048 H800, pp 16, ep 64, fp8, 1F1B (report §3.2; DualPipe is not modelled): 114 GiB
-    per GPU without recompute (FP8-cached linear inputs; 137 GiB when they were counted in
-    16 bits), 109.5 with the norms recomputed, 81.5 with the MLA up-projections too, 78.0 with
-    the MoE activation too (§3.2.3, §3.3.3): 3 GiB over the 75 GiB parasim counts usable on an
-    80 GiB GPU. The report's further savings, not modelled (README): the MoE SwiGLU input
-    cached in FP8 and BF16 Adam moments."""
+    """2,048 H800, pp 16, ep 64, fp8, 1F1B (report §3.2): 89.6 GiB per GPU without recompute
+    (FP8-cached linear inputs), 85.0 with the norms recomputed, 57.0 with the MLA
+    up-projections too, 53.5 with the MoE activation too (§3.2.3, §3.3.3), within the 75 GiB
+    parasim counts usable on an 80 GiB GPU. (Before the experts' outputs were dropped from the
+    stored activations, Megatron-Core's weighted SwiGLU, the same steps read 114, 109.5, 81.5,
+    78.0.) DualPipe with the report's layout: tests/test_dualpipe.py."""
     peaks = [predict(_dsv3(p)).peak_stage.peak_bytes / 2**30 for p in (
         {"recompute": "none"},
         {"recompute": "selective"},
@@ -104,7 +104,29 @@ def test_deepseek_v3_published_layout_with_its_reports_memory_techniques():
         {"recompute": "selective",
          "recompute_modules": ["core_attn", "layernorm", "mla_up_proj", "moe_act"]})]
     assert peaks == sorted(peaks, reverse=True) and peaks[0] > peaks[-1] + 30
-    assert 70 < peaks[-1] < 85
+    assert 50 < peaks[-1] < 57
+
+
+def test_moe_layers_keep_no_expert_outputs_for_the_combine():
+    """Megatron-Core applies the routing probabilities inside the experts' SwiGLU, so the
+    combine saves nothing: an MoE block keeps the dispatched inputs (FP8) and the experts'
+    SwiGLU inputs, not their k·h outputs."""
+    slots = TOKENS * 2
+    kept = stored(MOE, FP8, ["core_attn"], True) - stored(MOE, FP8, ["core_attn"], False)
+    # beyond the norm input both keep: the dense MLP its fc1 input (FP8), SwiGLU input (gate
+    # and up, 16 bits) and fc2 input (FP8); the MoE its router input (16 bits), fp32 router
+    # probabilities and per expert slot the same three
+    dense_ffn = TOKENS * (H + 2 * 11008 * 2 + 11008)
+    moe_ffn = TOKENS * 2 * H + TOKENS * 4 * 8 + slots * (H + 2 * 2048 * 2 + 2048)
+    assert kept == moe_ffn - dense_ffn
+
+
+def test_fp8_moe_act_input_halves_the_experts_swiglu_input():
+    """DeepSeek-V3 report §3.3.3: the SwiGLU inputs in MoE cached in FP8."""
+    cached = Shard(micro_batch=1, seq_length=TOKENS, linear_input_bytes=1, moe_act_input_bytes=1)
+    saved = stored(MOE, FP8, ["core_attn"], True) - stored(MOE, cached, ["core_attn"], True)
+    assert saved == TOKENS * 2 * (2 * 2048) * 1
+    assert stored(DENSE, FP8, ["core_attn"]) == stored(DENSE, cached, ["core_attn"])
 
 
 def test_megatron_export_lists_the_modules():
