@@ -55,6 +55,10 @@ from parasim.simulator.job import Job
 ELASTIC_LOGGER = "torch.distributed.elastic"  # its INFO/WARNING lines are not parasim's output
 MONITOR_S = 0.5  # how often the agent checks its ranks
 SHUTDOWN_S = 5  # after SIGTERM to the ranks, before SIGKILL (as runtime.processes.STOP_GRACE_S)
+# The agent forwards these to its ranks before stopping. Not SIGINT (torchrun's default list
+# has it): a Ctrl-C is a KeyboardInterrupt in the agent, which then stops its ranks with
+# SIGTERM, quiet even in a rank still starting (a SIGINT there prints a fatal Python error).
+HANDLED_SIGNALS = "SIGTERM,SIGHUP,SIGQUIT"
 
 
 class _Deadline(Exception):
@@ -91,7 +95,7 @@ def launch_config(node: NodeSpec, run_id: str, timeout_s: float, log_dir: str) -
         rdzv_configs={"rank": node.node_rank, "timeout": max(1, math.ceil(timeout_s))},
         max_restarts=0, monitor_interval=MONITOR_S, start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=log_dir, redirects=Std.ALL),
-        shutdown_timeout=SHUTDOWN_S)
+        shutdown_timeout=SHUTDOWN_S, signals_to_handle=HANDLED_SIGNALS)
 
 
 def run_fingerprint(args: RunArgs, node: NodeSpec) -> str:
@@ -158,14 +162,18 @@ def _first_line(value: object) -> str:
 @contextmanager
 def _quiet_elastic() -> Iterator[None]:
     """The agent's own log lines (rendezvous, worker states) off: failures come back as one
-    line through the exceptions above."""
-    logger = logging.getLogger(ELASTIC_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    line through the exceptions above. torch gives each of its modules a logger with its own
+    level (torch/distributed/elastic/utils/logging.py), so each one is silenced."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == ELASTIC_LOGGER or name.startswith(ELASTIC_LOGGER + ".")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @contextmanager

@@ -290,9 +290,12 @@ def _node_command(namespace: str, plan: Path, rank: int, endpoint: str, out: Pat
             "--out", str(out), *extra]
 
 
-def _node_env() -> dict[str, str]:
-    """gloo on the namespace's own link (the host name resolves to no address there)."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": netns.INTERFACE}
+def _node_env(quiet: bool = False) -> dict[str, str]:
+    """gloo on the namespace's own link (the host name resolves to no address there). `quiet`:
+    torch's C++ warnings off, as `parasim run` sets them before it imports torch (a stand-in
+    trainer imports torch first)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": netns.INTERFACE}
+    return {**env, "TORCH_CPP_LOG_LEVEL": "FATAL"} if quiet else env
 
 
 def _start_nodes(network, plan: Path, out: Path, *extra: str, trainer: str | None = None
@@ -300,7 +303,8 @@ def _start_nodes(network, plan: Path, out: Path, *extra: str, trainer: str | Non
     endpoint = f"{network.addresses[0]}:{DEFAULT_PORT}"
     return [subprocess.Popen(_node_command(network.nodes[k], plan, k, endpoint, out, *extra,
                                            trainer=trainer),
-                             cwd=REPO, env=_node_env(), stdout=subprocess.PIPE,
+                             cwd=REPO, env=_node_env(quiet=trainer is not None),
+                             stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for k in (1, 0)][::-1]
 
 
@@ -340,8 +344,8 @@ def test_two_nodes_in_two_namespaces_measure_what_one_machine_measures(
     assert two["world_size"] == one["world_size"] == 2
     assert len(two["losses"]) == 3 and all(loss > 0 for loss in two["losses"])
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-9, abs=0)
-    assert [r["losses"] for r in two["ranks"]] == \
-        pytest.approx([r["losses"] for r in one["ranks"]], rel=1e-9, abs=0)
+    for rank_two, rank_one in zip(two["ranks"], one["ranks"]):
+        assert rank_two["losses"] == pytest.approx(rank_one["losses"], rel=1e-9, abs=0)
 
 
 @pytest.mark.slow
@@ -377,7 +381,7 @@ def test_a_rank_that_raises_fails_both_nodes_in_one_line(two_namespaces, tmp_pat
 def test_ctrl_c_stops_this_nodes_ranks_and_exits_130(tmp_path):
     """One node on this host's loopback (no root needed): Ctrl-C while its rank hangs."""
     plan = write_plan(tmp_path, {"dp": 2})
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_CPP_LOG_LEVEL": "FATAL"}
     cli = subprocess.Popen([sys.executable, "-c", CLI_WITH_TRAINER, "hang_on_rank_1", "run",
                             str(plan), "--nnodes", "1", "--node-rank", "0", "--rdzv-endpoint",
                             f"127.0.0.1:{_free_port()}", "--timeout", "120",
