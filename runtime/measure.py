@@ -105,8 +105,8 @@ class Measurement:
             "peak_bytes": self.peak_bytes,
             "losses": list(self.losses),
             "ranks": [{"rank": rank, "step_times_s": list(r.step_times_s),
-                       "losses": list(r.losses), "peak_bytes": r.peak_bytes, "memory_bytes": dict(r.memory_bytes),
-                       "phase_s": dict(r.phase_s)}
+                       "losses": list(r.losses), "peak_bytes": r.peak_bytes,
+                       "memory_bytes": dict(r.memory_bytes), "phase_s": dict(r.phase_s)}
                       for rank, r in enumerate(self.ranks)],
             "emulation": self.emulation,
             "host": host_facts(),

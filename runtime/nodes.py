@@ -2,9 +2,9 @@
 
 `parasim run PLAN --nnodes N --node-rank R --rdzv-endpoint HOST:PORT [--nproc-per-node M]` is
 run once on every node, as `torchrun` is (torch.distributed.run: the same four options): node R
-starts M ranks, the nodes meet at HOST:PORT (a store served by node 0, torch's c10d rendezvous)
-and the global ranks R·M ... R·M + M - 1 are this node's (torch.distributed.elastic orders the
-nodes by their --node-rank when every node gives one). `NodeSpec.of` checks the options against
+starts M ranks, the nodes meet at HOST:PORT (a store served by node 0: torchrun's static
+rendezvous, which makes --node-rank the node's group rank; runtime/multinode.py) and the global
+ranks R·M ... R·M + M - 1 are this node's. `NodeSpec.of` checks the options against
 the plan before anything starts: every mistake is one SpecError naming the option to change.
 
 M defaults to the plan's GPUs per node, capped to the ranks each node has to run (world / N):
@@ -96,7 +96,8 @@ def parse_endpoint(text: object, field: str = "--rdzv-endpoint") -> tuple[str, i
         raise SpecError(field, text, "must be HOST:PORT", _ENDPOINT_VALID)
     match = re.fullmatch(r"\[([^\]\s]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", text.strip())
     if match is None:
-        raise SpecError(field, text, "is not HOST:PORT (a port is required; brackets around an IPv6 address)", _ENDPOINT_VALID)
+        raise SpecError(field, text, "is not HOST:PORT (a port is required; brackets around "
+                        "an IPv6 address)", _ENDPOINT_VALID)
     host, port = (match[1], match[2]) if match[1] else (match[3], match[4])
     if match[1]:
         try:
