@@ -404,3 +404,35 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# The launcher's configuration --------------------------------------------------------------------
+
+
+def test_each_node_is_a_fixed_size_torchrun_node_of_the_static_rendezvous(tmp_path):
+    from parasim.runtime.multinode import launch_config
+    node = NodeSpec.of(world_size=16, gpus_per_node=8, nnodes=2, node_rank=1,
+                       endpoint="[fe80::1]:29400")
+    config = launch_config(node, "parasim-x", 7.5, str(tmp_path))
+    assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (2, 2, 8)
+    assert (config.rdzv_backend, config.rdzv_endpoint) == ("static", "[fe80::1]:29400")
+    assert config.rdzv_configs == {"rank": 1, "timeout": 8}  # whole seconds, rounded up
+    assert config.max_restarts == 0 and config.run_id == "parasim-x"
+    assert "SIGINT" not in config.signals_to_handle.split(",")
+
+
+def test_nodes_that_run_other_options_have_other_fingerprints(tmp_path):
+    from dataclasses import replace
+
+    from parasim.planner.plan import read_plan
+    from parasim.runtime.multinode import run_fingerprint
+    from parasim.runtime.run import RunArgs
+    plan = read_plan(write_plan(tmp_path, {"dp": 2}))
+    args = RunArgs(job=plan.job, plan_path=str(plan.path), steps=3, warmup_steps=1)
+    node = NodeSpec.of(world_size=2, gpus_per_node=2, nnodes=2, node_rank=0, endpoint="h:1")
+    same = run_fingerprint(args, node)
+    assert run_fingerprint(args, replace(node, node_rank=1, host="x")) == same
+    assert run_fingerprint(replace(args, steps=4), node) != same
+    assert run_fingerprint(replace(args, warmup_steps=2), node) != same
+    other = write_plan(tmp_path, {"dp": 2}, name="other.json", **{"training.seq_length": 64})
+    assert run_fingerprint(replace(args, plan_path=str(other)), node) != same
