@@ -59,6 +59,10 @@ SHUTDOWN_S = 5  # after SIGTERM to the ranks, before SIGKILL (as runtime.process
 # has it): a Ctrl-C is a KeyboardInterrupt in the agent, which then stops its ranks with
 # SIGTERM, quiet even in a rank still starting (a SIGINT there prints a fatal Python error).
 HANDLED_SIGNALS = "SIGTERM,SIGHUP,SIGQUIT"
+# The rendezvous' run id (it prefixes the store's keys; node 0 makes a new store each run). The
+# same on every node whatever it runs, so that nodes that differ meet and the ranks, comparing
+# their fingerprints, say so at once instead of waiting in separate rendezvous until the timeout.
+RUN_ID = "parasim-run"
 
 
 class _Deadline(Exception):
@@ -74,7 +78,7 @@ def measure_on_node(plan: Plan, *, node: NodeSpec, steps: int, warmup_steps: int
     fingerprint = run_fingerprint(args, node)
     logs = tempfile.mkdtemp(prefix="parasim-node-")
     try:
-        config = launch_config(node, fingerprint, timeout_s, logs)
+        config = launch_config(node, RUN_ID, timeout_s, logs)
         with _quiet_elastic(), _deadline(timeout_s):
             values = _launch(config, node, timeout_s, logs, (worker, args, fingerprint))
     finally:
@@ -100,7 +104,7 @@ def launch_config(node: NodeSpec, run_id: str, timeout_s: float, log_dir: str) -
 
 def run_fingerprint(args: RunArgs, node: NodeSpec) -> str:
     """What every node must agree on: the plan file's bytes, the (maybe shrunk) job, the steps
-    and the node layout. Also the rendezvous' run id."""
+    and the node layout."""
     text = "|".join([file_sha256(args.plan_path), repr(args.job), str(args.steps),
                      str(args.warmup_steps), str(node.nnodes), str(node.nproc_per_node)])
     return "parasim-" + hashlib.sha256(text.encode()).hexdigest()[:16]

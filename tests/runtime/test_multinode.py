@@ -436,3 +436,26 @@ def test_nodes_that_run_other_options_have_other_fingerprints(tmp_path):
     assert run_fingerprint(replace(args, warmup_steps=2), node) != same
     other = write_plan(tmp_path, {"dp": 2}, name="other.json", **{"training.seq_length": 64})
     assert run_fingerprint(replace(args, plan_path=str(other)), node) != same
+
+
+@pytest.mark.slow
+def test_nodes_that_run_other_options_stop_at_once_naming_it(tmp_path):
+    """Two nodes on this host's loopback (no root needed), one with another --steps."""
+    plan, port = write_plan(tmp_path, {"dp": 2}), _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    nodes = [subprocess.Popen([sys.executable, "-m", "parasim", "run", str(plan), "--nnodes",
+                               "2", "--node-rank", str(rank), "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--steps", str(3 + rank), "--timeout",
+                               "120", "--out", str(tmp_path / "m.json")],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    start_s = time.monotonic()
+    outcomes = _finish(nodes, RUN_TIMEOUT_S)
+    for rank, (status, _, err) in enumerate(outcomes):
+        assert status == 1, err
+        assert err.splitlines() == [
+            f"parasim: error: node {rank} of 2: rank {rank} failed: MeasurementError: rank "
+            f"{1 - rank} runs another plan or other options than rank {rank} (the plan file, "
+            "--steps, --warmup, --shrink and the node layout must be the same on every node)"]
+    assert time.monotonic() - start_s < 100  # not the 120 s timeout
+    assert not (tmp_path / "m.json").exists()
