@@ -40,6 +40,7 @@ from parasim.simulator.errors import SpecError
 
 MAX_PROCESSES = 256  # beyond any plan this runtime executes on one machine
 PROCESSES_PER_CPU = 4  # more ranks than that per core only measure the scheduler
+BACKEND = "gloo"  # the trainer runs on the CPU (runtime/train.py: fp32 on the host's cores)
 Worker = Callable[[int, int, Any], Any]
 
 
@@ -176,7 +177,7 @@ def _join_and_work(spec: RankSpec, worker: Worker, args: Any) -> Any:
     timeout = timedelta(seconds=spec.timeout_s)
     store = dist.TCPStore(spec.store_host, spec.store_port, spec.world_size, is_master=False,
                           timeout=timeout)
-    dist.init_process_group("gloo", store=store, rank=spec.rank, world_size=spec.world_size,
+    dist.init_process_group(BACKEND, store=store, rank=spec.rank, world_size=spec.world_size,
                             timeout=timeout)
     result = worker(spec.rank, spec.world_size, args)
     # Not in a `finally`: after an error the group's connections close only when the process

@@ -37,6 +37,7 @@ class RankMeasurement:
     peak_bytes: float  # peak memory: CUDA max allocated, or on CPU the trainer's byte counter
     phase_s: dict[str, float]  # seconds per named phase (forward, backward, ...), mean per step
     memory_bytes: dict[str, float] = field(default_factory=dict)  # the peak's parts, by name
+    losses: tuple[float, ...] = ()  # each timed step's mean loss; () on ranks without the head
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,14 @@ class Measurement:
         return Spread.of(self.step_times_s)
 
     @property
+    def losses(self) -> tuple[float, ...]:
+        """Per timed step, the mean over the ranks that hold the loss (the last pipeline
+        stage's: one per data-parallel replica, repeated over tp and cp), i.e. the loss of the
+        step's whole global batch."""
+        per_rank = [r.losses for r in self.ranks if r.losses]
+        return tuple(statistics.fmean(step) for step in zip(*per_rank))
+
+    @property
     def peak_bytes(self) -> float:
         return max(r.peak_bytes for r in self.ranks)
 
@@ -94,9 +103,10 @@ class Measurement:
                                    "min": spread.min_s, "max": spread.max_s},
             "step_times_s": list(self.step_times_s),
             "peak_bytes": self.peak_bytes,
+            "losses": list(self.losses),
             "ranks": [{"rank": rank, "step_times_s": list(r.step_times_s),
-                       "peak_bytes": r.peak_bytes, "memory_bytes": dict(r.memory_bytes),
-                       "phase_s": dict(r.phase_s)}
+                       "losses": list(r.losses), "peak_bytes": r.peak_bytes,
+                       "memory_bytes": dict(r.memory_bytes), "phase_s": dict(r.phase_s)}
                       for rank, r in enumerate(self.ranks)],
             "emulation": self.emulation,
             "host": host_facts(),
@@ -127,7 +137,8 @@ def pooled(runs: list[Measurement]) -> Measurement:
             step_times_s=tuple(t for r in per_rank for t in r.step_times_s),
             peak_bytes=max(r.peak_bytes for r in per_rank),
             phase_s=_mean_dict([r.phase_s for r in per_rank]),
-            memory_bytes=_mean_dict([r.memory_bytes for r in per_rank]))
+            memory_bytes=_mean_dict([r.memory_bytes for r in per_rank]),
+            losses=tuple(loss for r in per_rank for loss in r.losses))
         for per_rank in zip(*(run.ranks for run in runs)))
     emulation = runs[0].emulation
     if emulation and "measured_inter_node_Gbps" in emulation:

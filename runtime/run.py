@@ -26,7 +26,7 @@ from parasim.simulator.params import total_params
 
 # What `parasim run` (app/run_cli.py, which imports this module lazily) uses.
 __all__ = ["MeasurementError", "RunArgs", "find_trainer", "netns", "measure_plan",
-           "write_measurement"]
+           "prepare_run", "write_measurement"]
 
 TRAINER_MODULE = "parasim.runtime.train"
 TRAINER_FUNCTION = "train_worker"
@@ -62,20 +62,13 @@ def measure_plan(plan: Plan, *, steps: int, warmup_steps: int, nproc: int, timeo
     """Run and measure the plan read from its file (`job`: the plan's job shrunk, when the
     layout runs on a small model of the family); SpecError before any process starts if it
     cannot run here, MeasurementError if a rank fails, dies or runs past `timeout_s`."""
-    if plan.path is None:
-        raise SpecError("plan", None, "has no plan file: a measurement names the file it "
-                        "measured", "write the plan first (parasim.write_plan, or plan --out)")
-    plan_path, job = plan.path, job or plan.job
     check_launch(nproc, timeout_s, emulation)
-    if nproc != job.layout.world_size:
-        raise SpecError("--nproc", nproc, f"the plan's layout runs tp·cp·dp·pp = "
-                        f"{job.layout.world_size} ranks", str(job.layout.world_size))
-    check_host_memory(job)
-    worker = find_trainer()
-    check = getattr(importlib.import_module(TRAINER_MODULE), "check_trainable", None)
-    if check is not None:  # what the trainer cannot run, before any process starts
-        check(job)
-    args = RunArgs(job=job, plan_path=str(plan_path), steps=steps, warmup_steps=warmup_steps)
+    world = (job or plan.job).layout.world_size
+    if nproc != world:
+        raise SpecError("--nproc", nproc, f"the plan's layout runs tp·cp·dp·pp = {world} ranks",
+                        str(world))
+    worker, args = prepare_run(plan, job=job, steps=steps, warmup_steps=warmup_steps,
+                               ranks_here=nproc)
     if emulation is None:
         results = launch_on(None, worker, nproc, args, timeout_s)
         facts = None
@@ -83,20 +76,39 @@ def measure_plan(plan: Plan, *, steps: int, warmup_steps: int, nproc: int, timeo
         with netns.emulated_network(emulation) as network:
             facts = emulation_facts(network, emulation, nproc)
             results = launch_on(network, worker, nproc, args, timeout_s)
-    return measurement(results, plan_path=plan_path, steps=steps, warmup_steps=warmup_steps,
-                       emulation=facts)
+    return measurement(results, plan_path=args.plan_path, steps=steps,
+                       warmup_steps=warmup_steps, emulation=facts)
 
 
-def check_host_memory(job: Job) -> None:
-    """The ranks' model states alone (fp32 weights, gradients and two Adam moments: 16 bytes a
-    parameter, split over tp·pp·ep at best) must fit in half this host's memory."""
+def prepare_run(plan: Plan, *, job: Job | None, steps: int, warmup_steps: int,
+                ranks_here: int) -> tuple[Worker, RunArgs]:
+    """The trainer and its arguments, after every check that needs no process (the plan has a
+    file, the host holds its `ranks_here` ranks, the trainer runs the layout): SpecError."""
+    if plan.path is None:
+        raise SpecError("plan", None, "has no plan file: a measurement names the file it "
+                        "measured", "write the plan first (parasim.write_plan, or plan --out)")
+    job = job or plan.job
+    check_host_memory(job, ranks_here)
+    worker = find_trainer()
+    check = getattr(importlib.import_module(TRAINER_MODULE), "check_trainable", None)
+    if check is not None:  # what the trainer cannot run, before any process starts
+        check(job)
+    return worker, RunArgs(job=job, plan_path=str(plan.path), steps=steps,
+                           warmup_steps=warmup_steps)
+
+
+def check_host_memory(job: Job, ranks_here: int | None = None) -> None:
+    """The model states of this host's ranks (all of them by default; fp32 weights, gradients
+    and two Adam moments: 16 bytes a parameter, split over tp·pp·ep at best) must fit in half
+    this host's memory."""
     layout = job.layout
+    ranks_here = layout.world_size if ranks_here is None else ranks_here
     states_bytes = 16 * total_params(job.model) / (layout.tp * layout.pp * layout.ep)
-    need_bytes = states_bytes * layout.world_size
+    need_bytes = states_bytes * ranks_here
     host_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need_bytes > host_bytes / 2:
         raise SpecError("plan", job.source, f"{job.model.name}'s model states need at least "
-                        f"{need_bytes / 2**30:.1f} GiB on this host's {layout.world_size} "
+                        f"{need_bytes / 2**30:.1f} GiB on this host's {ranks_here} "
                         f"ranks, more than half its {host_bytes / 2**30:.0f} GiB",
                         "--shrink (the same layout on a small model of the family)")
 

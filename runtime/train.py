@@ -61,16 +61,18 @@ def train_worker(rank: int, world_size: int, args: RunArgs) -> RankMeasurement:
     trainer = Trainer.build(args.job, build_groups(args.job.layout))
     for step in range(args.warmup_steps):
         trainer.step(step)
-    times_s, phases = [], []
+    times_s, phases, losses = [], [], []
     for step in range(args.warmup_steps, args.warmup_steps + args.steps):
         dist.barrier()
         start = time.perf_counter()
         phases.append(trainer.step(step))
         times_s.append(time.perf_counter() - start)
+        losses.append(trainer.loss)
     memory = trainer.memory_bytes()
     return RankMeasurement(step_times_s=tuple(times_s), peak_bytes=sum(memory.values()),
                            phase_s={k: statistics.fmean(p[k] for p in phases) for k in phases[0]},
-                           memory_bytes=memory)
+                           memory_bytes=memory,
+                           losses=tuple(losses) if None not in losses else ())
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Trainer:
     optimizer: DistributedAdamW
     link: PipelineLink | None  # None without pipeline parallelism
     saved: SavedBytes
+    loss: float | None = None  # the last step's mean loss over its micro-batches (None: no head)
 
     @classmethod
     def build(cls, job: Job, groups: ParallelGroups) -> Trainer:
@@ -115,7 +118,7 @@ class Trainer:
     def _accumulate(self, tokens, labels, positions) -> dict[str, float]:
         """pp = 1: forward and backward of each micro-batch, reducing after the last."""
         part, m = self.parts[0], len(tokens)
-        forward_s = backward_s = 0.0
+        forward_s = backward_s = total = 0.0
         for i in range(m):
             with part.grads.no_sync() if i + 1 < m else nullcontext():
                 start = time.perf_counter()
@@ -124,6 +127,8 @@ class Trainer:
                 loss.backward()
                 forward_s += middle - start
                 backward_s += time.perf_counter() - middle
+                total += float(loss.detach())
+        self.loss = total
         return {"forward_s": forward_s, "backward_s": backward_s, "p2p_wait_s": 0.0}
 
     def _pipeline(self, tokens, labels, positions) -> dict[str, float]:
@@ -137,7 +142,7 @@ class Trainer:
                 inputs=tokens, targets=labels, loss_fn=last.loss if last.head else None,
                 side_inputs=[(positions,)] * len(tokens),
                 on_chunk_backward_done=lambda c: self.parts[c].grads.start())
-        times = result.times
+        times, self.loss = result.times, result.loss
         return {"forward_s": times.forward_s, "backward_s": times.backward_s,
                 "p2p_wait_s": times.p2p_wait_s}
 

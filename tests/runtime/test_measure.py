@@ -18,7 +18,7 @@ from parasim.simulator.errors import SpecError
 
 
 def ranks() -> list[RankMeasurement]:
-    return [RankMeasurement((1.0, 4.0, 2.0), 10.0, {"forward": 0.5}),
+    return [RankMeasurement((1.0, 4.0, 2.0), 10.0, {"forward": 0.5}, losses=(5.0, 4.0, 3.0)),
             RankMeasurement((3.0, 1.0, 2.5), 30.0, {"forward": 0.7})]
 
 
@@ -39,14 +39,26 @@ def test_the_step_time_is_the_slowest_rank_per_step(tmp_path):
     data = measured.to_json()
     assert data["step_time_s"] == 3.0 and data["step_times_s"] == [3.0, 4.0, 2.5]
     assert data["plan_sha256"] == hashlib.sha256(b"{}").hexdigest()
-    assert data["ranks"][1] == {"rank": 1, "step_times_s": [3.0, 1.0, 2.5],
+    assert data["ranks"][1] == {"rank": 1, "step_times_s": [3.0, 1.0, 2.5], "losses": [],
                                 "peak_bytes": 30.0, "memory_bytes": {},
                                 "phase_s": {"forward": 0.7}}
+    assert data["losses"] == [5.0, 4.0, 3.0]  # rank 1 holds no loss (not the last stage)
     assert (data["schema_version"], data["world_size"], data["steps"],
             data["warmup_steps"]) == (1, 2, 3, 2)
     out = tmp_path / "MEASUREMENT.json"
     write_measurement(out, measured)
     assert json.loads(out.read_text(encoding="utf-8"))["step_times_s"] == [3.0, 4.0, 2.5]
+
+
+def test_the_loss_of_a_step_is_the_mean_over_the_ranks_that_hold_one(tmp_path):
+    """Data-parallel replicas each see their share of the batch: the batch's loss is their
+    mean (equal shares)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}", encoding="utf-8")
+    two = [RankMeasurement((1.0, 1.0), 1.0, {}, losses=(6.0, 2.0)),
+           RankMeasurement((1.0, 1.0), 1.0, {}, losses=(4.0, 3.0)),
+           RankMeasurement((1.0, 1.0), 1.0, {})]
+    assert measurement(two, plan_path=plan, steps=2, warmup_steps=0).losses == (5.0, 2.5)
 
 
 @pytest.mark.parametrize("result, why", [
