@@ -7,6 +7,8 @@ transformer/`), Hugging Face `modeling_llama.py`, `modeling_mixtral.py`, `modeli
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -102,6 +104,7 @@ class BlockGroup(NamedTuple):
     recompute: Recompute
 
 
+@lru_cache(maxsize=65536)  # the planner asks the same stages of thousands of layouts
 def block_groups(model: ModelSpec, start: int, stop: int, recompute: Recompute,
                  full_until: int | None = None) -> tuple[BlockGroup, ...]:
     """Blocks start..stop-1 in groups: those before `full_until` recomputed in full (Megatron-

@@ -12,7 +12,7 @@ every replica. Every duration is `Sourced` (measured / interpolated / analytic).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, lru_cache, partial
 
 from parasim.simulator.cost.comm import AxisNetwork, axis_network
 from parasim.simulator.cost.compute import ComputeModel
@@ -55,7 +55,7 @@ class Pass:
     ep: Sourced = Sourced()
     offload: Sourced = Sourced()  # exposed PCIe copies of offloaded activations
 
-    @property
+    @cached_property  # asked of the same few passes by thousands of closed-form steps
     def total(self) -> Sourced:
         return self.compute + self.tp + self.cp + self.ep + self.offload
 
@@ -76,6 +76,15 @@ class StageCost:
     send: Sourced  # one activation (or gradient) to the next (previous) stage
 
     def task_times(self, slowdown: float = 1.0) -> TaskTimes:
+        if slowdown == 1.0:
+            return self._unslowed_times
+        return self._times(slowdown)
+
+    @cached_property
+    def _unslowed_times(self) -> TaskTimes:
+        return self._times(1.0)
+
+    def _times(self, slowdown: float) -> TaskTimes:
         return TaskTimes(self.forward.total.total_s + self.forward.compute.total_s * (slowdown - 1),
                          self.backward.total.total_s + self.backward.compute.total_s * (slowdown - 1),
                          self.weight.total.total_s * slowdown, self.send.total_s)
@@ -94,6 +103,8 @@ class StepContext:
     profile: AnalyticProfile | None = None  # with its generations (`analytic`: resolved for
     #                                         the first node group's GPU)
     flags: set[str] = field(default_factory=set)
+    # collectives already costed for this step (every stage asks for its sends alike)
+    _collectives: dict[tuple, Sourced] = field(default_factory=dict, repr=False)
 
     def net(self, axis: str) -> AxisNetwork:
         """The collectives of one parallel axis on the cluster's topology."""
@@ -102,6 +113,12 @@ class StepContext:
     def collective(self, axis: str, kind: str, size_bytes: float) -> Sourced:
         """A collective on every group of `axis`: from the profile's measured table when the
         groups sit inside one host (what `parasim profile` measures), else on the graph."""
+        key = (axis, kind, size_bytes)
+        if key not in self._collectives:
+            self._collectives[key] = self._collective(axis, kind, size_bytes)
+        return self._collectives[key]
+
+    def _collective(self, axis: str, kind: str, size_bytes: float) -> Sourced:
         net = self.net(axis)
         if size_bytes <= 0:  # nothing to send (e.g. the expert gradients of a dense model)
             return Sourced()
@@ -166,10 +183,16 @@ def step_context(job: Job, analytic: AnalyticProfile, measured: ProfileDB | None
 
 def chunk_blocks(job: Job, stage: int) -> tuple[BlockGroup, ...]:
     """The blocks of virtual stage `stage`, grouped by kind (dense, MoE) and recompute mode."""
-    split, layout = job.stage_layers, job.layout
-    start = sum(split[:stage])
+    layout = job.layout
     full = layout.full_recompute_layers[stage] if layout.full_recompute_layers else 0
-    return block_groups(job.model, start, start + split[stage], layout.recompute, start + full)
+    return _stage_blocks(job.model, job.stage_layers, stage, layout.recompute, full)
+
+
+@lru_cache(maxsize=65536)  # the planner asks the same stages of thousands of layouts
+def _stage_blocks(model, split: tuple[int, ...], stage: int, recompute: Recompute, full: int
+                  ) -> tuple[BlockGroup, ...]:
+    start = sum(split[:stage])
+    return block_groups(model, start, start + split[stage], recompute, start + full)
 
 
 def precision_chunks(job: Job, stage: int) -> list[tuple[str, tuple[BlockGroup, ...]]]:
