@@ -23,7 +23,6 @@ from parasim.simulator.job import Job, resolve_layout
 from parasim.simulator.layout import CP_STYLES, Layout, Offload, check_field
 from parasim.simulator.memory import held_params, rank_model_states
 from parasim.simulator.offload import node_dp
-from parasim.simulator.params import stage_params
 from parasim.simulator.placement import axis_groups
 
 MICRO_BATCHES = (1, 2, 4, 8)

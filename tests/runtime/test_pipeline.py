@@ -268,11 +268,10 @@ class _Saved:
         self.counter.now -= 1
 
 
-@pytest.mark.parametrize("schedule, held", [("gpipe", 3), ("1f1b", 1)])
-def test_one_stage_matches_and_frees_each_microbatch_after_its_backward(schedule, held):
-    """pp = 1 (no process group needed): the engine is the plain micro-batch loop; autograd's
-    saved tensors peak at `held` micro-batches' worth (GPipe all m, 1F1B one) and are all
-    released by the end."""
+def one_stage_run(schedule: str):
+    """pp = 1 (no process group needed) under `schedule` on three micro-batches: the peak of
+    autograd's saved tensors for one micro-batch alone, the counter of the run's saved tensors,
+    the run's result, and its match with the reference (loss and gradients) asserted."""
     case = Case(schedule, 1, 1, 3)
     stages = build_stages(1)
     tokens, targets, sides = micro_batches(case.microbatches)
@@ -285,12 +284,20 @@ def test_one_stage_matches_and_frees_each_microbatch_after_its_backward(schedule
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
         result = run_pipeline(stages, link, microbatches=case.microbatches, inputs=list(tokens),
                               targets=list(targets), loss_fn=loss_fn, side_inputs=sides)
-    assert (counter.peak, counter.now) == (held * one.peak, 0)
-    assert result.peak_held == held
     expected = reference(case)
     torch.testing.assert_close(torch.tensor(result.loss), expected["loss"], **TOLERANCE)
     for name, grad in named({0: stages[0]}, "grad").items():
         torch.testing.assert_close(grad, expected["grads"][name], **TOLERANCE)
+    return one.peak, counter, result
+
+
+@pytest.mark.parametrize("schedule, held", [("gpipe", 3), ("1f1b", 1)])
+def test_one_stage_matches_and_frees_each_microbatch_after_its_backward(schedule, held):
+    """pp = 1: the engine is the plain micro-batch loop; autograd's saved tensors peak at
+    `held` micro-batches' worth (GPipe all m, 1F1B one) and are all released by the end."""
+    one_peak, counter, result = one_stage_run(schedule)
+    assert (counter.peak, counter.now) == (held * one_peak, 0)
+    assert result.peak_held == held
 
 
 @pytest.mark.parametrize("layout, microbatches, why", [
