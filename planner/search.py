@@ -312,12 +312,13 @@ def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile, known: d
     """A Ulysses layout whose blocks are no faster than its ring twin's cannot win: the two
     hold the same memory and differ only in the blocks' context-parallel transfers. `known`
     keeps the answers by what a block's time depends on: not the schedule, the virtual
-    stages, the ZeRO stage or the layer split (none moves a rank or changes a block's work)."""
+    stages, the ZeRO stage (or ZeRO++) or the layer split (none moves a rank or changes a
+    block's work)."""
     def block_s(style: str) -> float:
         candidate = replace(job, layout=replace(layout, cp_style=style))
         ctx = step_context(candidate, profile)
         return block_time_s(ctx, ctx.job.cluster.node_groups[0].gpu)
-    key = replace(layout, schedule="1f1b", vpp=1, zero_stage=0, stages=None,
+    key = replace(layout, schedule="1f1b", vpp=1, zero_stage=0, zero_pp=False, stages=None,
                   full_recompute_layers=None)
     if key not in known:
         known[key] = block_s("ulysses") >= block_s("ring")

@@ -124,3 +124,12 @@ def test_planner_leaves_zero_pp_out_inside_one_node():
     result = search(_job({}, nodes=1), {"tp": 1, "pp": 1, "cp": 1, "micro_batch_size": 1,
                                         "recompute": "full", "zero_stage": 3})
     assert not any(s.layout.zero_pp for s in result.ranked)
+
+
+def test_a_fixed_zero_pp_is_planned_with_both_context_parallel_styles():
+    """The Ulysses pruning compares a layout's blocks with its ring twin's under a key that
+    drops the ZeRO stage: it must drop ZeRO++ with it (ZeRO++ needs ZeRO-3)."""
+    result = search(_job({"zero_stage": 3, "zero_pp": True, "tp": 2, "cp": 4}), {
+        "zero_stage": 3, "zero_pp": True, "tp": 2, "cp": 4})
+    assert result.chosen.layout.zero_pp and result.chosen.layout.cp == 4
+    assert any("cp_style ulysses" in reason for reason in result.rejected)
