@@ -226,7 +226,7 @@ def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progres
         estimate = _estimate(job, layout, profile, known)
         as_is = estimate is not None
         if not as_is and layout.recompute != "full":
-            estimate = _estimate(job, replace(layout, recompute="full"), profile, known)
+            estimate = _estimate(job, all_full(layout), profile, known)
         if estimate is None:
             failed.append(layout)
         else:
@@ -288,6 +288,11 @@ def _offloaded(job: Job, layout: Layout, profile: AnalyticProfile, known: dict
     return best
 
 
+def all_full(layout: Layout) -> Layout:
+    """The layout with every block recomputed in full (no selective modules left to name)."""
+    return replace(layout, recompute="full", recompute_modules=None)
+
+
 def _twin_is_as_fast(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
     """A DualPipe(V) layout cannot win where its 1F1B twin (the same layout, one stage per
     rank) is estimated at least as fast, each as `_estimates` scores it (as it is, else
@@ -298,7 +303,7 @@ def _twin_is_as_fast(job: Job, layout: Layout, profile: AnalyticProfile, known: 
     def scored(candidate: Layout) -> float | None:
         estimate = _estimate(job, candidate, profile, known)
         if estimate is None and candidate.recompute != "full":
-            estimate = _estimate(job, replace(candidate, recompute="full"), profile, known)
+            estimate = _estimate(job, all_full(candidate), profile, known)
         return estimate
     twin = replace(layout, schedule="1f1b")
     if _estimate(job, twin, profile, known) is None:
@@ -532,6 +537,7 @@ def smallest_fix(job: Job, fixed: dict) -> str:
     most plan searches, MAX_PLAN_GPUS) that fit."""
     relaxed = {**fixed, "zero_stage": 3, "recompute": "full", "micro_batch_size": 1}
     relaxed.pop("full_recompute_layers", None)  # full recompute everywhere
+    relaxed.pop("recompute_modules", None)
     if _any_fits(job, relaxed):
         changed = [f"{k}={v}" for k, v in relaxed.items() if fixed.get(k) != v]
         return "set " + ", ".join(f"parallel.{c}" for c in changed)

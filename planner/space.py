@@ -152,7 +152,10 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
     cluster or the space is larger than the planner searches (`check_size`)."""
     options = _choices(job, fixed)
     check_size(job, options, fixed)
-    base = Layout(**{k: v for k, v in fixed.items() if k not in SEARCHED + ("zero_pp",)})
+    held = {k: v for k, v in fixed.items() if k not in SEARCHED + ("zero_pp",)}
+    if "recompute_modules" in held:  # chosen modules: built under the recompute they belong to
+        held["recompute"] = "selective"
+    base = Layout(**held)
     layouts, reasons = [], Reasons()
     names = list(options)
     for values in itertools.product(*(options[n] for n in names)):

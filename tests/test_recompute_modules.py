@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from parasim.planner.export import export_layout
+from parasim.planner.search import search
 from parasim.simulator.errors import SpecError
 from parasim.simulator.jobfile import job_from_mapping
 from parasim.simulator.layout import Layout
@@ -134,3 +135,17 @@ def test_megatron_export_lists_the_modules():
     text = export_layout(job, "megatron")
     assert "--recompute-granularity selective" in text
     assert "--recompute-modules core_attn moe_act" in text
+
+
+def test_the_planner_holds_fixed_recompute_modules():
+    """Fixed modules are planned under selective recompute; the full-recompute fallback of a
+    layout that does not fit as it is drops them (full recompute names no modules)."""
+    modules = ["core_attn", "layernorm"]
+    raw = {"model": "llama3-8b", "cluster": {"base": "dgx-h100", "num_nodes": 1},
+           "training": {"seq_length": 8192, "global_batch_size": 16},
+           "parallel": {"recompute": "selective", "recompute_modules": modules}}
+    job = job_from_mapping(raw, base_dir=Path("."), source="test")
+    result = search(job, {"recompute": "selective", "recompute_modules": modules})
+    assert all(s.layout.recompute_modules == tuple(modules) or s.layout.recompute == "full"
+               for s in result.ranked)
+    assert result.chosen.layout.recompute_modules == tuple(modules)
