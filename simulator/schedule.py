@@ -96,7 +96,10 @@ def zero_bubble_h1(pp: int, rank: int, m: int) -> list[Task]:
     against 1F1B's (pp - 1)(F + B + W), §3.1. Rank r holds up to r + 1 micro-batches between
     B and W (their linear layers' inputs and output gradients, the paper's M_W, Table 1). A
     policy that capped F to W at pp - rank micro-batches (this module's before) missed the
-    paper's bubble by (pp - 1)·W: the last rank cannot defer a single W."""
+    paper's bubble by (pp - 1)·W: the last rank cannot defer a single W. The step pattern is
+    as transcribed from the paper in jayhenry/blog `pp-summary.md` (which cites the
+    sail-sg/zero-bubble-pipeline-parallelism code); the bubble it gives is pinned to the
+    paper's formula in tests/test_schedule.py."""
     order = []
     for x in range(m + pp - 1):
         for kind, i in (("F", x), ("B", x - (pp - 1 - rank)), ("W", x - (pp - 1))):

@@ -13,8 +13,8 @@ sends its output to v+1; B on stage v receives v+1's gradient and sends its inpu
 v-1; the last stage turns its own forward around through the loss, scaled by 1/m so that the
 parameter gradients, accumulated over the m micro-batches, are those of the mean loss.
 
-ZB-H1's split backward (`_Deferred`), as the paper's and Megatron-LM's zero-bubble fork do it
-for linear layers (Qi et al. 2023 §2: B = ∂L/∂x, W = ∂L/∂W; its `WeightGradStore`): during F
+ZB-H1's split backward (`_Deferred`), the paper's split for linear layers (Qi et al. 2023 §2:
+B = ∂L/∂x, W = ∂L/∂W): during F
 each linear layer records its input. B is one backward, freeing the graph, to the stage's input,
 the linear layers' outputs and the parameters of every other layer (norms, embeddings, stacked
 experts, the vocabulary head, blocks that recompute: their weight gradients stay in B); the
