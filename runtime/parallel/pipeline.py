@@ -14,8 +14,7 @@ v-1; the last stage turns its own forward around through the loss, scaled by 1/m
 parameter gradients, accumulated over the m micro-batches, are those of the mean loss.
 
 ZB-H1's split backward (`_Deferred`), the paper's split for linear layers (Qi et al. 2023 §2:
-B = ∂L/∂x, W = ∂L/∂W): during F
-each linear layer records its input. B is one backward, freeing the graph, to the stage's input,
+B = ∂L/∂x, W = ∂L/∂W): during F each linear layer records its input. B is one backward, freeing the graph, to the stage's input,
 the linear layers' outputs and the parameters of every other layer (norms, embeddings, stacked
 experts, the vocabulary head, blocks that recompute: their weight gradients stay in B); the
 input gradient goes on at once. W, later, computes each linear layer's weight gradient from
