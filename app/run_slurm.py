@@ -2,8 +2,8 @@
 
 The script asks Slurm for N nodes with one task each (the task is this node's `parasim run`,
 which starts the node's M ranks itself, as torchrun does; runtime/multinode.py), takes the
-job's first host as the rendezvous host (`scontrol show hostnames $SLURM_JOB_NODELIST`, the
-recipe of Slurm's and PyTorch's multi-node examples) and starts every node with `srun`; each
+job's first host as the rendezvous host (the first line of `scontrol show hostnames
+$SLURM_JOB_NODELIST`, the recipe of Slurm's and PyTorch's multi-node examples) and starts every node with `srun`; each
 task reads its own node rank from $SLURM_NODEID, which is why the command runs in `bash -c`
 (the batch script itself runs on the first node only). Node 0 writes the measurement.
 
@@ -70,7 +70,9 @@ def sbatch_script(run: SlurmRun) -> str:
         f"#SBATCH --gpus-per-node={run.nproc_per_node}",
         f"#SBATCH --time={time_limit(run.timeout_s)}",
         "set -euo pipefail",
-        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
+        # sed reads every line: `head -n1` would close the pipe on scontrol, whose SIGPIPE
+        # fails the line under pipefail
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
         f'export PARASIM_ENDPOINT="$head_node:${{PARASIM_PORT:-{DEFAULT_PORT}}}"',
         'export PARASIM="${PARASIM:-parasim}"',
         'export PARASIM_OUT="${PARASIM_OUT:-MEASUREMENT.json}"',

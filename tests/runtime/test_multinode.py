@@ -199,7 +199,7 @@ def test_the_sbatch_script_starts_one_parasim_per_node_at_the_head_node(tmp_path
         assert f"#SBATCH {directive}" in lines
     first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert all(not line.startswith("#SBATCH") for line in lines[first_command:])
-    assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in lines
+    assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)' in lines
     assert f'export PARASIM_ENDPOINT="$head_node:${{PARASIM_PORT:-{DEFAULT_PORT}}}"' in lines
     srun = lines[-1]
     assert srun.startswith("srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '")
@@ -218,7 +218,8 @@ def test_the_sbatch_script_runs_the_node_command_with_each_nodes_rank(tmp_path, 
                           "--shrink")[0] == 0
     tools = tmp_path / "bin"
     tools.mkdir()
-    _tool(tools / "scontrol", 'printf "gpu-a17\\ngpu-a18\\n"')
+    # a long host list: a reader that stops at the first line would SIGPIPE scontrol
+    _tool(tools / "scontrol", 'printf "gpu-a17\\ngpu-a18\\n"; seq 200000')
     _tool(tools / "srun", 'while [ "${1#-}" != "$1" ]; do shift; done\n'
           'for id in 0 1; do SLURM_NODEID=$id "$@"; done')
     _tool(tools / "fake-parasim", 'echo "$@"')
