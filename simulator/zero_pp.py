@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 
-from parasim.simulator.cost.comm import AxisNetwork
+from parasim.simulator.cost.comm import AxisNetwork, split_groups
 from parasim.simulator.cost.sourced import Sourced, total
 from parasim.simulator.placement import axis_signature
 
@@ -115,20 +114,13 @@ def _levels(ctx: StepContext, axis: str, net: AxisNetwork) -> dict[str, AxisNetw
     if key not in _LEVELS:
         if len(_LEVELS) > 1024:
             _LEVELS.clear()
-        groups = net.groups
-        hosts = net.topology.host[groups]
-        order = np.argsort(hosts, axis=1, kind="stable")
-        groups = np.take_along_axis(groups, order, 1)
-        local = int(np.sum(hosts[0] == hosts[0, 0]))
-        count, n = groups.shape
-        if n % local:  # uneven over the nodes: every member treated as on its own node
+        split = split_groups(net.topology.host, net.groups)
+        if split is None:  # uneven over the nodes: every member treated as on its own node
             _LEVELS[key] = {"intra": None, "inter": net}
-            return _LEVELS[key]
-        nodes = n // local
-        intra = groups.reshape(count * nodes, local)
-        inter = groups.reshape(count, nodes, local).transpose(0, 2, 1).reshape(count * local,
-                                                                                 nodes)
-        _LEVELS[key] = {
-            "intra": AxisNetwork(net.topology, net.profile, intra) if local > 1 else None,
-            "inter": AxisNetwork(net.topology, net.profile, inter) if nodes > 1 else None}
+        else:
+            _LEVELS[key] = {
+                "intra": AxisNetwork(net.topology, net.profile, split.intra)
+                if split.local > 1 else None,
+                "inter": AxisNetwork(net.topology, net.profile, split.inter)
+                if split.nodes > 1 else None}
     return _LEVELS[key]

@@ -109,32 +109,39 @@ def _pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class _Split:
-    """A group's two levels: members per NVLink domain (`local`) and domains (`nodes`)."""
+class GroupSplit:
+    """Groups in two levels: `local` members under each label (an NVLink domain, a host) and
+    `nodes` labels per group."""
 
     local: int
     nodes: int
-    intra: np.ndarray  # (groups·nodes, local): members sharing an NVLink domain
-    inter: np.ndarray  # (groups·local, nodes): same position, one per domain
+    intra: np.ndarray  # (groups·nodes, local): members sharing a label
+    inter: np.ndarray  # (groups·local, nodes): same position, one per label
 
 
-def _split(topology: Topology, groups: np.ndarray) -> _Split | None:
-    """The two-level view, when every group has the same number of members in each NVLink
-    domain."""
+def split_groups(labels: np.ndarray, groups: np.ndarray) -> GroupSplit | None:
+    """The two-level view of `groups` by each member's label (`Topology.domain` or `.host`);
+    None unless every group has the same number of members under each of its labels."""
     count, n = groups.shape
-    hosts = topology.domain[groups]
+    hosts = labels[groups]
     order = np.argsort(hosts, axis=1, kind="stable")
     groups, hosts = np.take_along_axis(groups, order, 1), np.take_along_axis(hosts, order, 1)
     local = int(np.sum(hosts[0] == hosts[0, 0]))
-    nodes = n // local
-    if local == 1 or nodes == 1 or n % local:
+    if n % local:
         return None
+    nodes = n // local
     shaped = hosts.reshape(count, nodes, local)
     if not (shaped == shaped[:, :, :1]).all():
         return None
     intra = groups.reshape(count * nodes, local)
     inter = groups.reshape(count, nodes, local).transpose(0, 2, 1).reshape(count * local, nodes)
-    return _Split(local, nodes, intra, inter)
+    return GroupSplit(local, nodes, intra, inter)
+
+
+def _split(topology: Topology, groups: np.ndarray) -> GroupSplit | None:
+    """The two-level view by NVLink domain, when both levels have more than one member."""
+    split = split_groups(topology.domain, groups)
+    return split if split is not None and split.local > 1 and split.nodes > 1 else None
 
 
 class AxisNetwork:
