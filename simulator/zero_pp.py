@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-
 from parasim.simulator.cost.comm import AxisNetwork, split_groups
 from parasim.simulator.cost.sourced import Sourced, total
 from parasim.simulator.placement import axis_signature
