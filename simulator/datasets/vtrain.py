@@ -34,11 +34,6 @@ vTrain   GPT: gelu, layernorm, learned positions (max(seq, 2048) rows), tied emb
          its bound of 1.0 (the links are faster than that), so the physical rates are used."""
 
 
-def is_single_node(row: dict[str, str]) -> bool:
-    """A row of the single-node file (up to 8 GPUs): the multi-node file adds the size."""
-    return "Parameters (billion)" not in row
-
-
 def vtrain_job(row: dict[str, str]) -> dict[str, Any]:
     """A vTrain row as a job mapping (ASSUMPTIONS); its numbers checked by the job builder."""
     gpus, seq, hidden = int(row["# GPUs"]), int(row["sequence length"]), int(row["hidden size"])
