@@ -4,7 +4,11 @@
    reason, those that cannot run.
 2. Each survivor gets a cheap closed-form step time (per-stage costs of the cost model, the
    pipeline's m·T + (Σ t - T)/vpp, the data-parallel tail) and its peak memory; layouts that do
-   not fit are rejected.
+   not fit are rejected. Branch and bound: the layouts are estimated in the order of a lower
+   bound on that step (one block's passes spread evenly over the pipeline,
+   `step_time.closed_form_lower_bound_s`, a few dictionary lookups); once `full` estimates are
+   known, the layouts whose bound exceeds the `full`-th best are dropped unestimated: none
+   could enter the shortlist, which is the one estimating every layout gives.
    A layout that fits only with every block recomputed in full stays (its estimate is that
    of full recompute): the ILP may recompute fewer blocks. Only when no layout fits are they
    tried with the optimizer states and/or the activations offloaded to the host.
@@ -24,6 +28,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections import Counter
@@ -44,7 +49,13 @@ from parasim.simulator.economics import step_economics
 from parasim.simulator.errors import Infeasible
 from parasim.simulator.hardware import ClusterSpec
 from parasim.simulator.job import Job
-from parasim.simulator.layout import DUAL_SCHEDULES, Layout, Offload, recomputed_modules
+from parasim.simulator.layout import (
+    DUAL_SCHEDULES,
+    Layout,
+    Offload,
+    rank_stages,
+    recomputed_modules,
+)
 from parasim.simulator.memory import (
     block_activation_bytes,
     in_flight_microbatches,
@@ -63,7 +74,9 @@ from parasim.simulator.results import StepPrediction
 from parasim.simulator.step_time import (
     StepContext,
     block_time_s,
+    closed_form_lower_bound_s,
     closed_form_step_s,
+    rank_precision_groups,
     stage_cost,
     step_context,
 )
@@ -127,7 +140,7 @@ def search(job: Job, fixed: dict, objective: Objective = "time", top: int = 5,
     profile = profile or default_profile()
     space = enumerate_space(job, fixed)
     rejected = Counter(space.rejected)
-    estimates = _estimates(job, space, rejected, progress, profile, fixed)
+    estimates = _estimates(job, space, rejected, progress, profile, fixed, full)
     if not estimates:
         raise Infeasible(_no_fit_reason(space, rejected))
     shortlist = sorted(estimates, key=lambda e: e[0])[:full]
@@ -185,7 +198,7 @@ def break_ties(ranked: tuple[Scored, ...], objective: Objective, profile: Analyt
 
 
 def _estimates(job: Job, space: Space, rejected: Counter, progress,
-               profile: AnalyticProfile, fixed: dict | None = None
+               profile: AnalyticProfile, fixed: dict | None = None, keep: int = FULLY_SCORED
                ) -> list[tuple[float, Layout, bool]]:
     """(closed-form step time, layout, whether its default split fits as it is) of every
     layout whose default split fits in memory. One that fits only with every block recomputed
@@ -194,7 +207,7 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
     known, fixed = {}, fixed or {}
     offload_open = "offload" not in fixed and can_offload(job)
     plain = [layout for layout in space.layouts if not (offload_open and layout.offload.any)]
-    out, failed = _plain_estimates(job, plain, rejected, progress, profile, known)
+    out, failed = _plain_estimates(job, plain, rejected, progress, profile, known, keep)
     moved = [layout for layout in space.layouts if offload_open and layout.offload.any]
     if out or not offload_open:
         if failed:
@@ -207,31 +220,69 @@ def _estimates(job: Job, space: Space, rejected: Counter, progress,
 
 
 def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progress,
-                     profile: AnalyticProfile, known: dict
+                     profile: AnalyticProfile, known: dict, keep: int
                      ) -> tuple[list[tuple[float, Layout, bool]], list[Layout]]:
     """`_estimates` of `layouts` as they are (or with full recompute); also the layouts that
-    do not fit either way."""
-    out, failed, ring_faster = [], [], {}
-    for index, layout in enumerate(layouts):
+    do not fit either way. Branch and bound: the layouts are taken in the order of a lower
+    bound on their estimate (`step_time.closed_form_lower_bound_s`); once `keep` estimates are
+    known and the next bound exceeds the `keep`-th best of them, no layout left can enter the
+    shortlist, and the rest are dropped unestimated. The shortlist is the one estimating every
+    layout gives (`tests/test_plan.py`); only the rejection counts of dropped layouts are not
+    known."""
+    bounds = [_lower_bound(job, layout, profile) for layout in layouts]
+    out, failed, ring_faster, best = [], [], {}, []  # best: the `keep` least, negated (heapq)
+    order = sorted(range(len(layouts)), key=bounds.__getitem__)
+    pruned = (f"cannot enter the {keep} best estimates: a lower bound on its step (its blocks' "
+              "work spread evenly over the pipeline) is slower")
+    for done, index in enumerate(order):
         if progress is not None:
-            progress(index + 1, len(layouts))
+            progress(done + 1, len(layouts))
+        if len(best) == keep and bounds[index] > -best[0] * (1 + 1e-9):  # 1e-9: the sums'
+            # rounding, which orders the bound's terms differently from the estimate's
+            rejected[pruned] += len(order) - done
+            if progress is not None:
+                progress(len(layouts), len(layouts))
+            break
+        layout = layouts[index]
         if layout.cp_style == "ulysses" and _ring_is_faster(job, layout, profile, ring_faster):
             rejected["cp_style ulysses: its all-to-alls cost more than the ring's exposed "
                      "transfers (same memory)"] += 1
             continue
-        if layout.schedule in DUAL_SCHEDULES and _twin_is_as_fast(job, layout, profile, known):
+        estimate, as_is = _estimate_or_full(job, layout, profile, known)
+        if layout.schedule in DUAL_SCHEDULES and estimate is not None and len(best) == keep \
+                and estimate > -best[0]:
+            rejected[pruned] += 1  # its own estimate is the bound: no need of its twin's
+            continue
+        if layout.schedule in DUAL_SCHEDULES and _twin_is_as_fast(job, layout, estimate,
+                                                                  profile, known):
             rejected[f"schedule {layout.schedule}: no faster than its 1F1B twin, which holds "
                      "less memory"] += 1
             continue
-        estimate = _estimate(job, layout, profile, known)
-        as_is = estimate is not None
-        if not as_is and layout.recompute != "full":
-            estimate = _estimate(job, all_full(layout), profile, known)
         if estimate is None:
             failed.append(layout)
-        else:
-            out.append((estimate, layout, as_is))
-    return out, failed
+            continue
+        out.append((index, (estimate, layout, as_is)))
+        heapq.heappush(best, -estimate)
+        if len(best) > keep:
+            heapq.heappop(best)
+    return [entry for _, entry in sorted(out, key=lambda e: e[0])], failed
+
+
+def _estimate_or_full(job: Job, layout: Layout, profile: AnalyticProfile, known: dict
+                      ) -> tuple[float | None, bool]:
+    """(the closed-form step of the layout as it is, else with every block recomputed in full,
+    None where neither fits; whether as it is)."""
+    estimate = _estimate(job, layout, profile, known)
+    if estimate is None and layout.recompute != "full":
+        return _estimate(job, all_full(layout), profile, known), False
+    return estimate, estimate is not None
+
+
+def _lower_bound(job: Job, layout: Layout, profile: AnalyticProfile) -> float:
+    """`step_time.closed_form_lower_bound_s` of the layout on the cluster's GPUs."""
+    candidate = replace(job, layout=layout)
+    return closed_form_lower_bound_s(step_context(candidate, profile),
+                                     [g.gpu for g in job.cluster.node_groups])
 
 
 def _offloaded_estimates(job: Job, layouts: list[Layout], rejected: Counter,
@@ -293,24 +344,18 @@ def all_full(layout: Layout) -> Layout:
     return replace(layout, recompute="full", recompute_modules=None)
 
 
-def _twin_is_as_fast(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
-    """A DualPipe(V) layout cannot win where its 1F1B twin (the same layout, one stage per
-    rank) is estimated at least as fast, each as `_estimates` scores it (as it is, else
-    recomputing in full): DualPipe holds two copies of its stages and PP+1 micro-batches'
+def _twin_is_as_fast(job: Job, layout: Layout, estimate_s: float | None,
+                     profile: AnalyticProfile, known: dict) -> bool:
+    """A DualPipe(V) layout (`estimate_s` as `_estimate_or_full` gives it) cannot win where
+    its 1F1B twin (the same layout, one stage per rank) is estimated at least as fast, or
+    where either does not fit: DualPipe holds two copies of its stages and PP+1 micro-batches'
     stages, DualPipeV pp + 1/2 micro-batches of the rank's layers on every rank, at least
-    1F1B's peak (`memory.in_flight_microbatches`), so it fits no better. Estimates are kept
-    in `known`."""
-    def scored(candidate: Layout) -> float | None:
-        estimate = _estimate(job, candidate, profile, known)
-        if estimate is None and candidate.recompute != "full":
-            estimate = _estimate(job, all_full(candidate), profile, known)
-        return estimate
-    twin = replace(layout, schedule="1f1b")
-    if _estimate(job, twin, profile, known) is None:
-        known.setdefault(layout, None)  # holding more than its twin, it does not fit either
-    best_twin = scored(twin)
-    mine = scored(layout) if best_twin is not None else None
-    return mine is None or (best_twin is not None and mine >= best_twin)
+    1F1B's peak (`memory.in_flight_microbatches`), so it fits no better
+    (`tests/test_search_pruning.py`). Estimates are kept in `known`."""
+    if estimate_s is None:
+        return True
+    twin_s, _ = _estimate_or_full(job, replace(layout, schedule="1f1b"), profile, known)
+    return twin_s is None or estimate_s >= twin_s
 
 
 def _ring_is_faster(job: Job, layout: Layout, profile: AnalyticProfile, known: dict) -> bool:
@@ -344,11 +389,21 @@ def _estimate(job: Job, layout: Layout, profile, known: dict) -> float | None:
 def _fits(ctx: StepContext, params: list[StageParams]) -> bool:
     """The default split's peak memory on every rank, `predict`'s memory model with the
     closed-form in-flight counts (which the simulated schedule reproduces,
-    `tests/test_schedule.py`)."""
-    layout = ctx.layout
-    return all(rank_memory(ctx, rank, stage,
-                           in_flight_microbatches(layout, rank, ctx.microbatches)).fits
-               for rank, stage in enumerate(params))
+    `tests/test_schedule.py`). Of ranks alike (the same parameters and blocks in each chunk,
+    the same ends, one kind of node) only the one with the most micro-batches in flight is
+    checked: memory grows with them."""
+    layout, job = ctx.layout, ctx.job
+    last, alike = len(job.stage_layers) - 1, job.cluster.is_homogeneous
+    worst: dict[tuple, tuple[int, float]] = {}
+    for rank, stage in enumerate(params):
+        held = rank_stages(layout, rank)
+        key = (stage, tuple(rank_precision_groups(job, rank)), 0 in held, last in held,
+               None if alike else rank)
+        in_flight = in_flight_microbatches(layout, rank, ctx.microbatches)
+        if key not in worst or in_flight > worst[key][1]:
+            worst[key] = (rank, in_flight)
+    return all(rank_memory(ctx, rank, params[rank], in_flight).fits
+               for rank, in_flight in worst.values())
 
 
 def _score(job: Job, layout: Layout, split_fixed: bool, profile: AnalyticProfile,

@@ -25,13 +25,16 @@ def _dense_sizes(layout: Layout) -> dict[str, int]:
 
 def _expert_order(layout: Layout) -> tuple[list[str], dict[str, int]]:
     """Megatron-Core's expert decomposition: cp folded into dp, ep carved out of it."""
-    axes = layout.order.split("-")
+    return _expert_axes(layout.order, layout.tp, layout.cp, layout.dp, layout.pp, layout.ep)
+
+
+def _expert_axes(order: str, tp: int, cp: int, dp: int, pp: int, ep: int
+                 ) -> tuple[list[str], dict[str, int]]:
+    axes = order.split("-")
     if "ep" not in axes:
         axes.insert(axes.index("tp") + 1, "ep")
     axes = ["edp" if a == "dp" else a for a in axes if a != "cp"]
-    sizes = {"tp": layout.tp, "ep": layout.ep, "edp": layout.dp * layout.cp // layout.ep,
-             "pp": layout.pp}
-    return axes, sizes
+    return axes, {"tp": tp, "ep": ep, "edp": dp * cp // ep, "pp": pp}
 
 
 def _groups(order: list[str], sizes: dict[str, int], members: tuple[str, ...]) -> np.ndarray:
@@ -67,14 +70,19 @@ def axis_signature(layout: Layout, axis: str) -> tuple:
     axis. Layouts with equal signatures place this axis identically (a tp group of 8
     neighbouring ranks is the same whatever pp and dp are), so their costs can be shared."""
     assert layout.dp is not None
+    return _signature(layout.order, layout.tp, layout.cp, layout.dp, layout.pp, layout.ep, axis)
+
+
+@lru_cache(maxsize=65536)  # asked for every block of every layout a search costs
+def _signature(order: str, tp: int, cp: int, dp: int, pp: int, ep: int, axis: str) -> tuple:
     if axis in ("ep", "edp"):
-        order, sizes = _expert_order(layout)
+        names, sizes = _expert_axes(order, tp, cp, dp, pp, ep)
     else:
-        order = [a for a in layout.order.split("-") if a != "ep"]
-        sizes = {"tp": layout.tp, "cp": layout.cp, "dp": layout.dp, "pp": layout.pp}
+        names = [a for a in order.split("-") if a != "ep"]
+        sizes = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
     members = {"dp_cp": ("cp", "dp"), "pp_p2p": ("pp",)}.get(axis, (axis,))
     stride, strides = 1, {}
-    for name in order:
+    for name in names:
         strides[name] = stride
         stride *= sizes[name]
     return (stride, axis, tuple((sizes[m], strides[m]) for m in members))

@@ -526,6 +526,40 @@ def closed_form_step_s(ctx: StepContext, devices: list, params: list[StageParams
     return pipeline_s + max(tails.values()) + ctx.analytic.step_overhead_s
 
 
+def closed_form_lower_bound_s(ctx: StepContext, devices: list) -> float:
+    """At most `closed_form_step_s` of the layout, and of it with every block recomputed in
+    full, from one block's passes alone (no stage costs, embedding, LM head, sends or
+    data-parallel tail), for a search to drop what cannot win before costing it. With L blocks,
+    m micro-batches and Σ the blocks' passes on the fastest of `devices`:
+    - 1F1B, GPipe, interleaved, ZB-H1: m·T + (Σ_r t_r - T)/vpp grows with T, which is at least
+      the mean Σ_r t_r/pp, and Σ_r t_r ≥ Σ: at least (Σ/pp)(m + (pp - 1)/vpp);
+    - DualPipe(V): the slowest rank is at least the mean rank. Its forwards each cost at least
+      their chunk's compute, tensor- and context-parallel time (what an F&B pair cannot hide),
+      m·L/pp blocks' worth per rank; its bubble (S/2 - 1)(F&B + B - 3W), S stages, is at least
+      (S/2 - 1)·(L/S)·(F + 2B - W) of one block's compute (F&B ≥ F + B + W), W exact.
+    Recomputing in full only adds compute, so the bound holds for that estimate too."""
+    layout, model = ctx.layout, ctx.job.model
+    layers = model.num_layers
+    groups = block_groups(model, 0, layers, layout.recompute)
+    bounds = []
+    for device in dict.fromkeys(devices):
+        compute = ctx.compute(device)
+        passes = [(g.count, _block_passes(ctx, compute, g.moe, g.recompute)) for g in groups]
+        if layout.schedule not in DUAL_SCHEDULES:
+            work = sum(n * (f.total.total_s + b.total.total_s + w.total.total_s)
+                       for n, (f, b, w) in passes)
+            bounds.append(work / layout.pp * (ctx.microbatches + (layout.pp - 1) / layout.vpp))
+            continue
+        unhidden = sum(n * sum(p.compute.total_s + p.tp.total_s + p.cp.total_s for p in (f, b, w))
+                       for n, (f, b, w) in passes)
+        bubble = sum(n * (f.compute.total_s + 2 * b.compute.total_s - w.total.total_s)
+                     for n, (f, b, w) in passes)
+        stages = layout.num_virtual_stages
+        bounds.append(ctx.microbatches * unhidden / layout.pp
+                      + (stages / 2 - 1) * bubble / stages)
+    return min(bounds) + ctx.analytic.step_overhead_s
+
+
 def _dual_closed_form_s(ctx: StepContext, costs: list[StageCost]) -> float:
     """DualPipe(V)'s pipeline without simulating it: the slowest rank's work, its F&B pairs'
     saving counted on all but PP of its forwards (the warm-up and cool-down run unpaired),

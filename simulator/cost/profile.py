@@ -9,7 +9,7 @@ have the layout of analytic.yaml (`profile_from_mapping` / `profile_mapping`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from parasim import profiles
@@ -80,8 +80,16 @@ class AnalyticProfile:
 
     def for_gpu(self, gpu: str) -> AnalyticProfile:
         """The constants for `gpu`: these, with its generation's overrides."""
-        generation = next((g for g in self.generations if gpu in g.gpus), None)
-        return self if generation is None else _resolved(self, generation)
+        if gpu not in self._by_gpu:
+            generation = next((g for g in self.generations if gpu in g.gpus), None)
+            self._by_gpu[gpu] = self if generation is None else _resolved(self, generation)
+        return self._by_gpu[gpu]
+
+    @cached_property
+    def _by_gpu(self) -> dict[str, AnalyticProfile]:
+        """`for_gpu`'s answers (every op of every prediction asks; hashing the whole profile
+        for `_resolved`'s cache cost more than the op)."""
+        return {}
 
     def generation(self, name: str) -> Generation:
         return next(g for g in self.generations if g.name == name)
