@@ -1,5 +1,5 @@
-"""DualPipe and DualPipeV: DeepSeek's bidirectional pipeline schedules, as task lists run by a
-discrete-event simulation of one replica.
+"""DualPipe and DualPipeV: DeepSeek's bidirectional pipeline schedules, as task lists, and the
+timing of one replica running them (`schedule.sweep`: each rank's chunks in their fixed order).
 
 DualPipe (DeepSeek-V3 report, arXiv:2412.19437 §3.2.1, Figure 5) feeds micro-batches from both
 ends of the pipeline: rank r holds stage r of one copy of the model (micro-batches entering at
@@ -25,12 +25,13 @@ steady-state pair runs unoverlapped as in the reference code.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
+from functools import lru_cache
 
 from parasim.simulator.errors import SpecError
 from parasim.simulator.layout import Layout, rank_stages
-from parasim.simulator.schedule import Interval, Task, TaskTimes, Timeline
+from parasim.simulator.schedule import (Interval, Step, Task, TaskTimes, Timeline,
+                                        start_order, sweep)
 from parasim.simulator.training import TrainingSpec
 
 
@@ -48,11 +49,13 @@ class Chunk:
 
 def dual_orders(layout: Layout, microbatches: int) -> list[list[Chunk]]:
     """Every rank's chunk list (deepseek-ai/DualPipe `step`, the eight steps above)."""
-    return [_rank_order(layout, rank, microbatches) for rank in range(layout.pp)]
+    return [list(_rank_order(layout.schedule, layout.pp, rank, microbatches))
+            for rank in range(layout.pp)]
 
 
-def _rank_order(layout: Layout, rank: int, microbatches: int) -> list[Chunk]:
-    pp, dual = layout.pp, layout.schedule == "dualpipe"
+@lru_cache(maxsize=512)
+def _rank_order(schedule: str, pp: int, rank: int, microbatches: int) -> tuple[Chunk, ...]:
+    dual = schedule == "dualpipe"
     n, h = (pp // 2, min(rank, pp - 1 - rank)) if dual else (pp, rank)
     per_phase = microbatches // 2 if dual else microbatches
     flip = int(dual and rank >= pp // 2)  # second-half ranks: phase 0 is the reverse copy
@@ -106,7 +109,7 @@ def _rank_order(layout: Layout, rank: int, microbatches: int) -> list[Chunk]:
         order += [weight(), backward(0, True)]
     order += [weight() for _ in range(h + 1)]
     assert not deferred
-    return order
+    return tuple(order)
 
 
 def check_dual_microbatches(training: TrainingSpec, layout: Layout, microbatches: int) -> None:
@@ -147,42 +150,32 @@ def dual_in_flight(layout: Layout, microbatches: int) -> float:
 def simulate_dual(layout: Layout, microbatches: int, times: list[TaskTimes],
                   pair_s: dict[tuple[int, int], float], record: bool = False) -> Timeline:
     """Run every rank's DualPipe(V) chunks in order, each as soon as the rank is free and all
-    its inputs have arrived. `times[c·pp + r]` are the costs of chunk c of rank r (the stage
-    `rank_stages(layout, r)[c]`); `pair_s[(f, b)]` the time of an F&B chunk whose forward is
-    on chunk index f and backward on b (same numbering). Activations are held from a chunk's
-    F to its W. Returns `schedule.Timeline` (peak in flight in units of the rank's layers)."""
+    its inputs have arrived (`schedule.sweep`). `times[c·pp + r]` are the costs of chunk c of
+    rank r (the stage `rank_stages(layout, r)[c]`); `pair_s[(f, b)]` the time of an F&B chunk
+    whose forward is on chunk index f and backward on b (same numbering). Activations are held
+    from a chunk's F to its W. Returns `schedule.Timeline` (peak in flight in units of the
+    rank's layers)."""
     pp = layout.pp
-    orders = dual_orders(layout, microbatches)
-    route = _Route(layout, times)
-    position, clock = [0] * pp, [0.0] * pp
-    busy, held, peak, chain = [0.0] * pp, [0] * pp, [0] * pp, [0.0] * pp
+    assert len(times) == 2 * pp
+    plan = _plan(layout.schedule, pp, microbatches,
+                 tuple(rank_stages(layout, rank) for rank in range(pp)))
+    duration_s = [sum(parts) for t in times for parts in
+                  ((t.forward_s,), (t.backward_s,), (t.weight_s,), (t.backward_s, t.weight_s))]
+    duration_s += [pair_s[pair] for pair in plan.pairs]
+    swept = sweep(plan.steps, duration_s, [t.send_s for t in times] + [0.0])
+    busy = []
+    for steps in plan.steps:
+        total = 0.0
+        for cost, _ in steps:
+            total += duration_s[cost]
+        busy.append(total)
     intervals: list[Interval] = []
-    events = [(0.0, rank) for rank in range(pp)]
-    while events:
-        now, rank = heapq.heappop(events)
-        if clock[rank] > now or position[rank] == len(orders[rank]):
-            continue
-        chunk = orders[rank][position[rank]]
-        ready = route.ready(chunk, rank)
-        if ready is None or ready[0] > now:
-            continue
-        position[rank] += 1
-        if ready[0] >= clock[rank] and (ready[0] > clock[rank] or ready[1] > chain[rank]):
-            chain[rank] = ready[1]
-        duration = route.duration(chunk, rank, pair_s)
-        end = now + duration
-        for woken in route.finish(chunk, rank, end, chain[rank]):
-            heapq.heappush(events, woken)
-        heapq.heappush(events, (end, rank))
-        clock[rank], busy[rank] = end, busy[rank] + duration
-        held[rank] += sum(t.kind == "F" for t in chunk.parts)
-        peak[rank] = max(peak[rank], held[rank])
-        held[rank] -= sum(t.kind == "W" for t in chunk.parts)
-        if record:
-            intervals += route.drawn(chunk, rank, now, duration)
-    assert all(p == len(o) for p, o in zip(position, orders)), "DualPipe schedule deadlocked"
-    return Timeline(tuple(clock), tuple(busy), tuple(intervals),
-                    tuple(p / 2 for p in peak), tuple(chain))
+    if record:
+        for rank, i in start_order(plan.steps, swept.start_s):
+            intervals += _drawn(plan.chunks[rank][i], rank, swept.start_s[rank][i],
+                                duration_s[plan.steps[rank][i][0]], times)
+    return Timeline(swept.finish_s, tuple(busy), tuple(intervals),
+                    tuple(p / 2 for p in plan.peak), swept.path_send_s)
 
 
 def send_target(layout: Layout, task: Task, rank: int) -> int | None:
@@ -199,86 +192,86 @@ def send_target(layout: Layout, task: Task, rank: int) -> int | None:
     return None if holders == [rank] else after
 
 
-class _Route:
-    """Where each micro-batch's stages are and when its tasks' inputs arrive."""
+SINGLES = (("F",), ("B",), ("W",), ("B", "W"))  # chunks that are not an F&B pair: chunk c of
+# rank r costs durations[(c·pp + r)·4 + index here] in `simulate_dual`, a pair after them all
 
-    def __init__(self, layout: Layout, times: list[TaskTimes]):
-        self.layout, self.times, self.pp = layout, times, layout.pp
-        self.stages = layout.num_virtual_stages
-        self.done: dict[tuple[str, int, int], tuple[float, float]] = {}  # -> (end, chain)
-        self.holder = {}  # (copy, stage) -> (rank, chunk)
-        for rank in range(self.pp):
-            for chunk, stage in enumerate(rank_stages(layout, rank)):
-                copy = chunk if layout.schedule == "dualpipe" else 0
-                self.holder[copy, stage] = (rank, chunk)
 
-    def _copy(self, task: Task) -> int:
-        return task.chunk if self.layout.schedule == "dualpipe" else 0
+@dataclass(frozen=True)
+class _Plan:
+    """Everything of a DualPipe(V) step that does not depend on the task times."""
 
-    def stage(self, task: Task, rank: int) -> int:
-        return rank_stages(self.layout, rank)[task.chunk]
+    chunks: tuple[tuple[Chunk, ...], ...]  # per rank, in order
+    steps: tuple[tuple[Step, ...], ...]  # the same as `schedule.sweep` reads them
+    pairs: tuple[tuple[int, int], ...]  # the F&B pairs' `pair_s` keys, in duration order
+    peak: tuple[int, ...]  # per rank: most stage-sized chunks of micro-batches held at once
 
-    def _input(self, task: Task, rank: int) -> tuple[str, int] | None:
-        """(kind, stage) of the task that feeds `task`, None for a first stage's forward."""
-        stage = self.stage(task, rank)
+
+@lru_cache(maxsize=32)  # ~3 MB each at pp 16, m 128; a build costs several sweeps
+def _plan(schedule: str, pp: int, microbatches: int,
+          stages: tuple[tuple[int, ...], ...]) -> _Plan:
+    """`stages[r]`: `rank_stages` of rank r. A task's input: an F the F on the stage before,
+    a B the B on the stage after (on the last stage its own F), a W its B unless the chunk
+    runs them both; each sent from its rank when that is another."""
+    chunks = tuple(_rank_order(schedule, pp, rank, microbatches) for rank in range(pp))
+    last = max(max(held) for held in stages)
+    holder = {(chunk if schedule == "dualpipe" else 0, stage): (rank, chunk)  # (copy, stage)
+              for rank, held in enumerate(stages) for chunk, stage in enumerate(held)}
+    where = {(task.kind, task.microbatch, stages[rank][task.chunk]): (rank, i)
+             for rank, order in enumerate(chunks) for i, chunk in enumerate(order)
+             for task in chunk.parts}
+    pairs: dict[tuple[int, int], int] = {}
+
+    def source(task: Task, rank: int, runs_b: bool) -> tuple[int, int, int] | None:
+        stage = stages[rank][task.chunk]
         if task.kind == "F":
-            return ("F", stage - 1) if stage > 0 else None
-        if task.kind == "W":
-            return ("B", stage)
-        return ("F", stage) if stage == self.stages - 1 else ("B", stage + 1)
+            kind, after = "F", stage - 1
+        elif task.kind == "W":
+            kind, after = "B", -1 if runs_b else stage
+        else:
+            kind, after = ("F", stage) if stage == last else ("B", stage + 1)
+        if after < 0:  # the first stage's F, or a W whose B runs in its chunk
+            return None
+        sender, chunk = holder[task.chunk if schedule == "dualpipe" else 0, after]
+        at = where[kind, task.microbatch, after]
+        assert at[0] == sender, (task, rank, at, sender)
+        return (*at, chunk * pp + sender if sender != rank else -1)
 
-    def ready(self, chunk: Chunk, rank: int) -> tuple[float, float] | None:
-        """(when every input of the chunk is on the rank, the sends on the latest one's
-        chain), or None while one has not been produced."""
-        latest = (0.0, 0.0)
-        for task in chunk.parts:
-            source = self._input(task, rank)
-            if source is None or (task.kind == "W" and source[0] == "B" and
-                                  any(t.kind == "B" for t in chunk.parts)):
-                continue
-            kind, stage = source
-            found = self.done.get((kind, task.microbatch, stage))
-            if found is None:
-                return None
-            sender = self.holder[self._copy(task), stage]
-            send = self.times[sender[1] * self.pp + sender[0]].send_s \
-                if sender[0] != rank else 0.0
-            latest = max(latest, (found[0] + send, found[1] + send))
-        return latest
-
-    def duration(self, chunk: Chunk, rank: int, pair_s: dict) -> float:
+    def step(chunk: Chunk, rank: int) -> Step:
+        runs_b = any(t.kind == "B" for t in chunk.parts)
+        inputs = tuple(s for s in (source(t, rank, runs_b) for t in chunk.parts) if s)
         if chunk.overlapped:
-            f, b = chunk.parts[0], chunk.parts[1]
-            return pair_s[f.chunk * self.pp + rank, b.chunk * self.pp + rank]
-        return sum(self._task_s(t, rank) for t in chunk.parts)
+            pair = (chunk.parts[0].chunk * pp + rank, chunk.parts[1].chunk * pp + rank)
+            return 4 * 2 * pp + pairs.setdefault(pair, len(pairs)), inputs
+        assert len({t.chunk for t in chunk.parts}) == 1, chunk
+        kinds = tuple(t.kind for t in chunk.parts)
+        return (chunk.parts[0].chunk * pp + rank) * 4 + SINGLES.index(kinds), inputs
 
-    def _task_s(self, task: Task, rank: int) -> float:
-        cost = self.times[task.chunk * self.pp + rank]
-        return {"F": cost.forward_s, "B": cost.backward_s, "W": cost.weight_s}[task.kind]
+    steps = tuple(tuple(step(c, rank) for c in order) for rank, order in enumerate(chunks))
+    peak = []
+    for order in chunks:
+        held = most = 0
+        for chunk in order:
+            held += sum(t.kind == "F" for t in chunk.parts)
+            most = max(most, held)
+            held -= sum(t.kind == "W" for t in chunk.parts)
+        peak.append(most)
+    return _Plan(chunks, steps, tuple(pairs), tuple(peak))
 
-    def finish(self, chunk: Chunk, rank: int, end: float, chain: float) -> list:
-        """Record the chunk's outputs; the (time, rank) events of the ranks they wake."""
-        woken = []
-        for task in chunk.parts:
-            stage = self.stage(task, rank)
-            self.done[task.kind, task.microbatch, stage] = (end, chain)
-            if task.kind == "W":
-                continue
-            after = stage + 1 if task.kind == "F" else stage - 1
-            if 0 <= after < self.stages:
-                target = self.holder[self._copy(task), after][0]
-                send = self.times[task.chunk * self.pp + rank].send_s if target != rank else 0
-                woken.append((end + send, target))
-        return woken
 
-    def drawn(self, chunk: Chunk, rank: int, start: float, duration: float) -> list[Interval]:
-        """The chunk's tasks one after the other, scaled to fill its time (an F&B
-        interleaves them; the trace shows the forward's share first)."""
-        nominal = [self._task_s(t, rank) for t in chunk.parts]
-        scale = duration / sum(nominal) if sum(nominal) > 0 else 0.0
-        out = []
-        for task, seconds in zip(chunk.parts, nominal):
-            out.append(Interval(rank, "compute", f"{task.kind}{task.microbatch}.{task.chunk}",
-                                start, start + seconds * scale, task))
-            start += seconds * scale
-        return out
+def _drawn(chunk: Chunk, rank: int, start: float, duration: float,
+           times: list[TaskTimes]) -> list[Interval]:
+    """The chunk's tasks one after the other, scaled to fill its time (an F&B interleaves
+    them; the trace shows the forward's share first)."""
+    pp = len(times) // 2
+    nominal = [_task_s(times[t.chunk * pp + rank], t) for t in chunk.parts]
+    scale = duration / sum(nominal) if sum(nominal) > 0 else 0.0
+    out = []
+    for task, seconds in zip(chunk.parts, nominal):
+        out.append(Interval(rank, "compute", f"{task.kind}{task.microbatch}.{task.chunk}",
+                            start, start + seconds * scale, task))
+        start += seconds * scale
+    return out
+
+
+def _task_s(cost: TaskTimes, task: Task) -> float:
+    return {"F": cost.forward_s, "B": cost.backward_s, "W": cost.weight_s}[task.kind]

@@ -1,4 +1,4 @@
-"""Pipeline schedules as task lists, and a discrete-event simulation of one replica.
+"""Pipeline schedules as task lists, and the timing of one replica running them.
 
 Each pipeline rank runs an ordered list of tasks: F (forward of one micro-batch through one of
 its model chunks), B (backward; with ZB-H1 only the input gradient) and W (ZB-H1's deferred
@@ -16,12 +16,22 @@ B sends the input gradient on at once and W, deferred, fills the bubbles, with p
 micro-batches waiting for their B as in 1F1B (Qi et al. 2023, "Zero Bubble Pipeline
 Parallelism", §3.1; the paper's handcrafted order, `zero_bubble_h1`). Every order is fixed
 before the step: the runtime (runtime/parallel/pipeline.py) executes the same lists.
+
+Timing (`sweep`): because the orders are fixed, a task starts at the later of its rank's end of
+the task before it and its input's arrival (the producer's end plus the send), so no event
+queue is needed: each rank is advanced through its list while the next task's input has been
+computed, and a rank that waits is resumed when the rank it waits on has moved past the
+producer. This gives the same times, float for float, as a discrete-event simulation with
+(time, rank) events in which an idle rank takes its next task once the input is there (this
+module's implementation before), at a fraction of its cost; `start_order` puts the tasks in
+the order such a simulation starts them, for the recorded timeline.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from parasim.simulator.layout import Layout
@@ -52,19 +62,23 @@ class Interval:
 
 def rank_tasks(layout: Layout, rank: int, microbatches: int) -> list[Task]:
     """The ordered task list of pipeline rank `rank` (GPipe, 1F1B, interleaved, ZB-H1)."""
-    pp, m = layout.pp, microbatches
-    if layout.schedule == "zero-bubble":
-        return zero_bubble_h1(pp, rank, m)
-    if layout.schedule == "gpipe":
-        return [Task("F", i, 0) for i in range(m)] + [Task("B", i, 0) for i in range(m)]
-    if layout.schedule == "interleaved":
-        return _interleaved(pp, layout.vpp, rank, m)
+    return list(_rank_order(layout.schedule, layout.pp, layout.vpp, rank, microbatches))
+
+
+@lru_cache(maxsize=512)
+def _rank_order(schedule: str, pp: int, vpp: int, rank: int, m: int) -> tuple[Task, ...]:
+    if schedule == "zero-bubble":
+        return tuple(zero_bubble_h1(pp, rank, m))
+    if schedule == "gpipe":
+        return tuple([Task("F", i, 0) for i in range(m)] + [Task("B", i, 0) for i in range(m)])
+    if schedule == "interleaved":
+        return tuple(_interleaved(pp, vpp, rank, m))
     warmup = min(pp - rank - 1, m)
     order = [Task("F", i, 0) for i in range(warmup)]
     for i in range(m - warmup):
         order += [Task("F", warmup + i, 0), Task("B", i, 0)]
     order += [Task("B", i, 0) for i in range(m - warmup, m)]
-    return order
+    return tuple(order)
 
 
 def _interleaved(pp: int, vpp: int, rank: int, m: int) -> list[Task]:
@@ -136,61 +150,187 @@ class Timeline:
 
 def simulate(layout: Layout, microbatches: int, times: list[TaskTimes],
              record: bool = False) -> Timeline:
-    """Run every rank's tasks in time order; `times[v]` are virtual stage v's costs.
-
-    Events are (time, rank): a rank's own task ending, or an input arriving for it (an
-    activation from the stage before, a gradient from the stage after). At each event the rank,
-    if idle, takes the first task its policy offers whose input is there.
+    """Time every rank's tasks (`sweep`); `times[v]` are virtual stage v's costs.
 
     Each task also carries the seconds of sends on the chain that decided when it started:
     its input's chain plus that input's send when it waited for the input, else the chain of
     the rank's task before it. A rank's last task's (`path_send_s`) is what sends added to
     its finish: the rest of its idle time is the bubble of equal-cost closed forms."""
-    pp, stages = layout.pp, layout.pp * layout.vpp
-    assert len(times) == stages
-    policies = [_policy(layout, r, microbatches) for r in range(pp)]
-    arrivals = _Arrivals(pp, stages, times)
-    durations = [{"F": t.forward_s, "B": t.backward_s, "W": t.weight_s} for t in times]
-    clock, busy, held, peak = [0.0] * pp, [0.0] * pp, [0] * pp, [0] * pp
-    chain = [0.0] * pp  # per rank: sends on the chain of its last task
-    done, sends = arrivals.done, arrivals.sends
-    intervals: list[Interval] = []
-    events = [(0.0, rank) for rank in range(pp)]
-    while events:
-        now, rank = heapq.heappop(events)
-        if clock[rank] > now or policies[rank].finished:
-            continue
-        task = policies[rank].pick(now, arrivals, rank)
-        if task is None:
-            continue
-        kind, stage = task.kind, task.chunk * pp + rank
-        cost = times[stage]
-        if kind != "W":  # a W's input is its own B, done before: the rank's chain goes on
-            source, send = arrivals.last  # the input `pick` just found there
-            if source is not None and done[source] + send >= clock[rank]:
-                via = sends[source] + send
-                if done[source] + send > clock[rank] or via > chain[rank]:
-                    chain[rank] = via
-        end = now + durations[stage][kind]
-        key = (kind, task.microbatch, stage)
-        done[key], sends[key] = end, chain[rank]
-        heapq.heappush(events, (end, rank))
-        if kind == "F":  # wakes the next stage (the last stage's own backward)
-            if stage + 1 < stages:
-                heapq.heappush(events, (end + cost.send_s, (stage + 1) % pp))
+    pp, vpp = layout.pp, layout.vpp
+    assert len(times) == pp * vpp
+    plan = _plan(layout.schedule, pp, vpp, microbatches)
+    duration_s = [s for t in times for s in (t.forward_s, t.backward_s, t.weight_s)]
+    swept = sweep(plan.steps, duration_s, [t.send_s for t in times] + [0.0])
+    busy = []
+    for starts, ends in zip(swept.start_s, swept.end_s):
+        total = 0.0
+        for start, end in zip(starts, ends):
+            total = total + end - start  # (busy + end) - start, to the last bit as before
+        busy.append(total)
+    intervals = ()
+    if record:
+        intervals = tuple(_interval(rank, plan.tasks[rank][i], swept.start_s[rank][i],
+                                    swept.end_s[rank][i])
+                          for rank, i in start_order(plan.steps, swept.start_s))
+    return Timeline(swept.finish_s, tuple(busy), intervals,
+                    tuple(p / vpp for p in plan.peak), swept.path_send_s)
+
+
+def _interval(rank: int, task: Task, start_s: float, end_s: float) -> Interval:
+    return Interval(rank, "compute", f"{task.kind}{task.microbatch}.{task.chunk}", start_s,
+                    end_s, task)
+
+
+Step = tuple[int, tuple[tuple[int, int, int], ...]]  # (index of its duration, its inputs:
+# (rank, position in that rank's list, index of the send's seconds; -1: no send))
+
+
+KINDS = ("F", "B", "W")  # a task's cost is durations[stage·3 + its kind's index] in `simulate`
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything of a schedule's step that does not depend on the task times."""
+
+    tasks: tuple[tuple[Task, ...], ...]  # per rank, in order
+    steps: tuple[tuple[Step, ...], ...]  # the same as `sweep` reads them
+    peak: tuple[int, ...]  # per rank: most micro-batch-chunks held at once (F to B)
+
+
+@lru_cache(maxsize=32)  # up to ~5 MB each (pp 16, vpp 4, m 128); a build costs 3x a sweep
+def _plan(schedule: str, pp: int, vpp: int, m: int) -> _Plan:
+    """A task's input: an F the F on the stage before (its activation sent from there), a B
+    the B on the stage after (its gradient sent back) or on the last stage its own F, a W
+    nothing (its B ran before it on the rank)."""
+    tasks = tuple(_rank_order(schedule, pp, vpp, rank, m) for rank in range(pp))
+    stages = pp * vpp
+    where = {(t.kind, t.microbatch, t.chunk * pp + rank): (rank, i)
+             for rank, order in enumerate(tasks) for i, t in enumerate(order)}
+
+    def step(task: Task, rank: int) -> Step:
+        stage = task.chunk * pp + rank
+        if task.kind == "F":
+            inputs = ((*where["F", task.microbatch, stage - 1], stage - 1),) if stage else ()
+        elif task.kind == "W":
+            inputs = ()
+        elif stage == stages - 1:
+            inputs = ((*where["F", task.microbatch, stage], -1),)
+        else:
+            inputs = ((*where["B", task.microbatch, stage + 1], stage + 1),)
+        return stage * 3 + KINDS.index(task.kind), inputs
+
+    peak = []
+    for order in tasks:
+        held = most = 0
+        for task in order:
+            held += 1 if task.kind == "F" else -1 if task.kind == "B" else 0  # W keeps W's inputs
+            most = max(most, held)
+        peak.append(most)
+    return _Plan(tasks, tuple(tuple(step(t, rank) for t in order)
+                              for rank, order in enumerate(tasks)), tuple(peak))
+
+
+@dataclass(frozen=True)
+class Swept:
+    """When each task of fixed per-rank orders ran (`sweep`)."""
+
+    start_s: list[list[float]]  # per rank, per position in its order
+    end_s: list[list[float]]
+    finish_s: tuple[float, ...]  # per rank: end of its last task
+    path_send_s: tuple[float, ...]  # per rank: sends on the chain of its last task
+
+
+def sweep(steps: tuple[tuple[Step, ...], ...], duration_s: list[float],
+          send_s: list[float]) -> Swept:
+    """Start every rank's tasks in order, each at the later of the rank's clock and the last
+    arrival of its inputs (their producers' ends plus `send_s[index]`; `send_s[-1]` is the
+    no-send 0.0). A rank runs on while its next task's inputs are computed; a rank that waits
+    resumes once the rank it waits on has passed the producer. The chain of a task is the
+    latest-arriving input's (ties: the longer chain) plus its send when that arrival is not
+    before the rank's clock and either arrives later or carries more sends, else the rank's
+    previous task's."""
+    pp = len(steps)
+    start_s = [[0.0] * len(order) for order in steps]
+    end_s = [[0.0] * len(order) for order in steps]
+    chain_s = [[0.0] * len(order) for order in steps]
+    position, clock, chain = [0] * pp, [0.0] * pp, [0.0] * pp
+    waiting: list[list[tuple[int, int]]] = [[] for _ in range(pp)]  # per rank: (position it
+    # must pass, the rank that waits for it)
+    runnable = list(range(pp))
+    while runnable:
+        rank = runnable.pop()
+        order, starts, ends, chains = steps[rank], start_s[rank], end_s[rank], chain_s[rank]
+        i, now, path, count = position[rank], clock[rank], chain[rank], len(order)
+        while i < count:
+            cost, inputs = order[i]
+            arrive = via = 0.0
+            for source, j, send in inputs:
+                if position[source] <= j:
+                    break  # not computed yet: wait for `source` to pass j
+                seconds = send_s[send]
+                at = end_s[source][j] + seconds
+                if at >= arrive:
+                    sent = chain_s[source][j] + seconds
+                    if at > arrive or sent > via:
+                        arrive, via = at, sent
             else:
-                heapq.heappush(events, (end, rank))
-        elif kind == "B" and stage > 0:  # wakes the stage before (`_consumer`)
-            heapq.heappush(events, (end + cost.send_s, (stage - 1) % pp))
-        clock[rank], busy[rank] = end, busy[rank] + end - now
-        held[rank] += 1 if kind == "F" else -1 if kind == "B" else 0  # W keeps W's inputs
-        peak[rank] = max(peak[rank], held[rank])
-        if record:
-            intervals.append(Interval(rank, "compute", f"{kind}{task.microbatch}."
-                                      f"{task.chunk}", now, end, task))
-    assert all(p.finished for p in policies), "pipeline schedule deadlocked"
-    return Timeline(tuple(clock), tuple(busy), tuple(intervals),
-                    tuple(p / layout.vpp for p in peak), tuple(chain))
+                if arrive >= now:
+                    if arrive > now or via > path:
+                        path = via
+                    now = arrive
+                starts[i] = now
+                now = ends[i] = now + duration_s[cost]
+                chains[i] = path
+                i += 1
+                position[rank] = i
+                continue
+            waiting[source].append((j, rank))
+            break
+        clock[rank], chain[rank] = now, path
+        if waiting[rank]:
+            runnable += [waiter for j, waiter in waiting[rank] if j < i]
+            waiting[rank] = [(j, waiter) for j, waiter in waiting[rank] if j >= i]
+    assert all(p == len(order) for p, order in zip(position, steps)), \
+        "pipeline schedule deadlocked"
+    return Swept(start_s, end_s, tuple(clock), tuple(chain))
+
+
+def start_order(steps: tuple[tuple[Step, ...], ...],
+                start_s: list[list[float]]) -> list[tuple[int, int]]:
+    """(rank, position) of every task in the order a discrete-event simulation with (time,
+    rank) events starts them: by start time, and among tasks that start at one time by rank,
+    except that a task that becomes ready at that time (after a zero-second task) comes after
+    those ready before it. Replayed with a heap of the ranks whose next task is ready (its
+    predecessor and inputs started), keyed by (its start, rank): in such a simulation a task
+    starts at the first event at its start time once it is ready, and there is always one (its
+    predecessor's end or its last input's arrival)."""
+    consumers: list[list[list[int]]] = [[[] for _ in order] for order in steps]
+    for rank, order in enumerate(steps):
+        for _, inputs in order:
+            for source, j, _ in inputs:
+                consumers[source][j].append(rank)
+    position, queued = [0] * len(steps), [False] * len(steps)
+    heap: list[tuple[float, int]] = []
+
+    def queue_if_ready(rank: int) -> None:
+        i = position[rank]
+        if not queued[rank] and i < len(steps[rank]) and \
+                all(position[source] > j for source, j, _ in steps[rank][i][1]):
+            queued[rank] = True
+            heapq.heappush(heap, (start_s[rank][i], rank))
+
+    for rank in range(len(steps)):
+        queue_if_ready(rank)
+    out = []
+    while heap:
+        _, rank = heapq.heappop(heap)
+        i = position[rank]
+        position[rank], queued[rank] = i + 1, False
+        out.append((rank, i))
+        queue_if_ready(rank)
+        for consumer in consumers[rank][i]:
+            queue_if_ready(consumer)
+    return out
 
 
 PASS_STREAMS = ("compute", "tp", "cp", "ep")  # the parts of a task, in drawing order
@@ -250,58 +390,3 @@ def _consumer(task: Task, stage: int, stages: int) -> int | None:
     if task.kind == "B":
         return stage - 1 if stage > 0 else None
     return None
-
-
-class _FixedOrder:
-    """Runs a precomputed order: the next task when its input is there."""
-
-    def __init__(self, order: list[Task]):
-        self.order, self.position = order, 0
-
-    @property
-    def finished(self) -> bool:
-        return self.position == len(self.order)
-
-    def pick(self, now: float, arrival: _Arrivals, rank: int) -> Task | None:
-        task = self.order[self.position]
-        ready = arrival(task, rank)
-        if ready is None or ready > now:
-            return None
-        self.position += 1
-        return task
-
-
-def _policy(layout: Layout, rank: int, microbatches: int) -> _FixedOrder:
-    return _FixedOrder(rank_tasks(layout, rank, microbatches))
-
-
-class _Arrivals:
-    """When a task's input is on its rank: its producer's end, plus the send between ranks."""
-
-    def __init__(self, pp: int, stages: int, times: list[TaskTimes]):
-        self.pp, self.stages, self.times = pp, stages, times
-        self.done: dict[tuple[str, int, int], float] = {}  # (kind, microbatch, stage) -> end
-        self.sends: dict[tuple[str, int, int], float] = {}  # ... -> sends on its chain
-        self.last: tuple[tuple[str, int, int] | None, float] = (None, 0.0)  # the input found by
-        # the last call (`simulate` reads it for the task a policy picks): (its key, its send)
-
-    def __call__(self, task: Task, rank: int) -> float | None:
-        """None while the producer has not run."""
-        stage = task.chunk * self.pp + rank
-        if task.kind == "F":
-            if stage == 0:
-                self.last = (None, 0.0)
-                return 0.0
-            key, sender = ("F", task.microbatch, stage - 1), stage - 1
-        elif task.kind == "W":
-            key, sender = ("B", task.microbatch, stage), None
-        elif stage == self.stages - 1:
-            key, sender = ("F", task.microbatch, stage), None
-        else:
-            key, sender = ("B", task.microbatch, stage + 1), stage + 1
-        end = self.done.get(key)
-        if end is None:
-            return None
-        send = self.times[sender].send_s if sender is not None else 0.0
-        self.last = (key, send)
-        return end + send

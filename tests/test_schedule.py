@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from parasim.simulator.jobfile import job_from_mapping
 from parasim.simulator.layout import Layout
 from parasim.simulator.memory import in_flight_microbatches
 from parasim.simulator.predict import predict
-from parasim.simulator.schedule import TaskTimes, rank_tasks, simulate
+from parasim.simulator.schedule import TaskTimes, rank_tasks, simulate, sweep
 
 F, B = 1.0, 2.0
 
@@ -135,6 +136,56 @@ def test_sends_lengthen_the_pipeline():
     free = simulate(layout, 8, [TaskTimes(F, B)] * 4).makespan_s
     costly = simulate(layout, 8, [TaskTimes(F, B, send_s=0.1)] * 4).makespan_s
     assert costly > free
+
+
+@pytest.mark.parametrize("schedule, pp, vpp, m", [("1f1b", 4, 1, 7), ("interleaved", 3, 2, 6),
+                                                  ("zero-bubble", 4, 1, 6), ("gpipe", 2, 1, 3)])
+def test_each_task_starts_when_its_rank_is_free_and_its_input_has_arrived(schedule, pp, vpp, m):
+    """The timing rule, read back from the recorded intervals: a task starts at the later of
+    its rank's previous end and its input's arrival (F: the stage before's F plus that
+    stage's send; B: the stage after's B plus its send, or on the last stage its own F)."""
+    rng = random.Random(7)
+    times = [TaskTimes(rng.uniform(0.5, 1.5), rng.uniform(1.0, 2.0), rng.uniform(0.0, 1.0),
+                       rng.uniform(0.0, 0.2)) for _ in range(pp * vpp)]
+    layout = Layout(pp=pp, vpp=vpp, schedule=schedule, dp=1)
+    intervals = simulate(layout, m, times, record=True).intervals
+    assert len(intervals) == sum(len(rank_tasks(layout, r, m)) for r in range(pp))
+    end = {(i.task.kind, i.task.microbatch, i.task.chunk * pp + i.rank): i.end_s
+           for i in intervals}
+    previous = [0.0] * pp
+    for i in sorted(intervals, key=lambda i: (i.rank, i.start_s, i.end_s)):
+        stage = i.task.chunk * pp + i.rank
+        if i.task.kind == "F" and stage > 0:
+            arrival = end["F", i.task.microbatch, stage - 1] + times[stage - 1].send_s
+        elif i.task.kind == "B" and stage < pp * vpp - 1:
+            arrival = end["B", i.task.microbatch, stage + 1] + times[stage + 1].send_s
+        elif i.task.kind == "B":
+            arrival = end["F", i.task.microbatch, stage]
+        else:
+            arrival = 0.0
+        assert i.start_s == max(previous[i.rank], arrival)
+        previous[i.rank] = i.end_s
+
+
+def test_recorded_tasks_come_in_the_order_events_start_them():
+    """Zero-second tasks all start at 0, in the order a (time, rank) event queue starts them:
+    rank 0's F wakes rank 1, whose F and B run before rank 0's B can (not rank order)."""
+    timeline = simulate(Layout(pp=2, dp=1), 1, [TaskTimes(0.0, 0.0)] * 2, record=True)
+    assert [(i.rank, i.name) for i in timeline.intervals] == [
+        (0, "F0.0"), (1, "F0.0"), (1, "B0.0"), (0, "B0.0")]
+
+
+def test_a_cyclic_order_is_caught():
+    """Rank 0's first task needs rank 1's first, which needs rank 0's: no order runs it."""
+    steps = (((0, ((1, 0, -1),)),), ((0, ((0, 0, -1),)),))
+    with pytest.raises(AssertionError, match="deadlocked"):
+        sweep(steps, [1.0], [0.0])
+
+
+def test_task_lists_are_copies_of_the_cached_orders():
+    layout = Layout(pp=4, dp=1)
+    rank_tasks(layout, 0, 8).clear()
+    assert len(rank_tasks(layout, 0, 8)) == 16
 
 
 MODEL = {"name": "big-vocab", "num_layers": 16, "hidden_size": 2048, "num_attention_heads": 16,
