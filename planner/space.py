@@ -229,13 +229,16 @@ class _Checks:
     refusal of a tp beyond the NVLink domain, the resolution of each `job.resolve_key` and the
     states-fit bound of each `_states_key`."""
 
+    memo = dict  # what the memos are (tests swap in one that forgets, to check the keys)
+
     def __init__(self, job: Job, base: Layout, fixed: dict) -> None:
         self.job, self.base, self.fixed = job, base, fixed
         self.domain = job.cluster.node_groups[0].domain_gpus  # a node, or a multi-node rack
-        self.too_wide: dict[int, SpecError] = {}  # tp -> its refusal
-        self.resolved: dict[tuple, Layout | SpecError] = {}  # resolve_key -> the first's
-        self.fitting: dict[tuple, bool] = {}  # _states_key -> _states_fit
-        self.holding: dict[tuple, StageParams] = {}  # _held_key -> _held_params
+        self.too_wide: dict[int, SpecError] = self.memo()  # tp -> its refusal
+        self.resolved: dict[tuple, Layout | SpecError] = self.memo()  # resolve_key -> the
+        #                                                               first's resolution
+        self.fitting: dict[tuple, bool] = self.memo()  # _states_key -> _states_fit
+        self.holding: dict[tuple, StageParams] = self.memo()  # _held_key -> _held_params
 
     def __call__(self, chosen: dict, schedule: str
                  ) -> tuple[Layout | None, str, SpecError | None]:
