@@ -13,16 +13,19 @@ import itertools
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 
 from parasim.simulator.checks import divisors
 from parasim.simulator.cost.profile import analytic_profile
 from parasim.simulator.errors import SpecError
 from parasim.simulator.hardware import MAX_GPUS, MAX_PLAN_GPUS
-from parasim.simulator.job import Job, resolve_layout
-from parasim.simulator.layout import CP_STYLES, Layout, Offload, check_field
+from parasim.simulator.job import Job, resolve_key, resolve_layout
+from parasim.simulator.layout import CP_STYLES, DUAL_SCHEDULES, Layout, Offload, check_field
 from parasim.simulator.memory import held_params, rank_model_states
 from parasim.simulator.offload import node_dp
+from parasim.simulator.params import StageParams
 from parasim.simulator.placement import axis_groups
 
 MICRO_BATCHES = (1, 2, 4, 8)
@@ -67,15 +70,18 @@ class Reasons:
         self.counts: Counter = Counter()
         self.values: dict[str, list[set[str]]] = {}
         self.first: dict[str, SpecError | None] = {}
+        self.kinds: dict[str, str] = {}  # each text added so far -> its kind
 
     def add(self, text: str, error: SpecError | None = None) -> None:
-        kind = self.NUMBER.sub("#", text)
-        numbers = self.NUMBER.findall(text)
-        slots = self.values.setdefault(kind, [set() for _ in numbers])
-        for slot, number in zip(slots, numbers):
-            slot.add(number)
+        kind = self.kinds.get(text)
+        if kind is None:  # a new text (most recur: thousands of rejections, a few reasons)
+            kind = self.kinds[text] = self.NUMBER.sub("#", text)
+            numbers = self.NUMBER.findall(text)
+            slots = self.values.setdefault(kind, [set() for _ in numbers])
+            for slot, number in zip(slots, numbers):
+                slot.add(number)
+            self.first.setdefault(kind, error)
         self.counts[kind] += 1
-        self.first.setdefault(kind, error)
 
     def label(self, kind: str) -> str:
         parts = kind.split("#")
@@ -155,7 +161,7 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
     held = {k: v for k, v in fixed.items() if k not in SEARCHED + ("zero_pp",)}
     if "recompute_modules" in held:  # chosen modules: built under the recompute they belong to
         held["recompute"] = "selective"
-    base = Layout(**held)
+    check = _Checks(job, Layout(**held), fixed)
     layouts, reasons = [], Reasons()
     names = list(options)
     for values in itertools.product(*(options[n] for n in names)):
@@ -163,8 +169,7 @@ def enumerate_space(job: Job, fixed: dict) -> Space:
         for schedule, style in itertools.product(_schedules(chosen["vpp"], chosen["pp"], fixed,
                                                             chosen["ep"]),
                                                  _cp_styles(chosen["cp"], fixed)):
-            layout, reason, error = _check(job, base, {**chosen, "cp_style": style}, schedule,
-                                           fixed)
+            layout, reason, error = check({**chosen, "cp_style": style}, schedule)
             if reason:
                 reasons.add(reason, error)
             else:
@@ -218,27 +223,87 @@ def _cp_styles(cp: int, fixed: dict) -> tuple[str, ...]:
     return CP_STYLES if cp > 1 else ("ring",)
 
 
-def _check(job: Job, base: Layout, chosen: dict, schedule: str, fixed: dict
-           ) -> tuple[Layout | None, str, SpecError | None]:
-    """The resolved layout, or the reason it cannot run (and the SpecError it came from)."""
-    domain = job.cluster.node_groups[0].domain_gpus  # a node, or a multi-node NVLink rack
-    if chosen["tp"] > domain:
-        error = SpecError("parallel.tp", chosen["tp"], "tensor parallelism beyond one "
-                          f"NVLink domain ({domain} GPUs)", f"tp <= {domain}")
-        return None, f"{error.field}: {error.why}", error
-    sequence_parallel = fixed.get("sequence_parallel", chosen["tp"] > 1)
-    try:
-        layout = replace(base, schedule=schedule, sequence_parallel=sequence_parallel,
-                         zero_pp=fixed.get("zero_pp", False), **chosen)
-        layout = resolve_layout(job.model, job.cluster, job.training, layout)
-    except SpecError as err:
-        return None, f"{err.field}: {err.why}".split(" (")[0], err
-    if not _states_fit(job, layout):
-        offloaded = _with_optimizer_offload(job, layout, fixed)
-        if offloaded is None:
-            return None, "model states alone exceed device memory", None
-        layout = offloaded
-    return layout, "", None
+class _Checks:
+    """Each combination of one job checked: the resolved layout, or the reason it cannot run
+    (and the SpecError it came from). What combinations share is worked out once: the
+    refusal of a tp beyond the NVLink domain, the resolution of each `job.resolve_key` and the
+    states-fit bound of each `_states_key`."""
+
+    memo = dict  # what the memos are (tests swap in one that forgets, to check the keys)
+
+    def __init__(self, job: Job, base: Layout, fixed: dict) -> None:
+        self.job, self.base, self.fixed = job, base, fixed
+        self.domain = job.cluster.node_groups[0].domain_gpus  # a node, or a multi-node rack
+        self.too_wide: dict[int, SpecError] = self.memo()  # tp -> its refusal
+        self.resolved: dict[tuple, Layout | SpecError] = self.memo()  # resolve_key -> the
+        #                                                               first's resolution
+        self.fitting: dict[tuple, bool] = self.memo()  # _states_key -> _states_fit
+        self.holding: dict[tuple, StageParams] = self.memo()  # _held_key -> _held_params
+
+    def __call__(self, chosen: dict, schedule: str
+                 ) -> tuple[Layout | None, str, SpecError | None]:
+        fixed = self.fixed
+        if chosen["tp"] > self.domain:
+            error = self.too_wide.get(chosen["tp"])
+            if error is None:
+                error = self.too_wide[chosen["tp"]] = SpecError(
+                    "parallel.tp", chosen["tp"], "tensor parallelism beyond one NVLink domain "
+                    f"({self.domain} GPUs)", f"tp <= {self.domain}")
+            return None, f"{error.field}: {error.why}", error
+        sequence_parallel = fixed.get("sequence_parallel", chosen["tp"] > 1)
+        try:
+            layout = self.base.evolve(schedule=schedule, sequence_parallel=sequence_parallel,
+                                      zero_pp=fixed.get("zero_pp", False), **chosen)
+        except SpecError as err:
+            return None, _reason(err), err
+        resolved = self.resolve(layout)
+        if isinstance(resolved, SpecError):
+            return None, _reason(resolved), resolved
+        layout = resolved
+        if not self.fits(layout):
+            offloaded = _with_optimizer_offload(self.job, layout, fixed, self.fits)
+            if offloaded is None:
+                return None, "model states alone exceed device memory", None
+            layout = offloaded
+        return layout, "", None
+
+    def resolve(self, layout: Layout) -> Layout | SpecError:
+        """`resolve_layout`, or the SpecError it raises, once per `resolve_key`: the others
+        of a key are given its dp (resolve_layout changes nothing else)."""
+        key = resolve_key(layout)
+        first = self.resolved.get(key)
+        if first is None:
+            try:
+                first = resolve_layout(self.job.model, self.job.cluster, self.job.training,
+                                       layout)
+            except SpecError as err:
+                first = err
+            self.resolved[key] = first
+            return first
+        if isinstance(first, SpecError):
+            return first
+        return layout if layout.dp == first.dp else layout.with_dp(first.dp)
+
+    def fits(self, layout: Layout) -> bool:
+        """`_states_fit`, once per `_states_key`."""
+        key = _states_key(layout)
+        fit = self.fitting.get(key)
+        if fit is None:
+            fit = self.fitting[key] = _states_fit(self.job, layout, self.held)
+        return fit
+
+    def held(self, layout: Layout, rank: int) -> StageParams:
+        """`_held_params`, once per `_held_key`."""
+        key = _held_key(layout, rank)
+        params = self.holding.get(key)
+        if params is None:
+            params = self.holding[key] = _held_params(self.job, layout, rank)
+        return params
+
+
+def _reason(error: SpecError) -> str:
+    """A rejection's reason: the error's field and why, up to its first parenthesis."""
+    return f"{error.field}: {error.why}".split(" (")[0]
 
 
 def can_offload(job: Job) -> bool:
@@ -248,15 +313,17 @@ def can_offload(job: Job) -> bool:
                for g in job.cluster.node_groups)
 
 
-def _with_optimizer_offload(job: Job, layout: Layout, fixed: dict) -> Layout | None:
+def _with_optimizer_offload(job: Job, layout: Layout, fixed: dict,
+                            fits: Callable[[Layout], bool]) -> Layout | None:
     """The layout with its optimizer states on the host, when they alone keep its model states
-    from fitting the GPU and the job leaves parallel.offload open (offloading never makes a
-    layout that fits faster, so only such layouts are given it)."""
+    from fitting the GPU (`fits`: `_states_fit` of the job) and the job leaves parallel.offload
+    open (offloading never makes a layout that fits faster, so only such layouts are given
+    it)."""
     if "offload" in fixed or layout.offload.optimizer or not can_offload(job):
         return None
-    offloaded = replace(layout, offload=Offload(optimizer=True,
-                                                activations=layout.offload.activations))
-    return offloaded if _states_fit(job, offloaded) else None
+    offloaded = layout.evolve(offload=Offload(optimizer=True,
+                                              activations=layout.offload.activations))
+    return offloaded if fits(offloaded) else None
 
 
 def zero_pp_twin(job: Job, layout: Layout, fixed: dict) -> Layout | None:
@@ -267,22 +334,54 @@ def zero_pp_twin(job: Job, layout: Layout, fixed: dict) -> Layout | None:
         return None
     per_node = job.cluster.node_groups[0].gpus_per_node
     nodes = {int(r) // per_node for r in axis_groups(layout, "dp_cp")[0]}
-    twin = replace(layout, zero_pp=True)
+    twin = layout.evolve(zero_pp=True)
     return twin if len(nodes) > 1 and _states_fit(job, twin) else None
 
 
-def _states_fit(job: Job, layout: Layout) -> bool:
+def _states_fit(job: Job, layout: Layout,
+                held: Callable[[Layout, int], StageParams] | None = None) -> bool:
     """Lower bound: the busiest rank's weights, gradients and optimizer states (no
-    activations) against the usable memory of the smallest GPU."""
-    split_job = replace(job, layout=layout)
+    activations) against the usable memory of the smallest GPU. `held(layout, rank)`: what
+    a pipeline rank holds (`_held_params`, or the planner's memo of it)."""
+    held = held or partial(_held_params, job)
     capacity = analytic_profile().usable_memory_bytes(
         min(g.gpu.memory_bytes for g in job.cluster.node_groups))
+    hpz = node_dp(job.cluster, layout) if layout.zero_pp else 1
     for rank in (0, layout.pp // 2, layout.pp - 1):
-        params = held_params(job.model, split_job.stage_layers, layout, rank)
-        hpz = node_dp(job.cluster, layout) if layout.zero_pp else 1
-        if rank_model_states(params, job.training, layout, hpz).total_bytes > capacity:
+        if rank_model_states(held(layout, rank), job.training, layout, hpz).total_bytes \
+                > capacity:
             return False
     return True
+
+
+def _held_params(job: Job, layout: Layout, rank: int) -> StageParams:
+    """`memory.held_params` of pipeline rank `rank` under `layout`."""
+    return held_params(job.model, replace(job, layout=layout).stage_layers, layout, rank)
+
+
+def _two_chunks(layout: Layout) -> str:
+    """The schedule where it sets what a rank holds (DualPipe's and DualPipeV's two chunks,
+    `layout.rank_stages`), else ''."""
+    return layout.schedule if layout.schedule in DUAL_SCHEDULES else ""
+
+
+def _states_key(layout: Layout) -> tuple:
+    """What `_states_fit` reads of a resolved layout: the degrees (dp and cp only as dp·cp,
+    the ZeRO shards), the ZeRO stage, the split into virtual stages, the schedule only as
+    DualPipe's or DualPipeV's two chunks (`_two_chunks`, `memory.stage_holders`), optimizer
+    offload, and ZeRO++ with what places its node-local partition (`offload.node_dp`). Not
+    the micro-batch size, recompute, cp_style, sequence parallelism or the overlaps: layouts
+    differing only there share it."""
+    zero_pp = (layout.order, layout.cp, layout.dp) if layout.zero_pp else None
+    return (layout.tp, layout.pp, layout.ep, layout.dp * layout.cp, layout.zero_stage,
+            layout.num_virtual_stages, layout.stages, _two_chunks(layout),
+            layout.offload.optimizer, zero_pp)
+
+
+def _held_key(layout: Layout, rank: int) -> tuple:
+    """What `_held_params` reads: the split into virtual stages, pp, the two-chunk schedules,
+    the rank."""
+    return layout.stages, layout.num_virtual_stages, layout.pp, _two_chunks(layout), rank
 
 
 def fixed_fields(parallel: object) -> dict:

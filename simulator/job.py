@@ -169,6 +169,16 @@ def resolve_layout(model: ModelSpec, cluster: ClusterSpec, training: TrainingSpe
     return layout
 
 
+def resolve_key(layout: Layout) -> tuple:
+    """What `resolve_layout` reads of a layout (keep the two together): layouts with equal
+    keys resolve alike, to the same dp or the same SpecError. Not the ZeRO stage, recompute,
+    sequence parallelism, rank order, overlaps or offload: the planner's layouts that differ
+    only there (six in seven) share one resolution."""
+    return (layout.tp, layout.cp, layout.cp_style, layout.pp, layout.ep, layout.vpp,
+            layout.micro_batch_size, layout.schedule, layout.dp, layout.recompute_modules,
+            layout.stages, layout.full_recompute_layers)
+
+
 def num_microbatches(training: TrainingSpec, layout: Layout) -> int:
     """Micro-batches per pipeline per step: global batch / (micro batch · dp)."""
     assert layout.dp is not None
