@@ -5,6 +5,8 @@ Targets: under 10 s each on this machine; peak resident memory under 2 GiB.
 - DeepSeek-V3 (671B MoE) on 2,048 H800s (256 HGX H800), 4k sequences, 15,360 per batch, fp8
   (DeepSeek-V3 technical report, arXiv:2412.19437 §3-4).
 Run: python3 benchmarks/plan_speed.py
+This VM's speed varies from day to day (a shared host): the first line times a 10M-iteration
+Python loop, so that runs on different days can be compared (0.58 s on a fast day).
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ JOBS = {
 }
 
 
+def loop_probe_s() -> float:
+    """Seconds of a 10M-iteration pure-Python loop: the machine's speed for this kind of code."""
+    start, total = time.perf_counter(), 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
 def main() -> None:
+    print(f"speed probe: a 10M-iteration Python loop in {loop_probe_s():.2f} s")
     for name, raw in JOBS.items():
         job = job_from_mapping(raw, base_dir=Path("."), source=name)
         start = time.perf_counter()

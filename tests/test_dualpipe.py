@@ -234,7 +234,7 @@ def test_plan_drops_a_dualpipe_layout_no_faster_than_its_1f1b_twin():
         mine = _estimate(job, layout, profile, known)
         twin = _estimate(job, replace(layout, schedule="1f1b"), profile, known)
         assert mine is not None and twin is not None
-        assert _twin_is_as_fast(job, layout, profile, known) == (mine >= twin)
+        assert _twin_is_as_fast(job, layout, mine, profile, known) == (mine >= twin)
 
 
 def test_chunk_lists_are_copies_of_the_cached_orders():
