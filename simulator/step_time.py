@@ -356,7 +356,24 @@ def _name(op) -> str:
     return (op.op if isinstance(op, _Paced) else op).name
 
 
+_OPS: dict[tuple, Sourced] = {}
+
+
 def _ops(compute: ComputeModel, ops, backward: bool = False) -> Sourced:
+    """The ops' summed times; from the roofline alone, shared between the blocks that run the
+    same ops (a block's passes under each recompute mode and schedule repeat them)."""
+    if compute.measured is not None:
+        return _ops_uncached(compute, ops, backward)
+    key = (compute, tuple(ops), backward)
+    summed = _OPS.get(key)
+    if summed is None:
+        if len(_OPS) > 16384:
+            _OPS.clear()
+        summed = _OPS[key] = _ops_uncached(compute, ops, backward)
+    return summed
+
+
+def _ops_uncached(compute: ComputeModel, ops, backward: bool) -> Sourced:
     return total(compute.op(op.op, backward) * op.pace if isinstance(op, _Paced)
                  else compute.op(op, backward) for op in ops)
 
