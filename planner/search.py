@@ -230,6 +230,7 @@ def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progres
     layout gives (`tests/test_plan.py`); only the rejection counts of dropped layouts are not
     known."""
     bounds = [_lower_bound(job, layout, profile) for layout in layouts]
+    bound_of = dict(zip(layouts, bounds))
     out, failed, ring_faster, best = [], [], {}, []  # best: the `keep` least, negated (heapq)
     order = sorted(range(len(layouts)), key=bounds.__getitem__)
     pruned = (f"cannot enter the {keep} best estimates: a lower bound on its step (its blocks' "
@@ -254,7 +255,7 @@ def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progres
             rejected[pruned] += 1  # its own estimate is the bound: no need of its twin's
             continue
         if layout.schedule in DUAL_SCHEDULES and _twin_is_as_fast(job, layout, estimate,
-                                                                  profile, known):
+                                                                  profile, known, bound_of):
             rejected[f"schedule {layout.schedule}: no faster than its 1F1B twin, which holds "
                      "less memory"] += 1
             continue
@@ -345,16 +346,25 @@ def all_full(layout: Layout) -> Layout:
 
 
 def _twin_is_as_fast(job: Job, layout: Layout, estimate_s: float | None,
-                     profile: AnalyticProfile, known: dict) -> bool:
+                     profile: AnalyticProfile, known: dict, bound_of: dict | None = None
+                     ) -> bool:
     """A DualPipe(V) layout (`estimate_s` as `_estimate_or_full` gives it) cannot win where
     its 1F1B twin (the same layout, one stage per rank) is estimated at least as fast, or
     where either does not fit: DualPipe holds two copies of its stages and PP+1 micro-batches'
     stages, DualPipeV pp + 1/2 micro-batches of the rank's layers on every rank, at least
     1F1B's peak (`memory.in_flight_microbatches`), so it fits no better
-    (`tests/test_search_pruning.py`). Estimates are kept in `known`."""
+    (`tests/test_search_pruning.py`): where it fits, so does the twin, and where its estimate
+    is below the twin's lower bound (`bound_of`, else computed) the twin need not be
+    estimated. Estimates are kept in `known`."""
     if estimate_s is None:
         return True
-    twin_s, _ = _estimate_or_full(job, replace(layout, schedule="1f1b"), profile, known)
+    twin = replace(layout, schedule="1f1b")
+    bound_s = (bound_of or {}).get(twin)
+    if bound_s is None:
+        bound_s = _lower_bound(job, twin, profile)
+    if estimate_s < bound_s * (1 - 1e-9):
+        return False
+    twin_s, _ = _estimate_or_full(job, twin, profile, known)
     return twin_s is None or estimate_s >= twin_s
 
 
