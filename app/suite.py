@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,7 +28,12 @@ from parasim.simulator.yamlfile import parse_text
 
 GiB = 2**30
 SUITES = ("local", "local-calibration")  # shipped under profiles/suites/NAME.yaml
-JOB_KEYS = ("name", "model", "parallel", "training", "nodes", "inter_node_Gbps")
+JOB_KEYS = ("name", "model", "parallel", "training", "nodes", "inter_node_Gbps", "launcher")
+# How the ranks of a job on emulated nodes start: `local`, all from the validating process
+# (runtime.run.measure_plan); `rendezvous`, each node its own `parasim run --nnodes` launcher,
+# the nodes meeting through torch's rendezvous as on a cluster (runtime.run_nodes).
+Launcher = Literal["local", "rendezvous"]
+LAUNCHERS = ("local", "rendezvous")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Device fields that enter neither the step time nor the memory of a prediction (energy and
 # dollars only); a CPU has no datasheet entry to take them from.
@@ -43,6 +48,7 @@ class SuiteJob:
     raw: dict[str, Any]  # model, training, parallel (DESIGN.md's job file, no cluster)
     nodes: int = 1  # emulated nodes the ranks are split over (1: this host's network)
     inter_node_bits_per_s: float | None = None  # their link rate, each direction
+    launcher: Launcher = "local"  # how the emulated nodes' ranks start (LAUNCHERS)
 
     @property
     def world_size(self) -> int:
@@ -129,11 +135,17 @@ def _job(entry: Any, models: dict, training: dict, field: str, base_dir: Path) -
                         "nodes and their inter_node_Gbps", "nodes: 2 with inter_node_Gbps: 1")
     if rate_gbps is not None:
         rate_gbps = require_number(f"{field}.inter_node_Gbps", rate_gbps, 0, 1e6, above=True)
+    launcher = entry.get("launcher", "local")
+    if launcher not in LAUNCHERS or (launcher != "local" and nodes == 1):
+        raise SpecError(f"{field}.launcher", launcher, "is local or, for emulated nodes, "
+                        "rendezvous (each node its own launcher)",
+                        "launcher: rendezvous with nodes: 2, or leave it out")
     raw = {"model": model, "training": {**training, **(entry.get("training") or {})},
            "parallel": dict(entry["parallel"])}
     _check_job(raw, field, base_dir)
     return SuiteJob(name=str(entry["name"]), raw=raw, nodes=nodes,
-                    inter_node_bits_per_s=None if rate_gbps is None else rate_gbps * 1e9)
+                    inter_node_bits_per_s=None if rate_gbps is None else rate_gbps * 1e9,
+                    launcher=launcher)
 
 
 def _check_job(raw: dict, field: str, base_dir: Path) -> None:

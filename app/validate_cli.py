@@ -7,12 +7,13 @@ Profiles this machine (quick grids, at the thread count each rank will compute w
 given a profile, then for each job of the suite: builds the job on this machine's cluster
 (`parasim.suite.local_cluster`), predicts it (`simulator.predict`, with the profile, and a
 fitted profile over it when given one), writes its plan file (the one `parasim run` reads) and
-runs it (`runtime.run.measure_plan`), and compares (`simulator.validation`). A job that cannot be
-planned or run is reported as failed with its one-line reason, and the suite goes on. The
-report folder (`simulator.validation_report`) holds README.md, results.csv, facts.json,
-scatter.png, the plans and the measurements, and runs.csv: the measured step times as a
-`parasim calibrate` runs file (its jobs in jobs/), so that one suite can calibrate the cost
-model that another is then validated with.
+runs it (`runtime.run.measure_plan`; a job on emulated nodes with `launcher: rendezvous`:
+`runtime.run_nodes`, each node its own `parasim run --nnodes` launcher), and compares
+(`simulator.validation`). A job that cannot be planned or run is reported as failed with its
+one-line reason, and the suite goes on. The report folder (`simulator.validation_report`)
+holds README.md, results.csv, facts.json, scatter.png, the plans and the measurements, and
+runs.csv: the measured step times as a `parasim calibrate` runs file (its jobs in jobs/), so
+that one suite can calibrate the cost model that another is then validated with.
 `--render DIR` rebuilds a report's README.md and scatter.png from its data (no torch).
 
 Exit status: 0 report written, 2 bad input (one line, before anything runs), 130 interrupted.
@@ -170,7 +171,7 @@ def validate_suite(name: str, options: ValidateOptions, command: str) -> Summary
     fitted, measured = load_profiles(list(options.profiles))
     suite = load_suite(name)
     out = _out_dir(options, suite)
-    runtime = _load_runtime(emulates=any(job.nodes > 1 for job in suite.jobs))
+    runtime = _load_runtime(suite.jobs)
     with sigterm_as_exit():
         return _validate(options, suite, out, runtime, command, (fitted, measured))
 
@@ -186,19 +187,26 @@ def _out_dir(options: ValidateOptions, suite: Suite) -> Path:
     return out
 
 
-def _load_runtime(emulates: bool) -> SimpleNamespace:
-    """runtime.run, runtime.profiler, runtime.train, or a SpecError naming the missing torch."""
-    if emulates:  # as `parasim run --emulate-nodes` (app/run_cli.py), before torch loads
+def _load_runtime(jobs: tuple[SuiteJob, ...]) -> SimpleNamespace:
+    """runtime.run, runtime.profiler, runtime.train, or a SpecError naming the missing torch.
+
+    torch's C++ log level is set first, as `parasim run` sets it (app/run_cli.py): emulated
+    nodes' addresses have no host name (a warning per store client), and nodes meeting
+    through the rendezvous retry the store (a stack trace per failed try); failures come back
+    as one line anyway."""
+    if any(job.launcher == "rendezvous" for job in jobs):  # as `parasim run --nnodes`
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+    elif any(job.nodes > 1 for job in jobs):  # as `parasim run --emulate-nodes`
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
-        from parasim.runtime import measure, profiler, run, speed_probe, train
+        from parasim.runtime import measure, profiler, run, run_nodes, speed_probe, train
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "torch":
             raise
         raise SpecError("validate", None, "parasim validate runs the jobs: it needs PyTorch",
                         "pip install '.[runtime]'") from None
-    return SimpleNamespace(measure=measure, profiler=profiler, run=run, speed_probe=speed_probe,
-                           train=train)
+    return SimpleNamespace(measure=measure, profiler=profiler, run=run, run_nodes=run_nodes,
+                           speed_probe=speed_probe, train=train)
 
 
 # The suite ------------------------------------------------------------------------------------
@@ -423,12 +431,17 @@ def _emulation(ctx: Context, job: SuiteJob):
 
 
 def _measure(ctx: Context, job: SuiteJob, ready: Prepared):
-    """One run of the job's plan (measurements/ holds the runs pooled: `_final_row`)."""
-    run = ctx.runtime.run
+    """One run of the job's plan (measurements/ holds the runs pooled: `_final_row`): its
+    ranks started from here, or on emulated nodes that each run their own launcher."""
+    options = ctx.options
+    if job.launcher == "rendezvous":
+        return ctx.runtime.run_nodes.measure_plan_on_nodes(
+            ready.plan, steps=options.steps, warmup_steps=options.warmup,
+            timeout_s=options.timeout_s, emulation=_emulation(ctx, job))
     emulation = _emulation(ctx, job) if job.nodes > 1 else None
-    return run.measure_plan(ready.plan, steps=ctx.options.steps,
-                            warmup_steps=ctx.options.warmup, nproc=job.world_size,
-                            timeout_s=ctx.options.timeout_s, emulation=emulation)
+    return ctx.runtime.run.measure_plan(ready.plan, steps=options.steps,
+                                        warmup_steps=options.warmup, nproc=job.world_size,
+                                        timeout_s=options.timeout_s, emulation=emulation)
 
 
 def _with_measured_link(ctx: Context, job: SuiteJob, ready: Prepared, emulation: dict
@@ -440,8 +453,11 @@ def _with_measured_link(ctx: Context, job: SuiteJob, ready: Prepared, emulation:
 
 
 def _link_note(job: SuiteJob, emulation: dict) -> str:
-    return (f"{job.name}: {job.nodes} emulated nodes, link {emulation['inter_node_Gbps']:g} "
-            f"Gbit/s line rate, {emulation['measured_inter_node_Gbps']:.3f} Gbit/s measured; "
+    launcher = ", each running its own launcher (`parasim run --nnodes`, torch's " \
+        "rendezvous)" if job.launcher == "rendezvous" else ""
+    return (f"{job.name}: {job.nodes} emulated nodes{launcher}, link "
+            f"{emulation['inter_node_Gbps']:g} Gbit/s line rate, "
+            f"{emulation['measured_inter_node_Gbps']:.3f} Gbit/s measured; "
             "predicted with the measured rate")
 
 

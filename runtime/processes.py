@@ -108,11 +108,12 @@ def running(processes: list, results: Any) -> Iterator[None]:
 
 
 def next_message(label: str, processes: list, results: Any, deadline_s: float,
-                 timeout_s: float, pending: Callable[[], str] = lambda: "") -> tuple | None:
+                 timeout_s: float, pending: Callable[[], str] = lambda: "",
+                 member: str = "rank") -> tuple | None:
     """The next queued message, or None after POLL_S; raises if a process died or time is up.
 
     `label` starts every error message; `pending()` names what had not finished at the
-    deadline."""
+    deadline; `member` is what a process is called in them (a rank, or an emulated node)."""
     left_s = deadline_s - time.monotonic()
     if left_s <= 0:
         raise MeasurementError(f"{label}: {len(processes)} processes did not finish within "
@@ -122,12 +123,12 @@ def next_message(label: str, processes: list, results: Any, deadline_s: float,
     except queue_module.Empty:
         pass
     if any(process.exitcode not in (None, 0) for process in processes):
-        raise_failure(label, processes, results)
+        raise_failure(label, processes, results, member=member)
     return None
 
 
-def raise_failure(label: str, processes: list, results: Any, first: tuple | None = None
-                  ) -> None:
+def raise_failure(label: str, processes: list, results: Any, first: tuple | None = None,
+                  member: str = "rank") -> None:
     """MeasurementError for a failed run: its first failure, then the others within SETTLE_S.
 
     One failure brings down the others (peers of a dead rank see their connections reset), and
@@ -140,9 +141,9 @@ def raise_failure(label: str, processes: list, results: Any, first: tuple | None
         errors += _errors_in(results, timeout_s=POLL_S / 5)
     errors += _errors_in(results, timeout_s=0.0)
     told = {message[1] for message in errors}
-    causes = [f"rank {rank} {_exit_text(process.exitcode)}" for rank, process
+    causes = [f"{member} {rank} {_exit_text(process.exitcode)}" for rank, process
               in enumerate(processes) if process.exitcode not in (None, 0) and rank not in told]
-    causes += [f"rank {rank} failed: {line}" for _, rank, line, _ in errors]
+    causes += [f"{member} {rank} failed: {line}" for _, rank, line, _ in errors]
     assert causes, "raise_failure without a failure"
     then = "; ".join(cause[:MAX_SECONDARY_CHARS] for cause in causes[1:])
     raise MeasurementError(f"{label}: {causes[0]}" + (f"; then {then}" if then else ""),

@@ -43,10 +43,18 @@ def test_the_local_suite():
     names = [job.name for job in suite.jobs]
     assert len(names) == len(set(names)) >= 10
     assert {job.world_size for job in suite.jobs} == {2}
-    assert [job.name for job in suite.jobs if job.nodes > 1] == ["dp2-2nodes"]
+    emulated = {job.name: job for job in suite.jobs if job.nodes > 1}
+    assert list(emulated) == ["dp2-2nodes", "pp2-2nodes"]
+    # the data-parallel all-reduce from this process's launcher, the pipeline's sends from
+    # each node's own (`parasim run --nnodes`): both cross the emulated link
+    assert (emulated["dp2-2nodes"].launcher, emulated["pp2-2nodes"].launcher) == \
+        ("local", "rendezvous")
+    assert emulated["pp2-2nodes"].raw["parallel"]["pp"] == emulated["pp2-2nodes"].nodes
     parallel = [job.raw["parallel"] for job in suite.jobs]
     for needed in ({"tp": 2}, {"pp": 2, "schedule": "gpipe"}, {"pp": 2, "schedule": "1f1b"},
-                   {"cp": 2}, {"dp": 2, "ep": 2}, {"dp": 2, "zero_stage": 1}):
+                   {"cp": 2}, {"dp": 2, "ep": 2}, {"dp": 2, "zero_stage": 1},
+                   {"dp": 2, "zero_stage": 2}, {"dp": 2, "zero_stage": 3},
+                   {"pp": 2, "schedule": "zero-bubble"}, {"cp": 2, "cp_style": "ulysses"}):
         assert any(needed.items() <= p.items() for p in parallel), needed
     assert {p.get("recompute") for p in parallel} >= {"full", "selective"}
     assert any(p.get("schedule") == "interleaved" and p.get("vpp") == 2 for p in parallel)
@@ -139,6 +147,38 @@ def test_a_suite_file_with_a_bad_job(tmp_path):
     path.write_text("jobs:\n  - {name: a, model: m, parallel: {dp: 2}, gpus: 2}\n")
     with pytest.raises(SpecError, match="unknown suite job key"):
         load_suite(str(path))
+    for launcher, nodes in (("rendezvous", ""), ("torchrun", ", nodes: 2, inter_node_Gbps: 1")):
+        path.write_text(f"jobs:\n  - {{name: a, model: m, parallel: {{dp: 2}}{nodes}, "
+                        f"launcher: {launcher}}}\n")
+        with pytest.raises(SpecError, match=f"jobs\\[0\\].launcher={launcher!r}: is local or, "
+                           "for emulated nodes, rendezvous"):
+            load_suite(str(path))
+
+
+def test_each_job_runs_through_its_launcher(tmp_path):
+    """A rendezvous job goes to runtime.run_nodes, the others to runtime.run; both get the
+    plan read back from its file and the options."""
+    from types import SimpleNamespace
+
+    from parasim.validate_cli import Prepared, ValidateOptions, _measure
+
+    calls = []
+    runtime = SimpleNamespace(
+        run=SimpleNamespace(measure_plan=lambda plan, **kw: calls.append(("run", plan, kw)),
+                            netns=SimpleNamespace(Emulation=lambda **kw: kw)),
+        run_nodes=SimpleNamespace(
+            measure_plan_on_nodes=lambda plan, **kw: calls.append(("nodes", plan, kw))))
+    ctx = SimpleNamespace(options=ValidateOptions(steps=3, warmup=1, timeout_s=60),
+                          runtime=runtime)
+    ready = Prepared("the plan", {}, None, None, None)
+    jobs = {job.name: job for job in load_suite("local").jobs}
+    for name in ("dp2", "dp2-2nodes", "pp2-2nodes"):
+        _measure(ctx, jobs[name], ready)
+    link = {"nodes": 2, "inter_node_bits_per_s": 1e9}
+    common = {"steps": 3, "warmup_steps": 1, "timeout_s": 60}
+    assert calls == [("run", "the plan", {**common, "nproc": 2, "emulation": None}),
+                     ("run", "the plan", {**common, "nproc": 2, "emulation": link}),
+                     ("nodes", "the plan", {**common, "emulation": link})]
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -209,3 +249,17 @@ def test_render_rebuilds_a_report_from_its_data(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Spearman 1.00" in result.stdout
     assert (tmp_path / "README.md").is_file()
+
+
+def test_the_link_note_says_which_launcher_ran_the_nodes():
+    from parasim.validate_cli import _link_note
+
+    jobs = {job.name: job for job in load_suite("local").jobs}
+    link = {"inter_node_Gbps": 1.0, "measured_inter_node_Gbps": 0.9587}
+    assert _link_note(jobs["dp2-2nodes"], link) == (
+        "dp2-2nodes: 2 emulated nodes, link 1 Gbit/s line rate, 0.959 Gbit/s measured; "
+        "predicted with the measured rate")
+    assert _link_note(jobs["pp2-2nodes"], link) == (
+        "pp2-2nodes: 2 emulated nodes, each running its own launcher (`parasim run "
+        "--nnodes`, torch's rendezvous), link 1 Gbit/s line rate, 0.959 Gbit/s measured; "
+        "predicted with the measured rate")

@@ -265,9 +265,11 @@ def _kv_for_head_split(kv: torch.Tensor, heads: int, size: int) -> torch.Tensor:
 
 class UlyssesAttention(nn.Module):
     """Causal attention over a sequence split across the cp group (drop-in for
-    `runtime.model.CoreAttention`): queries, keys and values all-to-all to a head split, the
-    plain attention of `CoreAttention` on the whole sequence for heads/cp heads, the output
-    all-to-all back. Autograd carries the gradients through the same all-to-alls reversed."""
+    `runtime.model.CoreAttention`): queries, keys and values in one all-to-all to a head
+    split, the plain attention of `CoreAttention` on the whole sequence for heads/cp heads,
+    the output all-to-all back: the two all-to-alls a block's forward costs in the simulator
+    (`simulator.step_time._ulysses_all_to_alls`). Autograd carries the gradients through the
+    same all-to-alls reversed."""
 
     def __init__(self, axis: Axis) -> None:
         super().__init__()
@@ -276,8 +278,19 @@ class UlyssesAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         heads, size = q.shape[1], self.axis.size
-        k, v = (_to_heads(_kv_for_head_split(t, heads, size), self.axis) for t in (k, v))
-        return _to_sequence(self.core(_to_heads(q, self.axis), k, v), self.axis)
+        k, v = (_kv_for_head_split(t, heads, size) for t in (k, v))
+        q, k, v = _to_heads_together((q, k, v), self.axis)
+        return _to_sequence(self.core(q, k, v), self.axis)
+
+
+def _to_heads_together(tensors: tuple[torch.Tensor, ...], axis: Axis
+                       ) -> tuple[torch.Tensor, ...]:
+    """`_to_heads` of each tensor (of one head dimension), in one all-to-all: each rank's
+    head group of every tensor packed side by side, unpacked after the exchange."""
+    assert len({t.shape[-1] for t in tensors}) == 1, "one head dimension"
+    widths = [t.shape[1] // axis.size for t in tensors]
+    packed = torch.cat([t.unflatten(1, (axis.size, -1)) for t in tensors], dim=2)
+    return _to_heads(packed.flatten(1, 2), axis).split(widths, dim=1)
 
 
 def apply_context_parallel(chunk: Chunk, axis: Axis, style: str = "ring") -> None:
