@@ -227,8 +227,8 @@ def _plain_estimates(job: Job, layouts: list[Layout], rejected: Counter, progres
     bound on their estimate (`step_time.closed_form_lower_bound_s`); once `keep` estimates are
     known and the next bound exceeds the `keep`-th best of them, no layout left can enter the
     shortlist, and the rest are dropped unestimated. The shortlist is the one estimating every
-    layout gives (`tests/test_plan.py`); only the rejection counts of dropped layouts are not
-    known."""
+    layout gives (`tests/test_search_pruning.py`); only the rejection counts of dropped layouts
+    are not known."""
     bounds = [_lower_bound(job, layout, profile) for layout in layouts]
     bound_of = dict(zip(layouts, bounds))
     out, failed, ring_faster, best = [], [], {}, []  # best: the `keep` least, negated (heapq)
