@@ -4,8 +4,8 @@ Every virtual stage's forward, backward and (ZB-H1) weight-gradient pass is cost
 cost model with its own layers (embedding and LM head on the end stages), its exposed
 communication per axis after the layout's overlaps, and its activation send to the next stage;
 `schedule.simulate` then runs one data-parallel replica's pipeline schedule. The gradient
-reduction follows each rank's last backward (overlapped in buckets when the layout says so),
-then the optimizer. A straggling GPU slows its stage and, through the data-parallel reduction,
+reduction follows each rank's last backward (overlapped in buckets when the layout says so,
+`dp_buckets`), then the optimizer. A straggling GPU slows its stage and, through the data-parallel reduction,
 every replica. Every duration is `Sourced` (measured / interpolated / analytic).
 """
 
@@ -18,6 +18,7 @@ from parasim.simulator.cost.comm import AxisNetwork, axis_network
 from parasim.simulator.cost.compute import ComputeModel
 from parasim.simulator.cost.profile import AnalyticProfile
 from parasim.simulator.cost.sourced import Sourced, total
+from parasim.simulator.dp_buckets import bucket_count, pipelined_exposed_s
 from parasim.simulator.dualpipe import dual_bubble_s, send_target, simulate_dual
 from parasim.simulator.job import Job
 from parasim.simulator.layout import (
@@ -537,7 +538,7 @@ def closed_form_step_s(ctx: StepContext, devices: list, params: list[StageParams
         pipeline_s = _dual_closed_form_s(ctx, costs)
     tails: dict[tuple, float] = {}
     for r in range(layout.pp):
-        key = (params[r], devices[r], tuple(id(c) for c in costs[r::layout.pp]))
+        key = (r == 0, params[r], devices[r], tuple(id(c) for c in costs[r::layout.pp]))
         if key not in tails:
             tails[key] = sum(x.total_s for x in _tail(ctx, r, costs, params[r], devices[r]))
     return pipeline_s + max(tails.values()) + ctx.analytic.step_overhead_s
@@ -731,52 +732,96 @@ def _components(ctx: StepContext, rank: int, costs: list[StageCost], timeline: T
 
 def _tail(ctx: StepContext, rank: int, costs: list[StageCost], params: StageParams, device
           ) -> tuple[Sourced, Sourced]:
-    """(exposed data-parallel communication, optimizer) after the rank's last task. With
-    overlap_grad_reduce the reduction runs in buckets during the last micro-batch's backward
-    (Megatron-LM `--overlap-grad-reduce`), else after it; ZeRO-3's per-micro-batch gathers
-    hide behind each pass when overlap_param_gather is set."""
+    """(exposed data-parallel communication, optimizer) after the rank's last task.
+
+    The gradient reduction follows the last micro-batch's backward, in buckets behind it with
+    overlap_grad_reduce (Megatron-LM `--overlap-grad-reduce`; `dp_buckets`: the last bucket is
+    always exposed, and on pipeline ranks after the first the whole one-bucket reduction);
+    ZeRO-1/2's all-gather of the updated weights follows the optimizer, bucket by bucket ahead
+    of the next step's first forward with overlap_param_gather (charged here: the same
+    seconds); ZeRO-3's gathers hide behind every pass. ZeRO-3 reduce-scatters every
+    micro-batch, and all m of them are charged behind the last backward, as before the
+    buckets: a pessimistic structure (the earlier ones run beside later passes) that the
+    FSDP runs of arXiv:2504.14960 support; hiding them behind the passes predicted those runs
+    25-35% fast. What overlaps compute slows it (`StepContext.overlap`)."""
     layout = ctx.layout
-    reduce, gathers = _dp_traffic(ctx, params)
+    traffic = _dp_traffic(ctx, params, bucketed=rank == 0 and layout.overlap_grad_reduce)
     chunks = costs[rank::layout.pp]
     last_backward = total(c.backward.total + c.weight.total for c in chunks)
-    exposed = ctx.overlap(last_backward, reduce, layout.overlap_grad_reduce)
-    if gathers.total_s:
+    exposed = _pipelined(ctx, last_backward, traffic.reduce, traffic.buckets,
+                         layout.overlap_grad_reduce)
+    if traffic.regather.total_s:
+        first_forward = total(c.forward.total for c in chunks)
+        exposed = exposed + _pipelined(ctx, first_forward, traffic.regather, traffic.buckets,
+                                       layout.overlap_param_gather)
+    if traffic.spread.total_s:
         passes = total(c.forward.total + c.backward.total for c in chunks) * ctx.microbatches
-        exposed = exposed + ctx.overlap(passes, gathers, layout.overlap_param_gather)
+        exposed = exposed + ctx.overlap(passes, traffic.spread, layout.overlap_param_gather)
     if layout.offload.optimizer:
         return exposed, _offloaded_optimizer(ctx, params, device, last_backward)
     return exposed, _optimizer(ctx, params, device)
 
 
-def _dp_traffic(ctx: StepContext, params: StageParams) -> tuple[Sourced, Sourced]:
-    """(gradient reduction after the backward, weight gathers spread over the step) over the
-    data-parallel ranks (dp·cp; experts over dp·cp/ep), Rajbhandari et al. 2020 §7.
-    ZeRO-0: all-reduce; ZeRO-1/2: reduce-scatter, then all-gather of the updated weights (in
-    the tail too; with overlap_param_gather behind the next step's forward, Megatron-LM
-    `--overlap-param-gather`); ZeRO-3: all-gather of the weights for every forward and backward
-    and a reduce-scatter of the gradients per micro-batch."""
+def _pipelined(ctx: StepContext, window: Sourced, comm: Sourced, buckets: int, enabled: bool
+               ) -> Sourced:
+    """What `comm` in `buckets` buckets adds to the compute `window` that produces (or needs)
+    them: all of it without the overlap (`dp_buckets.pipelined_exposed_s`)."""
+    if not enabled:
+        return comm
+    return comm.scaled_to(pipelined_exposed_s(window.total_s, comm.total_s, buckets,
+                                              ctx.analytic.overlap_slowdown))
+
+
+@dataclass(frozen=True)
+class DpTraffic:
+    """A rank's data-parallel communication in one step, by when it can run."""
+
+    reduce: Sourced  # the gradient reduction, behind the last micro-batch's backward
+    regather: Sourced  # ZeRO-1/2: the updated weights' all-gather, after the optimizer
+    spread: Sourced  # ZeRO-3: the weight gathers, behind every pass
+    buckets: int  # what `reduce` and `regather` run in
+
+
+def _dp_traffic(ctx: StepContext, params: StageParams, bucketed: bool) -> DpTraffic:
+    """The rank's data-parallel traffic over dp·cp (experts over dp·cp/ep), Rajbhandari et
+    al. 2020 §7. ZeRO-0: all-reduce; ZeRO-1/2: reduce-scatter, then all-gather of the updated
+    weights; ZeRO-3 (and ZeRO++, which builds on it): all-gather of the weights for every
+    forward and backward and a reduce-scatter of the gradients per micro-batch, in one unit
+    per block (FSDP's `fully_shard` per block; `runtime.parallel.zero3`) plus the rest.
+    Below stage 3, each collective runs in Megatron-Core's buckets where `bucketed` (first
+    pipeline rank, overlap_grad_reduce; `dp_buckets`), each bucket a collective of its own."""
     layout, training = ctx.layout, ctx.job.training
-    reduce, gathers = [], []
+    m = ctx.microbatches
+    reduce, regather, spread, buckets = [], [], [], 0
     for count, axis in ((params.dense_per_rank(layout.tp), "dp_cp"),
                         (params.expert_per_rank(layout.tp, layout.ep), "edp")):
-        if layout.zero_pp:
-            r, g = zero_pp_traffic(ctx, axis, count)
-            reduce.append(r * ctx.microbatches)
-            gathers.append(g * ctx.microbatches)
+        if count <= 0:
             continue
-        grads = count * training.grad_bytes_per_param
-        weights = count * training.weight_bytes_per_param
+        if layout.zero_stage >= 3 or layout.zero_pp:
+            r, g = zero_pp_traffic(ctx, axis, count) if layout.zero_pp else (
+                ctx.collective(axis, "reduce_scatter", count * training.grad_bytes_per_param),
+                ctx.collective(axis, "all_gather", count * training.weight_bytes_per_param) * 2)
+            reduce.append(r * m)
+            spread.append(g * m)
+            continue
+        n = bucket_count(count, layout.dp, bucketed)
+        buckets += n
+        grads = count * training.grad_bytes_per_param / n
+        weights = count * training.weight_bytes_per_param / n
         if layout.zero_stage == 0:
-            reduce.append(ctx.collective(axis, "all_reduce", grads))
-        elif layout.zero_stage < 3:
-            reduce.append(ctx.collective(axis, "reduce_scatter", grads))
-            gather = ctx.collective(axis, "all_gather", weights)
-            (gathers if layout.overlap_param_gather else reduce).append(gather)
+            reduce.append(ctx.collective(axis, "all_reduce", grads) * n)
         else:
-            m = ctx.microbatches
-            reduce.append(ctx.collective(axis, "reduce_scatter", grads) * m)
-            gathers.append(ctx.collective(axis, "all_gather", weights) * (2 * m))
-    return total(reduce), total(gathers)
+            reduce.append(ctx.collective(axis, "reduce_scatter", grads) * n)
+            regather.append(ctx.collective(axis, "all_gather", weights) * n)
+    if layout.zero_stage >= 3 or layout.zero_pp:
+        buckets = _blocks_per_rank(ctx) + 1
+    return DpTraffic(total(reduce), total(regather), total(spread), max(1, buckets))
+
+
+def _blocks_per_rank(ctx: StepContext) -> int:
+    """Transformer blocks on the pipeline rank with the most (ZeRO-3's units, less the rest)."""
+    split, pp = ctx.job.stage_layers, ctx.layout.pp
+    return max(sum(split[r::pp]) for r in range(pp))
 
 
 def _shard_params(ctx: StepContext, params: StageParams) -> float:

@@ -14,7 +14,9 @@ The order is fixed, and each step says why it comes where it does:
 Honoured layout switches: sequence_parallel, recompute, zero_stage (0 to 3; 2 and 3 not with
 the zero-bubble schedule), overlap_grad_reduce (bucket reductions start in the backward),
 overlap_param_gather (ZeRO-3: the next unit's weights are gathered while the current one
-computes; ZeRO-1/2 gather the updated weights at the end of the optimizer step either way),
+computes; ZeRO-1/2 gather the updated weights at the end of the optimizer step either way,
+which is what Megatron-LM's overlap with the next forward exposes of a chunk in one bucket,
+the simulator's `dp_buckets`),
 cp_comm_overlap (always on: the ring forward sends the next key/value block while computing
 the current one). Not implemented, no effect: tp_comm_overlap, ep_comm_overlap.
 
@@ -36,7 +38,7 @@ import torch
 
 from parasim.runtime.model import Chunk, check_buildable
 from parasim.runtime.parallel.context import apply_context_parallel, local_positions, split_sequence
-from parasim.runtime.parallel.data import DEFAULT_BUCKET_BYTES, GradSync, check_zero_stage
+from parasim.runtime.parallel.data import GradSync, check_zero_stage, default_bucket_bytes
 from parasim.runtime.parallel.expert import shard_experts
 from parasim.runtime.parallel.groups import ParallelGroups
 from parasim.runtime.parallel.recompute import apply_recompute
@@ -78,11 +80,12 @@ def check_runtime_layout(spec: ModelSpec, layout: Layout, seq_length: int | None
 
 def parallelize(chunk: Chunk, layout: Layout, groups: ParallelGroups, *,
                 full_recompute_layers: Collection[int] | None = None,
-                bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Parallelized:
+                bucket_bytes: int | None = None) -> Parallelized:
     """Apply TP(+SP), EP, CP, recompute and DP/ZeRO to `chunk` in place, in that order.
 
     `full_recompute_layers` (global layer indices) overrides which blocks recompute in full;
-    by default all under recompute=full, none otherwise."""
+    by default all under recompute=full, none otherwise. `bucket_bytes` overrides the gradient
+    buckets' size (default: Megatron-Core's, `data.default_bucket_bytes`)."""
     spec = chunk.spec
     check_runtime_layout(spec, layout)  # 1
     tp = TensorParallel(axis=groups.tp, sequence_parallel=layout.sequence_parallel,
@@ -94,7 +97,8 @@ def parallelize(chunk: Chunk, layout: Layout, groups: ParallelGroups, *,
     full = apply_recompute(chunk, layout.recompute, full_recompute_layers)  # 5
     tied = tied_copies(chunk)
     grads = GradSync(chunk, groups, zero_stage=layout.zero_stage, expert_names=experts,
-                     partial_names=tp_partial, tied_names=tied, bucket_bytes=bucket_bytes,
+                     partial_names=tp_partial, tied_names=tied,
+                     bucket_bytes=bucket_bytes or default_bucket_bytes(chunk, layout, groups),
                      overlap=layout.overlap_grad_reduce,
                      prefetch=layout.overlap_param_gather)  # 6
     return Parallelized(chunk=chunk, grads=grads, tp_partial=tp_partial, experts=experts,

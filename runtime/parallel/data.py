@@ -1,15 +1,15 @@
 """Data parallelism with bucketed gradient reduction overlapped with the backward, ZeRO stages
 0 to 3, and an AdamW that updates this rank's shard.
 
-Gradient sync (PyTorch DDP, Li et al. 2020 §3.2; Megatron-LM's DDP): parameters are grouped
-into buckets of about `bucket_bytes`, in reverse registration order (roughly the order the
-backward produces their gradients). Every parameter is a view into its bucket's flat parameter
-buffer, and a post-accumulate-grad hook adds its gradient into the bucket's flat gradient
-buffer; with `overlap` (Layout.overlap_grad_reduce, Megatron-LM `--overlap-grad-reduce`), when
-the last gradient of a bucket arrives on the last micro-batch (outside `no_sync`), the
-bucket's reduction starts asynchronously while the backward goes on. `finish()` starts what
-has not started (every bucket without overlap; parameters that got no gradient), waits, and
-scales.
+Gradient sync (PyTorch DDP, Li et al. 2020 §3.2; Megatron-LM's DDP): parameters are grouped into
+buckets of about `bucket_bytes` (`default_bucket_bytes`: Megatron-Core's), in reverse
+registration order (roughly the order the backward produces their gradients). Every parameter is
+a view into its bucket's flat parameter buffer, and a post-accumulate-grad hook adds its
+gradient into the bucket's flat gradient buffer; with `overlap` (Layout.overlap_grad_reduce,
+Megatron-LM `--overlap-grad-reduce`), when the last gradient of a bucket arrives on the last
+micro-batch (outside `no_sync`), the bucket's reduction starts asynchronously while the backward
+goes on. `finish()` starts what has not started (every bucket without overlap; parameters that
+got no gradient), waits, and scales.
 
 What is reduced over which group (Megatron-Core):
 - dense parameters: summed over dp·cp (context-parallel ranks hold different tokens of the
@@ -71,6 +71,7 @@ bf16 runs yet, and no gradient clipping.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -81,10 +82,20 @@ from torch import nn
 from parasim.runtime.parallel.groups import Axis, ParallelGroups, all_gather_single, reduce_scatter_single
 from parasim.runtime.parallel.zero3 import WeightSharding, weight_units
 from parasim.simulator.errors import SpecError
+from parasim.simulator.dp_buckets import bucket_params
 from parasim.simulator.layout import Layout
 
-DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # PyTorch DDP's bucket_cap_mb
 SUPPORTED_ZERO_STAGES = (0, 1, 2, 3)
+
+
+def default_bucket_bytes(chunk: nn.Module, layout: Layout, groups: ParallelGroups) -> int:
+    """Megatron-Core's buckets, which the simulator prices (`simulator.dp_buckets`): at most
+    max(40M, 1M·dp) parameters in the chunk that holds the embedding (the first pipeline
+    stage's first chunk) when the reduction overlaps the backward; one bucket elsewhere."""
+    params = [p for p in chunk.parameters() if p.requires_grad]
+    if not params or not layout.overlap_grad_reduce or getattr(chunk, "embed", None) is None:
+        return sys.maxsize
+    return bucket_params(groups.dp.size) * params[0].element_size()
 
 
 def check_zero_stage(layout: Layout) -> None:
@@ -292,7 +303,7 @@ class GradSync:
                  expert_names: frozenset[str] = frozenset(),
                  partial_names: frozenset[str] = frozenset(),
                  tied_names: frozenset[str] = frozenset(),
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, overlap: bool = True,
+                 bucket_bytes: int = sys.maxsize, overlap: bool = True,
                  prefetch: bool = True) -> None:
         assert zero_stage in SUPPORTED_ZERO_STAGES, zero_stage
         named = [(n, p) for n, p in chunk.named_parameters() if p.requires_grad]
