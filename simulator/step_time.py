@@ -5,8 +5,8 @@ cost model with its own layers (embedding and LM head on the end stages), its ex
 communication per axis after the layout's overlaps, and its activation send to the next stage;
 `schedule.simulate` then runs one data-parallel replica's pipeline schedule. The gradient
 reduction follows each rank's last backward (overlapped in buckets when the layout says so,
-`dp_buckets`), then the optimizer. A straggling GPU slows its stage and, through the data-parallel reduction,
-every replica. Every duration is `Sourced` (measured / interpolated / analytic).
+`dp_buckets`), then the optimizer. A straggling GPU slows its stage and, through the
+data-parallel reduction, every replica. Every duration is `Sourced` (measured / interpolated / analytic).
 """
 
 from __future__ import annotations
@@ -740,10 +740,10 @@ def _tail(ctx: StepContext, rank: int, costs: list[StageCost], params: StagePara
     ZeRO-1/2's all-gather of the updated weights follows the optimizer, bucket by bucket ahead
     of the next step's first forward with overlap_param_gather (charged here: the same
     seconds); ZeRO-3's gathers hide behind every pass. ZeRO-3 reduce-scatters every
-    micro-batch, and all m of them are charged behind the last backward, as before the
-    buckets: a pessimistic structure (the earlier ones run beside later passes) that the
-    FSDP runs of arXiv:2504.14960 support; hiding them behind the passes predicted those runs
-    25-35% fast. What overlaps compute slows it (`StepContext.overlap`)."""
+    micro-batch, and all m of them are charged behind the last backward: pessimistic in
+    structure (the earlier ones run beside later passes), but the FSDP runs of
+    arXiv:2504.14960 support it; hiding them behind the passes predicted those runs 25-35%
+    fast (2026-12-05). What overlaps compute slows it (`StepContext.overlap`)."""
     layout = ctx.layout
     traffic = _dp_traffic(ctx, params, bucketed=rank == 0 and layout.overlap_grad_reduce)
     chunks = costs[rank::layout.pp]
@@ -797,7 +797,7 @@ def _dp_traffic(ctx: StepContext, params: StageParams, bucketed: bool) -> DpTraf
                         (params.expert_per_rank(layout.tp, layout.ep), "edp")):
         if count <= 0:
             continue
-        if layout.zero_stage >= 3 or layout.zero_pp:
+        if layout.zero_stage >= 3:
             r, g = zero_pp_traffic(ctx, axis, count) if layout.zero_pp else (
                 ctx.collective(axis, "reduce_scatter", count * training.grad_bytes_per_param),
                 ctx.collective(axis, "all_gather", count * training.weight_bytes_per_param) * 2)
@@ -813,7 +813,7 @@ def _dp_traffic(ctx: StepContext, params: StageParams, bucketed: bool) -> DpTraf
         else:
             reduce.append(ctx.collective(axis, "reduce_scatter", grads) * n)
             regather.append(ctx.collective(axis, "all_gather", weights) * n)
-    if layout.zero_stage >= 3 or layout.zero_pp:
+    if layout.zero_stage >= 3:
         buckets = _blocks_per_rank(ctx) + 1
     return DpTraffic(total(reduce), total(regather), total(spread), max(1, buckets))
 

@@ -11,6 +11,8 @@ none is.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -21,7 +23,7 @@ import torch.distributed as dist  # noqa: E402
 from parasim.runtime.model import build_chunk, build_model  # noqa: E402
 from parasim.runtime.parallel.apply import check_runtime_layout, parallelize  # noqa: E402
 from parasim.runtime.parallel.data import (  # noqa: E402
-    DistributedAdamW, GradSync, _bucket_plan, adamw_, check_zero_stage)
+    DistributedAdamW, GradSync, _bucket_plan, adamw_, check_zero_stage, default_bucket_bytes)
 from parasim.runtime.parallel.groups import ParallelGroups, build_groups  # noqa: E402
 from parasim.simulator.errors import SpecError  # noqa: E402
 from parasim.simulator.layout import Layout  # noqa: E402
@@ -152,6 +154,21 @@ def test_bucket_plan_groups_by_reduction_and_size():
     assert buckets == [("dp_cp", None, ["p5", "p4"]), ("dp_cp", None, ["p3", "p0"]),
                        ("dp_cp", "embedding", ["p6"]), ("dp_cp", "tp", ["p2"]),
                        ("edp", None, ["p1"])]
+
+
+def test_default_buckets_are_megatron_cores():
+    """max(40M, 1M·dp) parameters in the chunk with the embedding when the reduction overlaps
+    the backward, the simulator's `dp_buckets`; one bucket elsewhere (Megatron-Core buckets
+    only the first pipeline stage's first chunk)."""
+    spec = llama()
+    first = build_chunk(spec, layers=range(0, 1), has_embedding=True, has_head=False)
+    later = build_chunk(spec, layers=range(1, spec.num_layers), has_embedding=False,
+                        has_head=True)
+    groups = ParallelGroups.single()
+    assert default_bucket_bytes(first, Layout(dp=1), groups) == 40_000_000 * 4  # fp32
+    assert default_bucket_bytes(later, Layout(dp=1), groups) == sys.maxsize
+    off = Layout(dp=1, overlap_grad_reduce=False)
+    assert default_bucket_bytes(first, off, groups) == sys.maxsize
 
 
 def test_parameters_become_views_of_the_bucket_buffers():
