@@ -6,7 +6,8 @@ communication per axis after the layout's overlaps, and its activation send to t
 `schedule.simulate` then runs one data-parallel replica's pipeline schedule. The gradient
 reduction follows each rank's last backward (overlapped in buckets when the layout says so,
 `dp_buckets`), then the optimizer. A straggling GPU slows its stage and, through the
-data-parallel reduction, every replica. Every duration is `Sourced` (measured / interpolated / analytic).
+data-parallel reduction, every replica. Every duration is `Sourced` (measured / interpolated
+/ analytic).
 """
 
 from __future__ import annotations
@@ -789,7 +790,9 @@ def _dp_traffic(ctx: StepContext, params: StageParams, bucketed: bool) -> DpTraf
     forward and backward and a reduce-scatter of the gradients per micro-batch, in one unit
     per block (FSDP's `fully_shard` per block; `runtime.parallel.zero3`) plus the rest.
     Below stage 3, each collective runs in Megatron-Core's buckets where `bucketed` (first
-    pipeline rank, overlap_grad_reduce; `dp_buckets`), each bucket a collective of its own."""
+    pipeline rank, overlap_grad_reduce; `dp_buckets`), each bucket a collective of its own;
+    with interleaving every chunk of that rank is bucketed, where Megatron-Core buckets only
+    its first chunk, whose backward ends the step (the others' reductions run beside it)."""
     layout, training = ctx.layout, ctx.job.training
     m = ctx.microbatches
     reduce, regather, spread, buckets = [], [], [], 0
