@@ -104,12 +104,20 @@ def assert_one_line(lines: list[str], *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def default_sigint() -> None:
+    """In a child before it execs: Ctrl-C's default action, as a command typed in a terminal
+    gets. A shell without job control starts background commands with SIGINT ignored, and a
+    Python process keeps an inherited SIG_IGN: a test suite run as `bash .ci/run &` would
+    otherwise interrupt a CLI that cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(trainer: str, *argv) -> subprocess.Popen:
     """`parasim run ARGV` in a new process, with `trainer` from launch_workers as the trainer."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-c", CLI_WITH_TRAINER, trainer, "run",
                              *map(str, argv)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def rank_pids(parent: int) -> list[int]:

@@ -33,7 +33,7 @@ torch = pytest.importorskip("torch")
 from parasim.cli import main  # noqa: E402  (after the importorskip)
 from parasim.planner.plan import plan_inputs  # noqa: E402
 from tests.runtime.test_launch import (CLI_WITH_TRAINER, INTERRUPTED, assert_gone,  # noqa: E402
-                                       interrupt_cli, rank_pids, wait_for)
+                                       default_sigint, interrupt_cli, rank_pids, wait_for)
 
 TINY = {"model": {"name": "tiny", "num_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
                   "num_kv_heads": 2, "ffn_hidden_size": 176, "vocab_size": 256},
@@ -390,7 +390,7 @@ def test_ctrl_c_stops_this_nodes_ranks_and_exits_130(tmp_path):
                             f"127.0.0.1:{_free_port()}", "--timeout", "120",
                             "--out", str(tmp_path / "m.json")],
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+                           text=True, preexec_fn=default_sigint)
     ranks, err = interrupt_cli(cli, signal.SIGINT, lambda: len(rank_pids(cli.pid)) == 2)
     assert cli.returncode == 130, err
     assert err.strip().splitlines() == [INTERRUPTED]
