@@ -20,7 +20,9 @@ started when the forward reaches the one before) is the same pipeline run the ot
 first bucket is needed at once, and the forward waits max(G/B, G - F·(B - 1)/B) in all.
 
 The part that does run beside compute still slows it (NCCL kernels take SMs and memory
-bandwidth): `slowdown` of the hidden time, as `AnalyticProfile.overlapped_s` charges.
+bandwidth): `slowdown` of the hidden time. With many buckets this is
+`AnalyticProfile.overlapped_s`, the overlap of every other communication
+(`StepContext.overlap` takes either).
 """
 
 from __future__ import annotations

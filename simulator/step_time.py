@@ -146,11 +146,17 @@ class StepContext:
         return self.shard if lin == self.shard.linear_input_bytes else replace(
             self.shard, linear_input_bytes=lin)
 
-    def overlap(self, hidden_by: Sourced, comm: Sourced, enabled: bool) -> Sourced:
+    def overlap(self, hidden_by: Sourced, comm: Sourced, enabled: bool,
+                buckets: int | None = None) -> Sourced:
         """What `comm` adds to a pass: all of it, or with overlap only what `hidden_by`
-        cannot hide plus the shared GPU's slowdown (profiles/analytic.yaml `overlap`)."""
+        cannot hide plus the shared GPU's slowdown (profiles/analytic.yaml `overlap`). In
+        `buckets` that the pass produces (or needs) evenly, the last (first) one cannot hide
+        (`dp_buckets.pipelined_exposed_s`; without buckets, its limit of many)."""
         if not enabled:
             return comm
+        if buckets is not None:
+            return comm.scaled_to(pipelined_exposed_s(hidden_by.total_s, comm.total_s, buckets,
+                                                      self.analytic.overlap_slowdown))
         extra = self.analytic.overlapped_s(hidden_by.total_s, comm.total_s) - hidden_by.total_s
         return comm.scaled_to(extra)
 
@@ -749,28 +755,18 @@ def _tail(ctx: StepContext, rank: int, costs: list[StageCost], params: StagePara
     traffic = _dp_traffic(ctx, params, bucketed=rank == 0 and layout.overlap_grad_reduce)
     chunks = costs[rank::layout.pp]
     last_backward = total(c.backward.total + c.weight.total for c in chunks)
-    exposed = _pipelined(ctx, last_backward, traffic.reduce, traffic.buckets,
-                         layout.overlap_grad_reduce)
+    exposed = ctx.overlap(last_backward, traffic.reduce, layout.overlap_grad_reduce,
+                          traffic.buckets)
     if traffic.regather.total_s:
         first_forward = total(c.forward.total for c in chunks)
-        exposed = exposed + _pipelined(ctx, first_forward, traffic.regather, traffic.buckets,
-                                       layout.overlap_param_gather)
+        exposed = exposed + ctx.overlap(first_forward, traffic.regather,
+                                        layout.overlap_param_gather, traffic.buckets)
     if traffic.spread.total_s:
         passes = total(c.forward.total + c.backward.total for c in chunks) * ctx.microbatches
         exposed = exposed + ctx.overlap(passes, traffic.spread, layout.overlap_param_gather)
     if layout.offload.optimizer:
         return exposed, _offloaded_optimizer(ctx, params, device, last_backward)
     return exposed, _optimizer(ctx, params, device)
-
-
-def _pipelined(ctx: StepContext, window: Sourced, comm: Sourced, buckets: int, enabled: bool
-               ) -> Sourced:
-    """What `comm` in `buckets` buckets adds to the compute `window` that produces (or needs)
-    them: all of it without the overlap (`dp_buckets.pipelined_exposed_s`)."""
-    if not enabled:
-        return comm
-    return comm.scaled_to(pipelined_exposed_s(window.total_s, comm.total_s, buckets,
-                                              ctx.analytic.overlap_slowdown))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ def test_what_runs_beside_compute_slows_it():
     assert pipelined_exposed_s(10.0, 0.0, 4, slowdown=0.2) == 0.0
 
 
+def test_many_buckets_are_the_plain_overlap():
+    """The limit of fine buckets: max(compute, comm) + slowdown x min, less the compute."""
+    for window, comm in ((10.0, 1.0), (1.0, 10.0), (3.0, 3.0)):
+        plain = max(window, comm) + 0.15 * min(window, comm) - window
+        assert pipelined_exposed_s(window, comm, 10**9, 0.15) == pytest.approx(plain, rel=1e-6)
+
+
 def _dp_job(**parallel):
     raw = {"model": "llama3-8b", "cluster": {"base": "dgx-h100", "num_nodes": 2},
            "training": {"seq_length": 4096, "global_batch_size": 64},
