@@ -204,16 +204,21 @@ def node_worker(worker: Worker, args: RunArgs, fingerprint: str, timeout_s: floa
     """One rank: join the group (torchrun's variables), check that every node runs the same
     run, train; rank 0 returns every rank's result, the others None."""
     dist.init_process_group(BACKEND, timeout=timedelta(seconds=timeout_s))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    prints: list[Any] = [None] * world
-    dist.all_gather_object(prints, fingerprint)
-    if len(set(prints)) > 1:
-        other = next(r for r, p in enumerate(prints) if p != fingerprint)
-        raise MeasurementError(f"rank {other} runs another plan or other options than rank "
-                               f"{rank} (the plan file, --steps, --warmup, --shrink and the "
-                               "node layout must be the same on every node)")
-    result = worker(rank, world, args)
-    gathered: list[Any] | None = [None] * world if rank == 0 else None
-    dist.gather_object(result, gathered, dst=0)
-    dist.destroy_process_group()
-    return gathered
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        prints: list[Any] = [None] * world
+        dist.all_gather_object(prints, fingerprint)
+        if len(set(prints)) > 1:
+            other = next(r for r, p in enumerate(prints) if p != fingerprint)
+            raise MeasurementError(f"rank {other} runs another plan or other options than "
+                                   f"rank {rank} (the plan file, --steps, --warmup, --shrink "
+                                   "and the node layout must be the same on every node)")
+        result = worker(rank, world, args)
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object(result, gathered, dst=0)
+        return gathered
+    finally:
+        # Also when the rank fails: torch's worker wrapper restores the node's stderr before
+        # the interpreter exits, and a group left to exit-time destruction can abort there
+        # ("terminate called without an active exception") onto the node's one-line error.
+        dist.destroy_process_group()
